@@ -484,7 +484,7 @@ def embed_metadata(tflite: bytes, meta: dict[str, Any]) -> bytes:
     json_at = len(blk)
     blk.extend(json_bytes)
     blk.append(0)  # flatbuffers' builder terminates byte vectors too; harmless and conventional
-    _pad_to(blk, 16, HEAD)
+    _pad_to(blk, 16)  # the block's *size* is a multiple of 16, so shifted weights stay aligned
     size = len(blk)
 
     for pos, target in new_refs:

@@ -1,0 +1,176 @@
+"""edgekit.runtime.metadata on real .tflite files (committed fixtures; no TensorFlow needed)."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgekit.runtime.metadata import (
+    IntegrityError,
+    MetadataError,
+    content_digest,
+    embed_metadata,
+    read_metadata,
+    verify_integrity,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FOREIGN = (FIXTURES / "foreign.tflite").read_bytes()  # converter output, no edgekit entry
+
+
+def _interpreter(data: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_content=data)
+
+
+def _trunk_out(data: bytes, x: np.ndarray) -> np.ndarray:
+    # The trunk is deterministic (no dropout), so outputs can be compared exactly.
+    return _interpreter(data).get_signature_runner("trunk")(x=x)["features"]
+
+
+def test_foreign_file_has_no_metadata():
+    assert read_metadata(FOREIGN) is None
+    with pytest.raises(IntegrityError, match="no edgekit metadata"):
+        verify_integrity(FOREIGN)
+    assert verify_integrity(FOREIGN, require_metadata=False) is False
+
+
+def test_embed_keeps_model_runnable_and_bytes_intact():
+    meta = {"stochastic": "in-graph", "class_names": ["a", "b"], "note": "été ✓"}
+    out = embed_metadata(FOREIGN, meta)
+    block = len(out) - len(FOREIGN)
+    assert block % 16 == 0  # weight buffers keep their 16-byte alignment
+    assert out[8 + block :] == FOREIGN[8:]  # every old byte is still there, shifted by the block
+    got = read_metadata(out)
+    assert {k: got[k] for k in meta} == meta
+    assert got["format"] == "edgekit/1"
+    assert verify_integrity(out) is True
+    x = np.random.default_rng(0).normal(size=(3, 20)).astype(np.float32)
+    np.testing.assert_array_equal(_trunk_out(out, x), _trunk_out(FOREIGN, x))
+    assert _interpreter(out).get_signature_list() == _interpreter(FOREIGN).get_signature_list()
+
+
+def test_existing_converter_metadata_entries_are_kept():
+    from ai_edge_litert import schema_py_generated as schema
+
+    def names(data):
+        model = schema.Model.GetRootAs(data, 0)
+        return [model.Metadata(i).Name().decode() for i in range(model.MetadataLength())]
+
+    before = names(FOREIGN)
+    assert "min_runtime_version" in before  # written by the TFLite converter
+    assert names(embed_metadata(FOREIGN, {"a": 1})) == before + ["edgekit"]
+
+
+def test_embed_replaces_an_existing_entry():
+    first = embed_metadata(FOREIGN, {"stochastic": "in-graph", "old": True})
+    second = embed_metadata(first, {"stochastic": "mask-input"})
+    meta = read_metadata(second)
+    assert meta["stochastic"] == "mask-input" and "old" not in meta
+    assert verify_integrity(second)
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(second, 0)
+    entries = [model.Metadata(i).Name().decode() for i in range(model.MetadataLength())]
+    assert entries.count("edgekit") == 1
+    assert model.BuffersLength() == schema.Model.GetRootAs(first, 0).BuffersLength()
+
+
+def test_digest_matches_definition():
+    out = embed_metadata(FOREIGN, {"x": 1})
+    meta = read_metadata(out)
+    hexd = meta["sha256"].encode()
+    at = out.index(hexd)
+    import hashlib
+
+    zeroed = out[:at] + b"0" * 64 + out[at + 64 :]
+    assert hashlib.sha256(zeroed).hexdigest() == meta["sha256"] == content_digest(out)
+
+
+def test_every_tested_single_byte_flip_fails_verification():
+    out = embed_metadata(FOREIGN, {"stochastic": "in-graph", "class_names": ["a", "b"]})
+    block = len(out) - len(FOREIGN)
+    # Every byte of the header, the inserted block (new root, vectors, JSON) and the old root
+    # region, plus 300 seeded random positions in the weights: hashing all ~11k positions would
+    # take seconds and prove no more.
+    positions = set(range(0, 8 + block + 64)) | set(random.Random(0).sample(range(len(out)), 300))
+    for pos in sorted(positions):
+        bad = bytearray(out)
+        bad[pos] ^= 0x01
+        with pytest.raises(IntegrityError):
+            verify_integrity(bytes(bad), require_metadata=False)
+
+
+def test_digest_mismatch_message_names_expected_and_actual():
+    out = bytearray(embed_metadata(FOREIGN, {"a": 1}))
+    out[-20] ^= 0xFF
+    with pytest.raises(IntegrityError, match=r"Expected: sha256=[0-9a-f]{64}\. Received: sha256=[0-9a-f]{64}"):
+        verify_integrity(bytes(out))
+
+
+@pytest.mark.parametrize("junk", [b"", b"1234", b"\x00" * 64, b"1234TFL3" + b"\xff" * 40])
+def test_not_a_flatbuffer_is_a_clean_error(junk):
+    with pytest.raises(MetadataError):
+        read_metadata(junk)
+    with pytest.raises(MetadataError):
+        embed_metadata(junk, {})
+
+
+def test_meta_must_be_a_json_dict():
+    with pytest.raises(TypeError, match="Expected `meta` to be a dict"):
+        embed_metadata(FOREIGN, ["a"])
+    with pytest.raises(TypeError, match="NaN"):
+        embed_metadata(FOREIGN, {"x": float("nan")})
+
+
+def test_truncated_file_is_an_integrity_error():
+    out = embed_metadata(FOREIGN, {"a": 1})
+    with pytest.raises(IntegrityError):
+        verify_integrity(out[: len(out) // 2])
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(meta=st.dictionaries(st.text(max_size=12).filter(lambda k: k != "sha256"), _json_values, max_size=6))
+def test_roundtrip_property(meta):
+    out = embed_metadata(FOREIGN, meta)
+    got = read_metadata(out)
+    expected = {**meta}
+    expected.setdefault("format", "edgekit/1")
+    assert {k: v for k, v in got.items() if k != "sha256"} == json.loads(json.dumps(expected))
+    assert verify_integrity(out)
+    assert (len(out) - len(FOREIGN)) % 16 == 0
+    # A second embed over the first still round-trips and verifies.
+    again = embed_metadata(out, {"k": 1})
+    assert read_metadata(again)["k"] == 1 and verify_integrity(again)
+
+
+def test_fixtures_are_verified_edgekit_files():
+    for path in sorted(FIXTURES.glob("*.tflite")):
+        data = path.read_bytes()
+        if path.name == "foreign.tflite":
+            continue
+        assert verify_integrity(data), path.name
+        assert read_metadata(data)["format"] == "edgekit/1"
+
+
+def test_root_offset_points_into_new_block():
+    out = embed_metadata(FOREIGN, {"a": 1})
+    block = len(out) - len(FOREIGN)
+    (root,) = struct.unpack_from("<I", out, 0)
+    assert 8 <= root < 8 + block and out[4:8] == b"TFL3"
