@@ -1,0 +1,486 @@
+"""Keras -> one stochastic ``.tflite``: signatures, seeds, masks, quantization and metadata.
+
+:func:`convert` turns a Keras 3 model that uses edgekit's MC layers into the bytes of one
+``.tflite`` file laid out as ``docs/format.md`` describes. It does no file I/O:
+
+>>> from edgekit.converters import convert
+>>> result = convert(model, quantize="int8", representative_data=x_train[:500])
+>>> open("model.tflite", "wb").write(result.tflite)          # the CLI writes atomically
+>>> print(result.report.to_table())
+
+What happens, in order:
+
+1. **Checks.** One input, one output, no nested MC layer we cannot see; representative data (when
+   given) has the model's input shape, is non-empty and finite.
+2. **BatchNorm folding** (:mod:`edgekit.converters.fold`), unless ``fold_batchnorm=False``.
+3. **Split.** ``trunk`` is everything before the input of the first MC layer and ``head`` the
+   rest, so the runtime computes the trunk once and the head at batch T. No split (``trunk``
+   absent) when the first MC layer acts on the model input or the cut does not separate the graph.
+4. **Export** through ``keras.export.ExportArchive`` (three endpoints sharing the tracked weights)
+   and ``tf.lite.TFLiteConverter.from_saved_model`` with builtin ops only. Masks are drawn by the
+   builtin ``RANDOM_UNIFORM`` op (``stochastic="in-graph"``) or are named inputs ``mask_0..``
+   (``stochastic="mask-input"``).
+5. **Seeds.** TensorFlow bakes op seeds into the file when a global seed is set, and
+   ``keras.utils.set_random_seed`` sets one. The export traces with the global seed cleared, so
+   every ``RANDOM_UNIFORM`` op has seed 0/seed2 0 and every interpreter draws its own masks; the
+   caller's global seed is restored afterwards. ``seed=S`` traces with ``tf.random.set_seed(S)``
+   instead: reproducible masks, identical on every device (a warning says so).
+6. **Quantization**: ``float32``, ``float16``, ``dynamic`` (int8 weights), ``int8`` (full integer
+   with float islands where no int8 kernel exists, e.g. ``RANDOM_UNIFORM``; float or int8 I/O) and
+   ``int16x8``. Calibration runs every signature on the representative data.
+7. **Metadata** (``edgekit`` entry + SHA-256) via :func:`edgekit.runtime.metadata.embed_metadata`.
+8. **Report** (:mod:`edgekit.converters.report`): sizes, ops, float islands; accuracy is added by
+   :func:`edgekit.converters.report.evaluate` when test data is at hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from edgekit.layers import MC_LAYERS, MCAlphaDropout, MCDropout, MCSpatialDropout2D, mask_inputs
+
+__all__ = [
+    "ConvertedModel",
+    "convert",
+    "QUANTIZE_MODES",
+    "STOCHASTIC_MODES",
+    "NoMCLayerWarning",
+    "FixedSeedWarning",
+]
+
+QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+STOCHASTIC_MODES = ("in-graph", "mask-input")
+# Calibration needs data for these modes.
+_CALIBRATED = ("int8", "int16x8")
+_MAX_CALIBRATION = 1000  # more samples barely move the ranges and cost conversion time
+
+
+class NoMCLayerWarning(UserWarning):
+    """The model has no MC layer: the export is deterministic."""
+
+
+class FixedSeedWarning(UserWarning):
+    """A fixed seed was baked into the file: every device draws the same masks."""
+
+
+@dataclass(frozen=True)
+class ConvertedModel:
+    """The result of :func:`convert`.
+
+    Attributes:
+        tflite: the bytes of the ``.tflite`` file (metadata and digest embedded).
+        metadata: the ``edgekit`` metadata dict embedded in the file (see ``docs/format.md``).
+        report: a :class:`edgekit.converters.report.ConversionReport` (sizes, ops, float islands,
+            folding, warnings; accuracy once :func:`~edgekit.converters.report.evaluate` ran).
+        warnings: every warning the conversion raised, as plain strings.
+    """
+
+    tflite: bytes
+    metadata: dict
+    report: Any
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def signatures(self) -> tuple[str, ...]:
+        return tuple(k for k, v in self.metadata["signatures"].items() if v)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _mc_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, MC_LAYERS):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            inner = _mc_layers(layer)
+            if inner:
+                raise ValueError(
+                    "Expected MC layers at the top level of the model. Received: MC layers inside the nested "
+                    f"model {layer.name!r} ({', '.join(m.name for m in inner)}); flatten the model first"
+                )
+    return found
+
+
+def _io_shape(model: keras.Model) -> tuple[tuple, tuple]:
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        inputs = outputs = None
+    if not inputs or not outputs:
+        raise ValueError(
+            "Expected a built functional or Sequential model with a known input shape. Received: a model "
+            "that has never been called (give it a keras.Input)"
+        )
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ValueError(
+            f"Expected a model with one input and one output. Received: {len(inputs)} inputs and "
+            f"{len(outputs)} outputs"
+        )
+    in_shape, out_shape = tuple(inputs[0].shape[1:]), tuple(outputs[0].shape[1:])
+    if any(d is None for d in in_shape):
+        raise ValueError(f"Expected a fixed input shape (besides the batch). Received: {(None, *in_shape)}")
+    if len(out_shape) != 1 or out_shape[0] is None:
+        raise ValueError(f"Expected an output of shape (batch, num_classes). Received: {(None, *out_shape)}")
+    if inputs[0] is outputs[0]:
+        raise ValueError("Expected a model whose output differs from its input. Received: output == input")
+    return in_shape, out_shape
+
+
+def check_representative_data(data, input_shape: Sequence[int], what: str = "representative_data") -> np.ndarray:
+    """Return ``data`` as a float32 array after checking shape, size and finiteness."""
+    if data is None:
+        raise ValueError(f"Expected `{what}` (an array of model inputs). Received: None")
+    try:
+        arr = np.asarray(data, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"Expected `{what}` to be a numeric array. Received: {type(data).__name__} ({e})") from None
+    want = tuple(int(d) for d in input_shape)
+    if arr.ndim == len(want) + 1 and arr.shape[0] == 0:
+        raise ValueError(f"Expected a non-empty `{what}`. Received: an array of shape {arr.shape}")
+    if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
+        raise ValueError(
+            f"Expected `{what}` of shape (n, {', '.join(map(str, want))}). Received: shape {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"Expected finite values in `{what}`. Received: {bad} NaN or infinite values")
+    return arr
+
+
+def _check_choice(name: str, value, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"Invalid value received for argument `{name}`. Expected one of {', '.join(map(repr, allowed))}. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def _check_image(spec, input_shape) -> dict | None:
+    if spec is None:
+        return None
+    keys = ("height", "width", "channels", "scale", "offset")
+    if not isinstance(spec, dict) or set(spec) != set(keys):
+        raise ValueError(f"Expected `input_image` to be a dict with keys {keys}. Received: {spec!r}")
+    out = {k: (int(spec[k]) if k in keys[:3] else float(spec[k])) for k in keys}
+    pixels = out["height"] * out["width"] * out["channels"]
+    if pixels != int(np.prod(input_shape)):
+        raise ValueError(
+            f"Expected `input_image` to describe {int(np.prod(input_shape))} values (the model input "
+            f"{tuple(input_shape)}). Received: {out['height']}x{out['width']}x{out['channels']} = {pixels}"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def _global_seed() -> int | None:
+    # tf.compat.v1.random.get_seed(None) is the public way to read the global seed.
+    return tf.compat.v1.random.get_seed(None)[0]
+
+
+@contextlib.contextmanager
+def _tracing_seed(seed: int | None) -> Iterator[None]:
+    """Trace with the global seed cleared (unseeded ops) or set to ``seed``; restore afterwards."""
+    previous = _global_seed()
+    tf.random.set_seed(seed)
+    try:
+        yield
+    finally:
+        tf.random.set_seed(previous)
+
+
+# --------------------------------------------------------------------------- split
+
+
+def _split(model: keras.Model, first_mc) -> tuple[keras.Model | None, keras.Model | None, str]:
+    """(trunk, head, reason): trunk/head models, or (None, None, why there is no split)."""
+    if first_mc is None:
+        return None, None, "the model has no MC layer"
+    try:
+        cut = first_mc.input
+    except (AttributeError, ValueError) as e:
+        return None, None, f"the first MC layer is shared or not connected ({e})"
+    if cut is model.inputs[0]:
+        return None, None, f"the first MC layer {first_mc.name!r} acts on the model input"
+    try:
+        trunk = keras.Model(model.inputs, cut, name="trunk")
+        head = keras.Model(cut, model.outputs[0], name="head")
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        return None, None, f"the input of {first_mc.name!r} does not separate the graph ({str(e).splitlines()[0]})"
+    # A head that still needs the model input (a skip connection around the cut) cannot be built
+    # by Keras, which raises above; double-check that every MC layer sits in the head.
+    head_layers = {id(layer) for layer in head.layers}
+    return trunk, head, "" if head_layers else "empty head"
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _mask_shape(layer) -> list[int | None]:
+    shape = layer.mask_shape(tuple(layer.input.shape))
+    return [None if d is None else int(d) for d in shape]
+
+
+def _mc_layer_meta(layers, stochastic: str) -> list[dict]:
+    kinds = {MCDropout: "MCDropout", MCAlphaDropout: "MCAlphaDropout", MCSpatialDropout2D: "MCSpatialDropout2D"}
+    out = []
+    for i, layer in enumerate(layers):
+        out.append({
+            "name": layer.name,
+            "kind": next(v for k, v in kinds.items() if type(layer) is k or isinstance(layer, k)),
+            "rate": float(layer.rate),
+            "mask_shape": _mask_shape(layer),
+            "mask_input": f"mask_{i}" if stochastic == "mask-input" and layer.rate > 0 else None,
+        })
+    return out
+
+
+def _write_saved_model(model, trunk, head, mc_meta, in_shape, folder: str) -> list[str]:
+    """Write a SavedModel with the endpoints ``full`` (+ ``trunk`` and ``head``); return their names."""
+    masked = [m for m in mc_meta if m["mask_input"]]
+    mask_specs = [tf.TensorSpec([None, *m["mask_shape"]], tf.float32, name=m["mask_input"]) for m in masked]
+    x_spec = tf.TensorSpec([None, *in_shape], tf.float32, name="x")
+
+    def with_masks(fn, first, masks):
+        with mask_inputs({m["name"]: t for m, t in zip(masked, masks)}):
+            return {"probs": fn(first)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("full", lambda x, *masks: with_masks(model, x, masks), input_signature=[x_spec, *mask_specs])
+    names = ["full"]
+    if trunk is not None:
+        f_spec = tf.TensorSpec([None, *trunk.outputs[0].shape[1:]], tf.float32, name="features")
+        archive.add_endpoint("trunk", lambda x: {"features": trunk(x)}, input_signature=[x_spec])
+        archive.add_endpoint(
+            "head", lambda f, *masks: with_masks(head, f, masks), input_signature=[f_spec, *mask_specs]
+        )
+        names += ["trunk", "head"]
+    archive.write_out(folder, verbose=False)
+    return names
+
+
+def _calibration(model, trunk, head, mc_meta, data: np.ndarray, names, rng_seed: int = 0):
+    """A representative-dataset generator that feeds every signature (multi-signature calibration)."""
+    masked = [m for m in mc_meta if m["mask_input"]]
+    features = trunk.predict(data, batch_size=256, verbose=0) if trunk is not None else None
+    rng = np.random.default_rng(rng_seed)
+
+    def masks(n):
+        # Calibrate on real keep-masks so the ranges match what the runtime feeds.
+        return {
+            m["mask_input"]: (rng.random((n, *m["mask_shape"])) >= m["rate"]).astype(np.float32) for m in masked
+        }
+
+    def gen():
+        for i in range(len(data)):
+            x = data[i : i + 1]
+            yield "full", {"x": x, **masks(1)}
+            if trunk is not None:
+                yield "trunk", {"x": x}
+                yield "head", {"features": features[i : i + 1], **masks(1)}
+
+    return gen
+
+
+def _tflite_convert(folder, names, quantize, int8_io, calibration, sparse=False) -> bytes:
+    conv = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=names)
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
+    conv.target_spec.supported_ops = [builtins]
+    if quantize == "float16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif quantize == "dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantize == "int8":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = calibration
+        # RANDOM_UNIFORM (and ELU) have no int8 kernel: TFLITE_BUILTINS leaves them as float islands.
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, builtins]
+    elif quantize == "int16x8":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = calibration
+        conv.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+            builtins,
+        ]
+    if sparse:
+        conv.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    if int8_io:
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    try:
+        with warnings.catch_warnings():
+            # TF's calibrator uses its own deprecated tf.lite.Interpreter; that is not the user's concern.
+            warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+            return conv.convert()
+    except Exception as e:  # ConverterError and friends: say which ops are the problem
+        text = str(e)
+        hint = [ln.strip() for ln in text.splitlines() if "op" in ln.lower() and ("not" in ln.lower() or "flex" in ln.lower())]
+        detail = hint[0] if hint else (text.strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(
+            "Expected a model made of layers that convert to TFLite builtin ops. Received: the TFLite converter "
+            f"failed ({detail[:300]})"
+        ) from None
+
+
+# --------------------------------------------------------------------------- public
+
+
+def convert(
+    model: keras.Model,
+    *,
+    quantize: str = "float32",
+    representative_data=None,
+    fold_batchnorm: bool = True,
+    device=None,
+    stochastic: str = "in-graph",
+    seed: int | None = None,
+    class_names: Sequence[str] | None = None,
+    input_image: dict | None = None,
+    int8_io: bool = False,
+    sparse: bool = False,
+) -> ConvertedModel:
+    """Convert an MC-dropout Keras model to the bytes of one edgekit ``.tflite`` file.
+
+    Args:
+        model: a built Keras 3 model (one input, output ``(batch, num_classes)`` probabilities)
+            using ``edgekit.layers`` MC layers. It is not modified.
+        quantize: ``"float32"``, ``"float16"``, ``"dynamic"``, ``"int8"`` or ``"int16x8"``.
+        representative_data: model inputs from the training set, shape ``(n, *input_shape)``;
+            required for ``int8`` and ``int16x8`` (the first 1000 are used), and used to record the
+            input range in the metadata.
+        fold_batchnorm: fold BatchNormalization into neighbouring Dense/Conv layers first.
+        device: a device profile (``edgekit.devices.load_profile`` result) or its name; the
+            result is checked against its ops, dtypes and size (``ValueError`` if it does not fit).
+        stochastic: ``"in-graph"`` (``RANDOM_UNIFORM`` draws the masks) or ``"mask-input"``
+            (masks are inputs ``mask_0..``; no random op).
+        seed: bake this seed into the random ops (reproducible masks, identical on every device).
+            ``None`` (default) leaves the ops unseeded, whatever global seed is set.
+        class_names: names of the output classes, stored in the metadata.
+        input_image: how an 8-bit image becomes the input, ``{"height", "width", "channels",
+            "scale", "offset"}`` (``x = pixel * scale + offset``), stored in the metadata.
+        int8_io: int8 inputs and outputs (only with ``quantize="int8"``).
+        sparse: encode sparse weights with TFLite's experimental sparsity (float32 only).
+
+    Returns:
+        A :class:`ConvertedModel`.
+
+    Raises:
+        ValueError: bad arguments or data, an unsupported layer or op, or a device mismatch.
+        TypeError: ``model`` is not a Keras model.
+    """
+    from edgekit.converters import fold as fold_mod
+    from edgekit.converters import report as report_mod
+
+    _check_choice("quantize", quantize, QUANTIZE_MODES)
+    _check_choice("stochastic", stochastic, STOCHASTIC_MODES)
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise ValueError(f"Invalid value received for argument `seed`. Expected a non-negative int or None. Received: seed={seed!r}")
+    if int8_io and quantize != "int8":
+        raise ValueError(f"Expected quantize='int8' with int8_io=True. Received: quantize={quantize!r}")
+    if sparse and quantize != "float32":
+        raise ValueError(
+            "Expected quantize='float32' with sparse=True. Received: quantize="
+            f"{quantize!r} (TFLite's sparse encoding makes XNNPACK reject quantized models, so LiteRT "
+            "falls back to slow reference kernels; see bench/convert_report.py)"
+        )
+    in_shape, out_shape = _io_shape(model)
+    image = _check_image(input_image, in_shape)
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        if len(class_names) != out_shape[0]:
+            raise ValueError(
+                f"Expected {out_shape[0]} class names (the model's outputs). Received: {len(class_names)}"
+            )
+    data = None
+    if representative_data is not None or quantize in _CALIBRATED:
+        if representative_data is None:
+            raise ValueError(
+                f"Expected `representative_data` (training inputs) for quantize={quantize!r}. Received: None"
+            )
+        data = check_representative_data(representative_data, in_shape)[:_MAX_CALIBRATION]
+
+    caught: list[str] = []
+    mc = _mc_layers(model)
+    if not mc:
+        msg = "the model has no MC layer: the converted model is deterministic (no uncertainty)"
+        warnings.warn(msg, NoMCLayerWarning, stacklevel=2)
+        caught.append(msg)
+    if seed is not None and mc:
+        msg = f"seed={seed} is baked into the file: every device and every interpreter will draw the same masks"
+        warnings.warn(msg, FixedSeedWarning, stacklevel=2)
+        caught.append(msg)
+
+    fold_report = None
+    work = model
+    if fold_batchnorm:
+        work, fold_report = fold_mod.fold_batchnorm(model)
+        mc = _mc_layers(work)
+    mc_meta = _mc_layer_meta(mc, stochastic)
+    first = next((layer for layer in mc if layer.rate > 0), None)
+    trunk, head, no_split = _split(work, first)
+
+    folder = tempfile.mkdtemp(prefix="edgekit-export-")
+    try:
+        with _tracing_seed(seed):
+            names = _write_saved_model(work, trunk, head, mc_meta, in_shape, folder)
+        calibration = _calibration(work, trunk, head, mc_meta, data, names) if quantize in _CALIBRATED else None
+        raw = _tflite_convert(folder, names, quantize, int8_io, calibration, sparse)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    metadata = {
+        "format": "edgekit/1",
+        "edgekit_version": _version(),
+        "stochastic": stochastic if mc_meta and any(m["rate"] > 0 for m in mc_meta) else "none",
+        "seed": seed,
+        "mc_layers": mc_meta,
+        "signatures": {"full": "full", "trunk": "trunk" if trunk is not None else None,
+                       "head": "head" if trunk is not None else None},
+        "input": {
+            "name": "x",
+            "shape": [int(d) for d in in_shape],
+            "dtype": "int8" if int8_io else "float32",
+            "range": [float(data.min()), float(data.max())] if data is not None else None,
+            **({"image": image} if image else {}),
+        },
+        "output": {"name": "probs", "num_classes": int(out_shape[0])},
+        "class_names": class_names,
+        "quantization": {"mode": quantize, "io": "int8" if int8_io else "float32"},
+    }
+    if no_split and mc:
+        metadata["split"] = {"trunk": None, "reason": no_split}
+    from edgekit.runtime.metadata import embed_metadata
+
+    tflite = embed_metadata(raw, metadata)
+    from edgekit.runtime.metadata import read_metadata
+
+    metadata = read_metadata(tflite)
+    report = report_mod.build_report(tflite, fold_report=fold_report, warnings=tuple(caught), raw_bytes=len(raw))
+    if device is not None:
+        report = report_mod.check_device(report, device, metadata)
+    return ConvertedModel(tflite=tflite, metadata=metadata, report=report, warnings=tuple(caught))
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("edgekit")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree without install
+        return "0+unknown"
