@@ -1,0 +1,553 @@
+"""Latency and accuracy profiling of an edgekit ``.tflite`` on the machine it runs on.
+
+MC dropout trades latency for quality: T stochastic passes give a better mean and an uncertainty,
+and cost more. This module measures both sides so you can pick T for a latency budget:
+
+>>> from edgekit.runtime.profiling import profile_model
+>>> report = profile_model("model.tflite", threads=(1, 2), samples=(1, 10, 30, 100),
+...                        runs=100, budget_ms=5.0)
+>>> report.recommended.samples, report.point(2, 30).p99_ms
+
+For each (threads, T) it runs ``warmup`` unmeasured predictions, then ``runs`` measured ones, each
+one MC prediction of a single input the way the runtime does it (docs/format.md): ``trunk`` once,
+then ``head`` on T copies of the features (plus T fresh keep-masks in mask-input mode), then the
+mean of the T probability vectors. A model without ``trunk``/``head`` runs ``full`` on T copies.
+It reports p50/p90/p99/max, the trunk and head parts, the process's peak RSS, the file size and an
+estimate of the tensor arena (:func:`estimate_arena_bytes`).
+
+Given labelled data (``x``, ``y``), it also measures MC accuracy, negative log-likelihood and
+expected calibration error (15 bins) against T. The recommended T (:func:`recommend`) is then the
+smallest T on the accuracy plateau whose p99 fits the budget; without data it is the largest T
+whose p99 fits.
+
+Only numpy, the standard library and LiteRT are used, so ``edgekit profile`` runs on the device.
+Timings are of *this* machine: profile on the target itself for the target's numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.runtime.metadata import read_metadata
+
+__all__ = [
+    "LatencyPoint",
+    "AccuracyPoint",
+    "Recommendation",
+    "ModelProfile",
+    "profile_model",
+    "recommend",
+    "mc_probabilities",
+    "accuracy_curve",
+    "estimate_arena_bytes",
+    "model_ops",
+    "percentile_stats",
+    "ECE_BINS",
+]
+
+ECE_BINS = 15
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - the fallback runtime on old devices
+        from tflite_runtime.interpreter import Interpreter
+    return Interpreter
+
+
+# ---------------------------------------------------------------------------------------------
+# Results (frozen values; to_dict gives the JSON documented in docs/profile-schema.md).
+
+
+@dataclass(frozen=True)
+class LatencyPoint:
+    """Latency of one MC prediction (one input, T samples) with ``threads`` interpreter threads.
+
+    ``trunk_p50_ms`` is None when the model runs ``full`` only. ``latencies_ms`` holds every
+    measured run (for histograms) and is left out of :meth:`to_dict`.
+    """
+
+    threads: int
+    samples: int
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    trunk_p50_ms: float | None
+    head_p50_ms: float
+    latencies_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("latencies_ms")
+        return d
+
+
+@dataclass(frozen=True)
+class AccuracyPoint:
+    """MC quality at T samples over ``examples`` labelled inputs."""
+
+    samples: int
+    examples: int
+    accuracy: float
+    nll: float
+    ece: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The T (and thread count) to use for the budget, and why. ``samples`` is None if none fits."""
+
+    samples: int | None
+    threads: int | None
+    p99_ms: float | None
+    budget_ms: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """Everything measured for one model."""
+
+    path: str
+    model_bytes: int
+    sha256: str
+    quantization: str | None
+    stochastic: str | None
+    strategy: str  # "trunk+head" or "full"
+    arena_bytes: Mapping[int, int]  # T -> estimated tensor arena in bytes
+    peak_rss_bytes: int
+    latency: tuple[LatencyPoint, ...]
+    accuracy: tuple[AccuracyPoint, ...] | None
+    recommended: Recommendation
+
+    def point(self, threads: int, samples: int) -> LatencyPoint:
+        for p in self.latency:
+            if p.threads == threads and p.samples == samples:
+                return p
+        raise KeyError(f"No measurement for threads={threads}, samples={samples}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "model_bytes": self.model_bytes,
+            "sha256": self.sha256,
+            "quantization": self.quantization,
+            "stochastic": self.stochastic,
+            "strategy": self.strategy,
+            "arena_bytes": [{"samples": t, "bytes": b} for t, b in sorted(self.arena_bytes.items())],
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "latency": [p.to_dict() for p in self.latency],
+            "accuracy": None if self.accuracy is None else [a.to_dict() for a in self.accuracy],
+            "recommended": self.recommended.to_dict(),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Static inspection: ops and tensor arena, from the flatbuffer (schema shipped with LiteRT).
+
+
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover
+        from tflite_runtime import schema_py_generated as schema  # type: ignore[no-redef]
+    return schema
+
+
+_TYPE_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8, "BOOL": 1, "INT16": 2,
+               "COMPLEX64": 8, "INT8": 1, "FLOAT64": 8, "COMPLEX128": 16, "UINT64": 8, "UINT32": 4,
+               "UINT16": 2, "BFLOAT16": 2}
+
+
+def model_ops(tflite: bytes) -> list[str]:
+    """Sorted builtin op names used anywhere in the model (``"CUSTOM"`` for custom ops)."""
+    schema = _schema()
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAs(tflite, 0)
+    used = set()
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        # Codes above 127 live in builtin_code; older files only set deprecated_builtin_code.
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        used.add(names.get(code, f"UNKNOWN_{code}"))
+    return sorted(used)
+
+
+def estimate_arena_bytes(tflite: bytes, signature: str, batch: int = 1) -> int:
+    """Estimate the tensor arena of one signature at ``batch`` rows.
+
+    Walks the operators in order and keeps every non-constant tensor alive from the op that
+    writes it (or the start, for inputs) to the last op that reads it (or the end, for outputs);
+    the estimate is the peak of the live bytes. Unknown dims (``-1``) are the batch on axis 0
+    and 1 elsewhere. LiteRT's planner also reuses memory by lifetime, but aligns and adds scratch
+    buffers, so read this as an estimate (typically within a few tens of percent), not a bound.
+    """
+    schema = _schema()
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAs(tflite, 0)
+    sub_index = None
+    for i in range(model.SignatureDefsLength()):
+        sd = model.SignatureDefs(i)
+        if sd.SignatureKey().decode() == signature:
+            sub_index = sd.SubgraphIndex()
+    if sub_index is None:
+        if model.SignatureDefsLength() == 0 and model.SubgraphsLength() == 1:
+            sub_index = 0
+        else:
+            raise ValueError(f"Expected a signature of the model. Received: signature={signature!r}")
+    sg = model.Subgraphs(sub_index)
+    n_ops = sg.OperatorsLength()
+    sizes: dict[int, int] = {}
+    for t in range(sg.TensorsLength()):
+        tensor = sg.Tensors(t)
+        buf = model.Buffers(tensor.Buffer()) if tensor.Buffer() < model.BuffersLength() else None
+        if buf is not None and (buf.DataLength() > 0 or buf.Size() > 0):
+            continue  # a constant (weights): lives in the model, not the arena
+        shape = tensor.ShapeSignatureAsNumpy() if tensor.ShapeSignatureLength() else tensor.ShapeAsNumpy()
+        dims = [batch if (d < 0 and k == 0) else max(int(d), 1) for k, d in enumerate(np.atleast_1d(shape))]
+        sizes[t] = int(np.prod(dims, dtype=np.int64)) * _TYPE_BYTES.get(types.get(tensor.Type(), ""), 4)
+    first = {t: -1 for t in sg.InputsAsNumpy() if t in sizes}
+    last = {t: n_ops for t in sg.OutputsAsNumpy() if t in sizes}
+    for i in range(n_ops):
+        op = sg.Operators(i)
+        for t in op.OutputsAsNumpy() if op.OutputsLength() else ():
+            if t in sizes:
+                first.setdefault(int(t), i)
+        for t in op.InputsAsNumpy() if op.InputsLength() else ():
+            if t in sizes:
+                last[int(t)] = max(last.get(int(t), i), i)
+    # A tensor nobody writes is alive from the start; one nobody reads dies where it is written.
+    spans = [(first.get(t, -1), last.get(t, first.get(t, -1)), size) for t, size in sizes.items()]
+    return max((sum(size for lo, hi, size in spans if lo <= step <= hi) for step in range(-1, n_ops + 1)), default=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running one MC prediction the way the runtime does.
+
+
+class _Runner:
+    """Signature runners of one interpreter plus what is needed to feed them."""
+
+    def __init__(self, tflite: bytes, meta: dict | None, threads: int, seed: int):
+        interp = _interpreter_class()(model_content=tflite, num_threads=threads)
+        self.signatures = interp.get_signature_list()
+        self.strategy = "trunk+head" if {"trunk", "head"} <= set(self.signatures) else "full"
+        if "full" not in self.signatures and self.strategy == "full":
+            if len(self.signatures) != 1:
+                raise ValueError(
+                    "Expected an edgekit model with a `full` signature (or a single signature). "
+                    f"Received: signatures {sorted(self.signatures)}"
+                )
+        full_key = "full" if "full" in self.signatures else next(iter(self.signatures))
+        self.full = interp.get_signature_runner(full_key)
+        self.trunk = interp.get_signature_runner("trunk") if self.strategy == "trunk+head" else None
+        self.head = interp.get_signature_runner("head") if self.strategy == "trunk+head" else self.full
+        head_inputs = self.head.get_input_details()
+        self.head_input_name = "features" if self.strategy == "trunk+head" else "x"
+        self.head_details = head_inputs
+        self.x_details = self.full.get_input_details()["x"] if "x" in self.full.get_input_details() else None
+        if self.x_details is None:
+            names = sorted(self.full.get_input_details())
+            raise ValueError(f"Expected a model input named `x` (docs/format.md). Received: inputs {names}")
+        self.masks: list[tuple[str, tuple[int, ...], float]] = []
+        mask_names = sorted(n for n in head_inputs if n.startswith("mask_"))
+        if mask_names:
+            layers = (meta or {}).get("mc_layers") or []
+            by_input = {m.get("mask_input"): m for m in layers}
+            for name in mask_names:
+                info = by_input.get(name)
+                if info is None:
+                    raise ValueError(
+                        f"Expected edgekit metadata describing mask input `{name}` (mask-input mode). "
+                        "Received: a model without it"
+                    )
+                self.masks.append((name, tuple(int(d) for d in info["mask_shape"]), float(info["rate"])))
+        self.rng = np.random.default_rng(seed)
+        out = self.head.get_output_details()
+        self.out_name = "probs" if "probs" in out else next(iter(out))
+        self.out_details = out[self.out_name]
+
+    @staticmethod
+    def _feed(value: np.ndarray, details: dict) -> np.ndarray:
+        dtype = details["dtype"]
+        if dtype in (np.int8, np.uint8, np.int16) and value.dtype.kind == "f":
+            scale, zero = details["quantization"]
+            info = np.iinfo(dtype)
+            value = np.clip(np.round(value / scale + zero), info.min, info.max)
+        return np.ascontiguousarray(value, dtype=dtype)
+
+    def _probs(self, raw: np.ndarray) -> np.ndarray:
+        if raw.dtype.kind in "iu":
+            scale, zero = self.out_details["quantization"]
+            return (raw.astype(np.float32) - zero) * np.float32(scale)
+        return raw.astype(np.float32, copy=False)
+
+    def _mask_feed(self, rows: int) -> dict[str, np.ndarray]:
+        feeds = {}
+        for name, shape, rate in self.masks:
+            keep = (self.rng.random((rows, *shape), dtype=np.float32) >= rate).astype(np.float32)
+            feeds[name] = self._feed(keep, self.head_details[name])
+        return feeds
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """Trunk output for a batch of inputs (float32 x), or the fed x itself for `full` models."""
+        xq = self._feed(x, self.x_details)
+        if self.trunk is None:
+            return xq
+        return self.trunk(x=xq)["features"]
+
+    def head_probs(self, feats: np.ndarray, repeats: int) -> np.ndarray:
+        """Probabilities [rows * repeats, C] with each row of ``feats`` repeated ``repeats`` times."""
+        rows = np.repeat(feats, repeats, axis=0)
+        out = self.head(**{self.head_input_name: rows}, **self._mask_feed(rows.shape[0]))[self.out_name]
+        return self._probs(out)
+
+    def predict_timed(self, x1: np.ndarray, samples: int) -> tuple[float, float, np.ndarray]:
+        """One MC prediction of one input: (trunk seconds, head seconds, mean probabilities)."""
+        t0 = time.perf_counter()
+        feats = self.features(x1)
+        t1 = time.perf_counter()
+        mean = self.head_probs(feats, samples).mean(axis=0)
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1, mean
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics.
+
+
+def percentile_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/max/mean of a list of latencies (numpy's linear-interpolated percentiles)."""
+    a = np.asarray(latencies_ms, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("Expected at least one latency. Received: an empty list")
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "max_ms": float(a.max()),
+            "mean_ms": float(a.mean())}
+
+
+def mc_probabilities(runner_or_path, x: np.ndarray, max_samples: int, *, threads: int = 1, seed: int = 0,
+                     rows_per_invoke: int = 4096) -> np.ndarray:
+    """Per-sample probabilities ``[N, max_samples, C]`` for every input of ``x`` (float32).
+
+    The first T samples of each input are an unbiased T-sample MC prediction, so one call gives
+    the whole accuracy-vs-T curve.
+    """
+    runner = runner_or_path
+    if not isinstance(runner, _Runner):
+        data = Path(runner_or_path).read_bytes()
+        runner = _Runner(data, read_metadata(data), threads, seed)
+    n = len(x)
+    chunk = max(1, rows_per_invoke // max_samples)
+    parts = []
+    for start in range(0, n, chunk):
+        feats = runner.features(np.asarray(x[start:start + chunk], dtype=np.float32))
+        probs = runner.head_probs(feats, max_samples)
+        parts.append(probs.reshape(feats.shape[0], max_samples, -1))
+    return np.concatenate(parts, axis=0)
+
+
+def accuracy_curve(probs: np.ndarray, y: np.ndarray, samples: Sequence[int], *, bins: int = ECE_BINS) -> list[AccuracyPoint]:
+    """Accuracy, NLL and ECE of the mean of the first T samples, for each T in ``samples``."""
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    if probs.ndim != 3 or probs.shape[0] != y.shape[0]:
+        raise ValueError(f"Expected probs [N, T, C] and N labels. Received: probs {probs.shape}, labels {y.shape}")
+    out = []
+    for t in samples:
+        if not 1 <= t <= probs.shape[1]:
+            raise ValueError(f"Expected 1 <= T <= {probs.shape[1]}. Received: T={t}")
+        mean = probs[:, :t].mean(axis=1)
+        pred = mean.argmax(axis=1)
+        correct = pred == y
+        # Clip before the log: a single zero probability would make the NLL infinite.
+        nll = float(-np.log(np.clip(mean[np.arange(len(y)), y], 1e-12, 1.0)).mean())
+        conf = mean.max(axis=1)
+        edges = np.linspace(0.0, 1.0, bins + 1)
+        which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+        ece = 0.0
+        for b in range(bins):
+            sel = which == b
+            if sel.any():
+                ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+        out.append(AccuracyPoint(int(t), int(len(y)), float(correct.mean()), nll, float(ece)))
+    return out
+
+
+def recommend(latency: Sequence[LatencyPoint], budget_ms: float,
+              accuracy: Sequence[AccuracyPoint] | None = None) -> Recommendation:
+    """Pick T for ``budget_ms``.
+
+    With accuracy points: the smallest T whose accuracy is within one standard error
+    (``sqrt(a(1-a)/N)`` at the best T) of the best accuracy measured (the plateau) and whose p99
+    fits the budget; if no T on the plateau fits, the most accurate T that fits. Without: the
+    largest T whose p99 fits. Among thread counts, the one with the lowest p99 at that T.
+    """
+    if not budget_ms > 0:
+        raise ValueError(f"Expected a budget > 0 ms. Received: budget_ms={budget_ms}")
+    fits: dict[int, LatencyPoint] = {}
+    for p in latency:
+        if p.p99_ms <= budget_ms and (p.samples not in fits or p.p99_ms < fits[p.samples].p99_ms):
+            fits[p.samples] = p
+    if not fits:
+        fastest = min(latency, key=lambda p: p.p99_ms)
+        return Recommendation(None, None, None, budget_ms,
+                              f"no T fits: the fastest, T={fastest.samples} with {fastest.threads} thread(s), "
+                              f"has p99 {fastest.p99_ms:.3g} ms > budget {budget_ms:g} ms")
+    if accuracy:
+        acc = {a.samples: a for a in accuracy}
+        best = max(accuracy, key=lambda a: a.accuracy)
+        se = math.sqrt(max(best.accuracy * (1 - best.accuracy), 0.0) / best.examples)
+        plateau = best.accuracy - se
+        on_plateau = sorted(t for t in fits if t in acc and acc[t].accuracy >= plateau)
+        if on_plateau:
+            t = on_plateau[0]
+            p = fits[t]
+            return Recommendation(t, p.threads, p.p99_ms, budget_ms,
+                                  f"smallest T on the accuracy plateau ({acc[t].accuracy:.4f} >= best "
+                                  f"{best.accuracy:.4f} - 1 SE {se:.4f}) with p99 {p.p99_ms:.3g} ms <= {budget_ms:g} ms")
+        candidates = [t for t in fits if t in acc]
+        if candidates:
+            t = max(candidates, key=lambda s: (acc[s].accuracy, -s))
+            p = fits[t]
+            return Recommendation(t, p.threads, p.p99_ms, budget_ms,
+                                  f"the plateau (best accuracy {best.accuracy:.4f} at T={best.samples}) does not fit "
+                                  f"the budget; T={t} is the most accurate that does (p99 {p.p99_ms:.3g} ms)")
+    t = max(fits)
+    p = fits[t]
+    return Recommendation(t, p.threads, p.p99_ms, budget_ms,
+                          f"largest T with p99 {p.p99_ms:.3g} ms <= budget {budget_ms:g} ms")
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # Linux reports KiB
+
+
+def _check_ints(name: str, values: Sequence[int], low: int = 1) -> tuple[int, ...]:
+    vals = tuple(values)
+    if not vals or any(not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low for v in vals):
+        raise ValueError(f"Invalid value for `{name}`. Expected a non-empty list of integers >= {low}. Received: {list(vals)}")
+    return tuple(sorted(set(int(v) for v in vals)))
+
+
+def profile_model(
+    path: str | os.PathLike,
+    *,
+    threads: Sequence[int] = (1,),
+    samples: Sequence[int] = (1, 10, 30, 100),
+    runs: int = 100,
+    warmup: int | None = None,
+    budget_ms: float = 5.0,
+    x: np.ndarray | None = None,
+    y: np.ndarray | None = None,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> ModelProfile:
+    """Profile one ``.tflite`` (see the module docstring).
+
+    Args:
+        path: The model file.
+        threads: Interpreter thread counts to try.
+        samples: MC sample counts T to try.
+        runs: Measured predictions per (threads, T).
+        warmup: Unmeasured predictions first (default ``max(3, runs // 10)``).
+        budget_ms: Latency budget for one MC prediction.
+        x, y: Optional labelled data (float32 inputs shaped like the model input, integer labels)
+            for the accuracy/NLL/ECE curve; ``x[0]`` is also the input timed.
+        seed: Seeds the numpy generator of mask-input models and the synthetic timing input.
+        progress: Called with the number of predictions just done (for a progress bar).
+    """
+    threads = _check_ints("threads", threads)
+    samples = _check_ints("samples", samples)
+    if not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"Invalid value for `runs`. Expected an integer >= 1. Received: {runs!r}")
+    warmup = max(3, runs // 10) if warmup is None else int(warmup)
+    data = Path(path).read_bytes()
+    meta = read_metadata(data)
+    runners = {t: _Runner(data, meta, t, seed) for t in threads}
+    first = runners[threads[0]]
+    in_shape = tuple(int(d) for d in first.x_details["shape_signature"][1:])
+    if x is not None:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim >= 1 and x.shape[1:] != in_shape and x.shape[0] and x[0].size == int(np.prod(in_shape)):
+            x = x.reshape(len(x), *in_shape)
+        if x.shape[1:] != in_shape:
+            raise ValueError(f"Expected data inputs shaped [N, {', '.join(map(str, in_shape))}]. Received: {list(x.shape)}")
+        x1 = x[:1]
+    else:
+        low, high = ((meta or {}).get("input") or {}).get("range", [0.0, 1.0])
+        x1 = np.random.default_rng(seed).uniform(low, high, (1, *in_shape)).astype(np.float32)
+
+    points = []
+    for t in threads:
+        runner = runners[t]
+        for s in samples:
+            for _ in range(warmup):
+                runner.predict_timed(x1, s)
+            trunk_ms, head_ms, total_ms = [], [], []
+            for _ in range(runs):
+                a, b, _mean = runner.predict_timed(x1, s)
+                trunk_ms.append(a * 1e3)
+                head_ms.append(b * 1e3)
+                total_ms.append((a + b) * 1e3)
+            stats = percentile_stats(total_ms)
+            points.append(LatencyPoint(
+                threads=t, samples=s, runs=runs, **stats,
+                trunk_p50_ms=float(np.median(trunk_ms)) if runner.trunk is not None else None,
+                head_p50_ms=float(np.median(head_ms)), latencies_ms=tuple(total_ms),
+            ))
+            if progress is not None:
+                progress(warmup + runs)
+
+    accuracy = None
+    if x is not None and y is not None:
+        y = np.asarray(y).reshape(-1)
+        if len(y) != len(x):
+            raise ValueError(f"Expected one label per input. Received: {len(x)} inputs, {len(y)} labels")
+        probs = mc_probabilities(runners[threads[-1]], x, max(samples))
+        accuracy = tuple(accuracy_curve(probs, y, samples))
+        if progress is not None:
+            progress(len(x))
+
+    arena_sig = "head" if first.strategy == "trunk+head" else ("full" if "full" in first.signatures else next(iter(first.signatures)))
+    arena = {}
+    for s in samples:
+        arena[s] = estimate_arena_bytes(data, arena_sig, s)
+        if first.strategy == "trunk+head":
+            # trunk and head run one after the other: the arena must hold the larger of the two.
+            arena[s] = max(arena[s], estimate_arena_bytes(data, "trunk", 1))
+    quant = ((meta or {}).get("quantization") or {}).get("mode")
+    return ModelProfile(
+        path=str(path),
+        model_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        quantization=quant,
+        stochastic=(meta or {}).get("stochastic"),
+        strategy=first.strategy,
+        arena_bytes=arena,
+        peak_rss_bytes=_peak_rss_bytes(),
+        latency=tuple(points),
+        accuracy=accuracy,
+        recommended=recommend(points, budget_ms, accuracy),
+    )
