@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 import keras
 import tensorflow as tf
 
-__all__ = ["MCDropout", "MCAlphaDropout", "MCSpatialDropout2D", "MC_LAYERS", "mask_inputs"]
+__all__ = ["MCDropout", "MCAlphaDropout", "MCSpatialDropout2D", "MC_LAYERS", "mask_inputs", "dropout_off"]
 
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on the user's environment
     raise ImportError(
@@ -55,6 +55,22 @@ def mask_inputs(masks: Mapping[str, tf.Tensor]) -> Iterator[None]:
         yield
     finally:
         _override.masks = previous
+
+
+@contextlib.contextmanager
+def dropout_off() -> Iterator[None]:
+    """Make MC layers the identity while tracing or calling a model inside this block.
+
+    This is the "dropout off" prediction of the seed text (what plain Keras ``Dropout`` does at
+    inference), used to compare deterministic and MC predictions. A ``tf.function`` traced inside
+    the block keeps dropout off for good, so trace a fresh one.
+    """
+    previous = getattr(_override, "off", False)
+    _override.off = True
+    try:
+        yield
+    finally:
+        _override.off = previous
 
 
 def _check_rate(rate: float) -> float:
@@ -91,7 +107,7 @@ class _MCLayer(keras.layers.Layer):
         return tf.cast(draw >= self.rate, inputs.dtype)
 
     def call(self, inputs):
-        if self.rate == 0.0:
+        if self.rate == 0.0 or getattr(_override, "off", False):
             return inputs  # rate 0 is the identity, and exports no random op
         return self._apply(inputs, self._keep(inputs))
 
