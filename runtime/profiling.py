@@ -52,6 +52,7 @@ __all__ = [
     "accuracy_curve",
     "estimate_arena_bytes",
     "model_ops",
+    "model_dtypes",
     "percentile_stats",
     "ECE_BINS",
 ]
@@ -192,6 +193,19 @@ def model_ops(tflite: bytes) -> list[str]:
         code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
         used.add(names.get(code, f"UNKNOWN_{code}"))
     return sorted(used)
+
+
+def model_dtypes(tflite: bytes) -> list[str]:
+    """Sorted tensor dtype names (``"float32"``, ``"int8"``, ...) found in any subgraph."""
+    schema = _schema()
+    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAs(tflite, 0)
+    found = set()
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        for t in range(sg.TensorsLength()):
+            found.add(types.get(sg.Tensors(t).Type(), "unknown"))
+    return sorted(found)
 
 
 def estimate_arena_bytes(tflite: bytes, signature: str, batch: int = 1) -> int:
@@ -412,7 +426,7 @@ def recommend(latency: Sequence[LatencyPoint], budget_ms: float,
     if not fits:
         fastest = min(latency, key=lambda p: p.p99_ms)
         return Recommendation(None, None, None, budget_ms,
-                              f"no T fits: the fastest, T={fastest.samples} with {fastest.threads} thread(s), "
+                              f"no T fits: the lowest p99, at T={fastest.samples} with {fastest.threads} thread(s), "
                               f"has p99 {fastest.p99_ms:.3g} ms > budget {budget_ms:g} ms")
     if accuracy:
         acc = {a.samples: a for a in accuracy}
@@ -471,7 +485,7 @@ def profile_model(
         threads: Interpreter thread counts to try.
         samples: MC sample counts T to try.
         runs: Measured predictions per (threads, T).
-        warmup: Unmeasured predictions first (default ``max(3, runs // 10)``).
+        warmup: Unmeasured predictions first (default ``max(10, runs // 5)``).
         budget_ms: Latency budget for one MC prediction.
         x, y: Optional labelled data (float32 inputs shaped like the model input, integer labels)
             for the accuracy/NLL/ECE curve; ``x[0]`` is also the input timed.
@@ -482,7 +496,8 @@ def profile_model(
     samples = _check_ints("samples", samples)
     if not isinstance(runs, int) or runs < 1:
         raise ValueError(f"Invalid value for `runs`. Expected an integer >= 1. Received: {runs!r}")
-    warmup = max(3, runs // 10) if warmup is None else int(warmup)
+    # Each new T resizes the head input and re-plans the arena; the first calls after that are slow.
+    warmup = max(10, runs // 5) if warmup is None else int(warmup)
     data = Path(path).read_bytes()
     meta = read_metadata(data)
     runners = {t: _Runner(data, meta, t, seed) for t in threads}

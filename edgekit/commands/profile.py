@@ -1,0 +1,332 @@
+"""``edgekit profile``: latency (and accuracy) of MC prediction against T, for a latency budget.
+
+Runs on the base install (numpy, click, LiteRT): no TensorFlow is imported, so it runs on the
+device itself. matplotlib is imported only for ``--plot``. The ``--json`` output follows
+docs/profile-schema.md.
+"""
+
+from __future__ import annotations
+
+import io
+import platform
+import sys
+from pathlib import Path
+
+import click
+
+from edgekit.commands._common import echo_json, json_option, library_errors, stderr_is_tty, warn
+
+__all__ = ["profile", "SCHEMA_ID", "build_report", "render_plot"]
+
+SCHEMA_ID = "edgekit.profile/1"
+
+
+class _IntList(click.ParamType):
+    """A comma-separated list of positive integers, e.g. ``1,10,30,100``."""
+
+    name = "INT,INT,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        try:
+            items = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            items = ()
+        if not items or any(i < 1 for i in items):
+            self.fail(f"Expected a comma-separated list of integers >= 1. Received: {value!r}", param, ctx)
+        return tuple(sorted(set(items)))
+
+
+def _load_data(spec: str, examples: int, meta: dict | None):
+    """(x, y, description) from ``fashion-mnist`` or a labelled .npz (keys x/y or x_test/y_test)."""
+    import numpy as np
+
+    if spec == "fashion-mnist":
+        from edgekit.data import load_fashion_mnist
+
+        ds = load_fashion_mnist()
+        return ds.x_test[:examples], ds.y_test[:examples], "fashion-mnist test set"
+    path = Path(spec)
+    if not path.is_file():
+        raise click.BadParameter(
+            f"Expected 'fashion-mnist' or an existing .npz file. Received: {spec!r}", param_hint="'--data'"
+        )
+    with np.load(path, allow_pickle=False) as f:
+        keys = set(f.files)
+        for kx, ky in (("x", "y"), ("x_test", "y_test")):
+            if {kx, ky} <= keys:
+                x, y = f[kx][:examples], f[ky][:examples]
+                break
+        else:
+            raise ValueError(f"{path}: Expected arrays named x and y (or x_test and y_test). Received: {sorted(keys)}")
+    image = ((meta or {}).get("input") or {}).get("image")
+    if x.dtype.kind in "iu" and image:
+        # 8-bit images: scale them the way the model's metadata says (docs/format.md).
+        x = x.astype(np.float32) * np.float32(image["scale"]) + np.float32(image["offset"])
+    return x, y, str(path)
+
+
+def build_report(models, *, device, budget_ms, threads, samples, runs, data_desc, examples) -> dict:
+    """The JSON report (docs/profile-schema.md) for one or two profiled models."""
+    from edgekit.devices import check_model
+    from edgekit.runtime.profiling import model_dtypes, model_ops
+
+    out_models = []
+    for m in models:
+        data = Path(m.path).read_bytes()
+        problems = check_model(
+            device, ops=model_ops(data), model_bytes=m.model_bytes, arena_bytes=max(m.arena_bytes.values()),
+            dtypes=model_dtypes(data),
+        )
+        out_models.append({**m.to_dict(), "device_problems": problems})
+    comparison = None
+    if len(models) == 2:
+        a, b = models
+        rows = []
+        for pa in a.latency:
+            pb = b.point(pa.threads, pa.samples)
+            rows.append({
+                "threads": pa.threads, "samples": pa.samples,
+                "p50_ratio": pb.p50_ms / pa.p50_ms, "p99_ratio": pb.p99_ms / pa.p99_ms,
+            })
+        acc_rows = None
+        if a.accuracy and b.accuracy:
+            acc_rows = [
+                {"samples": x.samples, "accuracy_diff": y.accuracy - x.accuracy, "nll_diff": y.nll - x.nll,
+                 "ece_diff": y.ece - x.ece}
+                for x, y in zip(a.accuracy, b.accuracy)
+            ]
+        comparison = {
+            "baseline": a.path, "other": b.path, "model_bytes_ratio": b.model_bytes / a.model_bytes,
+            "latency": rows, "accuracy": acc_rows,
+        }
+    return {
+        "schema": SCHEMA_ID,
+        "device": device.name,
+        "measured_on": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version()},
+        "budget_ms": budget_ms,
+        "threads": list(threads),
+        "samples": list(samples),
+        "runs": runs,
+        "data": None if data_desc is None else {"source": data_desc, "examples": examples},
+        "models": out_models,
+        "comparison": comparison,
+    }
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _print_human(models, report) -> None:
+    for m, rep in zip(models, report["models"]):
+        largest = max(m.arena_bytes)
+        click.echo(
+            f"{m.path}: {_fmt_bytes(m.model_bytes)}, quantization {m.quantization or '?'}, "
+            f"{m.stochastic or 'no metadata'}, {m.strategy}; tensor arena ~{_fmt_bytes(m.arena_bytes[largest])} "
+            f"at T={largest}; peak RSS {_fmt_bytes(m.peak_rss_bytes)}"
+        )
+        rows = [("threads", "T", "p50 ms", "p90 ms", "p99 ms", "max ms", "trunk ms", "head ms")]
+        for p in m.latency:
+            rows.append((str(p.threads), str(p.samples), f"{p.p50_ms:.3f}", f"{p.p90_ms:.3f}", f"{p.p99_ms:.3f}",
+                         f"{p.max_ms:.3f}", "-" if p.trunk_p50_ms is None else f"{p.trunk_p50_ms:.3f}",
+                         f"{p.head_p50_ms:.3f}"))
+        click.echo(_table(rows))
+        if m.accuracy:
+            rows = [("T", "accuracy", "NLL", "ECE")]
+            rows += [(str(a.samples), f"{a.accuracy:.4f}", f"{a.nll:.4f}", f"{a.ece:.4f}") for a in m.accuracy]
+            click.echo(f"MC quality on {m.accuracy[0].examples} labelled examples:")
+            click.echo(_table(rows))
+        r = m.recommended
+        if r.samples is None:
+            click.echo(f"recommended: none ({r.reason})")
+        else:
+            click.echo(f"recommended: T={r.samples} with {r.threads} thread(s): {r.reason}")
+        for problem in rep["device_problems"]:
+            click.echo(f"does not fit {report['device']}: {problem}")
+        click.echo("")
+    comp = report["comparison"]
+    if comp:
+        click.echo(f"comparison (B/A), A = {comp['baseline']}, B = {comp['other']}; "
+                   f"size ratio {comp['model_bytes_ratio']:.3f}")
+        rows = [("threads", "T", "A p50", "B p50", "p50 B/A", "A p99", "B p99", "p99 B/A")]
+        a, b = models
+        for row in comp["latency"]:
+            pa, pb = a.point(row["threads"], row["samples"]), b.point(row["threads"], row["samples"])
+            rows.append((str(row["threads"]), str(row["samples"]), f"{pa.p50_ms:.3f}", f"{pb.p50_ms:.3f}",
+                         f"{row['p50_ratio']:.2f}", f"{pa.p99_ms:.3f}", f"{pb.p99_ms:.3f}", f"{row['p99_ratio']:.2f}"))
+        click.echo(_table(rows))
+        if comp["accuracy"]:
+            rows = [("T", "A acc", "B acc", "B-A acc", "B-A ECE")]
+            for x, y, d in zip(a.accuracy, b.accuracy, comp["accuracy"]):
+                rows.append((str(x.samples), f"{x.accuracy:.4f}", f"{y.accuracy:.4f}", f"{d['accuracy_diff']:+.4f}",
+                             f"{d['ece_diff']:+.4f}"))
+            click.echo(_table(rows))
+
+
+def render_plot(models, budget_ms: float, device_name: str) -> bytes:
+    """PNG bytes: latency vs T with the budget line, accuracy vs T (with data), a latency histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a device or in CI
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    has_acc = any(m.accuracy for m in models)
+    ncols = 3 if has_acc else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(5.4 * ncols, 5.6), constrained_layout=True)
+    ax_lat, ax_hist = axes[0], axes[-1]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = [Path(m.path).name for m in models]
+    for i, m in enumerate(models):
+        thread_counts = sorted({p.threads for p in m.latency})
+        for j, t in enumerate(thread_counts):
+            pts = sorted((p for p in m.latency if p.threads == t), key=lambda p: p.samples)
+            ts = [p.samples for p in pts]
+            color = colors[(i * len(thread_counts) + j) % len(colors)]
+            label = f"{names[i]}, {t} thr" if len(models) > 1 or len(thread_counts) > 1 else names[i]
+            ax_lat.plot(ts, [p.p50_ms for p in pts], "o-", color=color, label=f"{label} p50")
+            ax_lat.plot(ts, [p.p99_ms for p in pts], "s--", color=color, alpha=0.7, label=f"{label} p99")
+        r = m.recommended
+        if r.samples is not None:
+            ax_lat.plot([r.samples], [r.p99_ms], "*", color="black", markersize=14, zorder=5,
+                        label=f"recommended T={r.samples} ({names[i]})" if len(models) > 1 else f"recommended T={r.samples}")
+    ax_lat.axhline(budget_ms, color="red", linewidth=2, label=f"budget {budget_ms:g} ms")
+    all_t = sorted({p.samples for m in models for p in m.latency})
+    ax_lat.set_xscale("log")
+    ax_lat.set_yscale("log")
+    ax_lat.set_xticks(all_t, [str(t) for t in all_t])
+    ax_lat.minorticks_off()
+    ax_lat.set_xlabel("MC samples T (log scale)")
+    ax_lat.set_ylabel("latency of one MC prediction (ms, log scale)")
+    ax_lat.set_title(f"Latency vs T ({device_name} profile, measured here)")
+    ax_lat.grid(True, which="both", alpha=0.3)
+    ax_lat.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+
+    if has_acc:
+        ax_acc = axes[1]
+        for i, m in enumerate(models):
+            if not m.accuracy:
+                continue
+            ts = [a.samples for a in m.accuracy]
+            ax_acc.plot(ts, [a.accuracy for a in m.accuracy], "o-", color=colors[i % len(colors)], label=f"{names[i]} accuracy")
+            if m.recommended.samples is not None:
+                acc = {a.samples: a.accuracy for a in m.accuracy}
+                ax_acc.plot([m.recommended.samples], [acc[m.recommended.samples]], "*", color="black", markersize=14)
+        n = next(m.accuracy[0].examples for m in models if m.accuracy)
+        ax_acc.set_xscale("log")
+        ax_acc.set_xticks(all_t, [str(t) for t in all_t])
+        ax_acc.minorticks_off()
+        ax_acc.set_xlabel("MC samples T (log scale)")
+        ax_acc.set_ylabel("MC accuracy")
+        ax_acc.set_title(f"Accuracy vs T ({n} labelled examples)")
+        ax_acc.grid(True, which="both", alpha=0.3)
+        ax_acc.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+
+    hist_hi = 0.0
+    any_rec = any(m.recommended.samples is not None for m in models)
+    for i, m in enumerate(models):
+        r = m.recommended
+        p = m.point(r.threads, r.samples) if r.samples is not None else max(m.latency, key=lambda q: q.samples)
+        lat = np.asarray(p.latencies_ms)
+        # Clip the long tail at the 99.5th percentile for the bins, so the bulk stays readable.
+        hi = float(np.percentile(lat, 99.5)) if lat.size else 1.0
+        hist_hi = max(hist_hi, hi)
+        ax_hist.hist(np.minimum(lat, hi), bins=40, alpha=0.55, color=colors[i % len(colors)],
+                     label=f"{names[i]}, T={p.samples}, {p.threads} thr (p99 {p.p99_ms:.3g} ms)")
+    if budget_ms <= 3 * hist_hi:
+        ax_hist.axvline(budget_ms, color="red", linewidth=2, label=f"budget {budget_ms:g} ms")
+    else:  # a line far to the right would squash every bin into one; say where it is instead
+        ax_hist.annotate(f"budget {budget_ms:g} ms (off scale) \u2192", xy=(0.98, 0.5), xycoords="axes fraction",
+                         ha="right", color="red", fontsize=9)
+    ax_hist.set_xlabel("latency (ms; tail beyond p99.5 piled in the last bin)")
+    ax_hist.set_ylabel("runs")
+    ax_hist.set_title("Latency histogram at the recommended T" if any_rec else "Latency histogram at the largest T (none fits)")
+    ax_hist.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+@click.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--device", default="host", show_default=True, help="Device profile name or .toml path (defaults for threads and budget).")
+@click.option("--threads", type=_IntList(), default=None, help="Interpreter thread counts, e.g. 1,2 [default: the device's].")
+@click.option("--samples", type=_IntList(), default="1,10,30,100", show_default=True, help="MC sample counts T to time.")
+@click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Measured predictions per (threads, T).")
+@click.option("--warmup", type=click.IntRange(min=0), default=None, help="Unmeasured predictions first [default: max(10, runs/5)].")
+@click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), default=None, help="Latency budget in ms [default: the device's].")
+@click.option("--data", default=None, metavar="LABELLED.npz|fashion-mnist", help="Labelled data (arrays x, y) for accuracy, NLL and ECE against T.")
+@click.option("--examples", type=click.IntRange(min=1), default=1000, show_default=True, help="Labelled examples used with --data.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the mask generator (mask-input models) and the synthetic input.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG: latency and accuracy vs T, latency histogram.")
+@json_option
+@library_errors
+def profile(models, device, threads, samples, runs, warmup, budget_ms, data, examples, seed, plot_path, as_json):
+    """Time MC prediction of MODEL.tflite against T and recommend T for a latency budget.
+
+    Give two models (e.g. float32 and int8) to compare them side by side with ratios.
+    Latencies are of the machine this runs on: run it on the target for the target's numbers.
+
+    \b
+    Examples:
+      edgekit profile model.tflite --threads 1,2 --budget-ms 5
+      edgekit profile fp32.tflite int8.tflite --data fashion-mnist --plot profile.png
+    """
+    from edgekit.devices import load_profile
+    from edgekit.runtime.fileio import atomic_write_bytes, refuse_overwrite_input
+    from edgekit.runtime.metadata import read_metadata
+    from edgekit.runtime.profiling import profile_model
+
+    if len(models) > 2:
+        raise click.UsageError(f"Expected one model, or two to compare. Received: {len(models)} models")
+    if plot_path is not None:
+        refuse_overwrite_input(plot_path, models)
+    dev = load_profile(device)
+    threads = threads or (dev.default_threads,)
+    budget_ms = budget_ms if budget_ms is not None else dev.default_budget_ms
+    if dev.name != "host" and not as_json:
+        warn(f"latencies are measured on this machine ({platform.machine()}), not on {dev.name}; "
+             f"the {dev.name} profile gives the defaults and the fit check. Run this on the device for its numbers.")
+
+    x = y = data_desc = None
+    if data is not None:
+        x, y, data_desc = _load_data(data, examples, read_metadata(Path(models[0]).read_bytes()))
+
+    warm = max(10, runs // 5) if warmup is None else warmup
+    total = len(models) * len(threads) * len(samples) * (warm + runs) + (len(models) * len(x) if x is not None else 0)
+    results = []
+    show_bar = stderr_is_tty() and total >= 500
+    bar = click.progressbar(length=total, label="Profiling", file=sys.stderr) if show_bar else None
+    try:
+        if bar is not None:
+            bar.__enter__()
+        for path in models:
+            results.append(profile_model(
+                path, threads=threads, samples=samples, runs=runs, warmup=warm, budget_ms=budget_ms,
+                x=x, y=y, seed=seed, progress=bar.update if bar is not None else None,
+            ))
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+    report = build_report(results, device=dev, budget_ms=budget_ms, threads=threads, samples=samples, runs=runs,
+                          data_desc=data_desc, examples=None if x is None else len(x))
+    if plot_path is not None:
+        atomic_write_bytes(plot_path, render_plot(results, budget_ms, dev.name))
+    if as_json:
+        echo_json(report)
+    else:
+        _print_human(results, report)
+        if plot_path is not None:
+            click.echo(f"plot written to {plot_path}")
