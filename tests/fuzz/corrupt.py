@@ -9,6 +9,9 @@ that says how it was made and what a loader must do with it:
   the 8-byte header and root table, each ``OperatorCode``'s builtin code, each tensor's shape
   vector, each weight buffer, and the edgekit metadata JSON;
 - ``huge-tensor``: a tensor's shape rewritten to declare billions of elements;
+- ``bad-index``: an element of a small int32 constant (a reshape target, a slice index, an axis)
+  set to a huge or negative value; one such byte flip segfaults the stock interpreter in
+  ``invoke()`` (after ``allocate_tensors()`` succeeded), so the probe must invoke, not only allocate;
 - ``random``, ``random-tfl3``: random bytes, without and with a valid-looking header;
 - ``not-a-file``: empty file, text file, directory, ``/dev/null``, a path that does not exist;
 - ``resigned-*``: a damaged edgekit file whose digest was recomputed, as an attacker (or a buggy tool)
@@ -28,7 +31,7 @@ import json
 import os
 import random
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ai_edge_litert import schema_py_generated as schema
@@ -64,6 +67,7 @@ class Regions:
     opcodes: tuple[int, ...]
     shapes: tuple[int, ...]  # first byte of each int32 shape element
     weights: tuple[tuple[int, int], ...]  # (start, length) of each non-empty buffer
+    small_ints: tuple[int, ...]  # first byte of each element of int32 constants of <= 4 elements
     metadata: tuple[int, int] | None  # (start, length) of the edgekit JSON
 
 
@@ -89,6 +93,14 @@ def find_regions(data: bytes) -> Regions:
                 start = tab.Vector(off)
                 shapes.extend(start + 4 * k for k in range(tab.VectorLen(off)))
     weights = []
+    small_ints = []
+    int32_buffers = set()
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for t in range(graph.TensorsLength()):
+            tensor = graph.Tensors(t)
+            if tensor.Type() == schema.TensorType.INT32:
+                int32_buffers.add(tensor.Buffer())
     meta_span = None
     meta = read_metadata(data)
     meta_buffer = None
@@ -104,7 +116,9 @@ def find_regions(data: bytes) -> Regions:
                 meta_span = span
             elif i not in _metadata_buffers(model):
                 weights.append(span)
-    return Regions(tuple(header), tuple(opcodes), tuple(shapes), tuple(weights), meta_span)
+                if i in int32_buffers and span[1] <= 16:
+                    small_ints.extend(range(span[0], span[0] + span[1], 4))
+    return Regions(tuple(header), tuple(opcodes), tuple(shapes), tuple(weights), tuple(small_ints), meta_span)
 
 
 def _metadata_buffers(model) -> set[int]:
@@ -165,6 +179,11 @@ def _damage(name: str, data: bytes, rng: random.Random, *, per_region: int, cuts
             out.append((kind, pos, _flip(data, pos, rng)))
     for pos in _sample(regions.shapes, 3, rng):
         out.append(("huge-tensor", pos, _huge(data, pos)))
+    for pos in regions.small_ints:
+        for value in (-0x00FF_FFFF, 0x7FFF_FFFF, 0x00FF_0001):
+            bad = bytearray(data)
+            struct.pack_into("<i", bad, pos, value)
+            out.append(("bad-index", pos, bytes(bad)))
     return out
 
 
@@ -182,7 +201,8 @@ def make_corpus(seed: int = 0, *, per_region: int = 20, cuts: int = 44) -> list[
         # Re-signed: damage outside the metadata, then a valid digest. Only the probe and the
         # memory budget stand between these and the interpreter.
         resignable = [d for d in damaged if d[0] in ("flip-opcode", "flip-shape", "flip-weights", "huge-tensor")]
-        for kind, pos, bad in _sample(resignable, 24, rng):
+        resignable = _sample(resignable, 24, rng) + [d for d in damaged if d[0] == "bad-index"]
+        for kind, pos, bad in resignable:
             cases.append(Case(f"{source}:resigned-{kind}:{pos}", f"resigned-{kind}", source, "no-crash", resign(bad), offset=pos))
     foreign = (FIXTURES / FOREIGN_SOURCE).read_bytes()
     for kind, pos, bad in _damage(FOREIGN_SOURCE, foreign, rng, per_region=8, cuts=20):
@@ -200,7 +220,8 @@ def make_corpus(seed: int = 0, *, per_region: int = 20, cuts: int = 44) -> list[
         Case("devnull", "not-a-file", "-", "error", special="devnull"),
         Case("missing", "not-a-file", "-", "error", special="missing"),
     ]
-    return cases
+    # A running number makes every name unique (and a reproducer: make_corpus(seed)[number]).
+    return [replace(case, name=f"{i:03d}:{case.name}") for i, case in enumerate(cases)]
 
 
 def materialize(case: Case, folder: str | os.PathLike) -> str:
