@@ -1,0 +1,311 @@
+"""Profiling: statistics with known answers, the arena estimate, the recommendation rule, and the
+``edgekit profile`` command on the committed fixtures (real LiteRT, no TensorFlow).
+
+Timings themselves are not asserted here (the machine is shared and noisy); the acceptance numbers
+come from ``bench/profile_check.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgekit.cli import cli
+from edgekit.runtime.profiling import (
+    AccuracyPoint,
+    LatencyPoint,
+    accuracy_curve,
+    estimate_arena_bytes,
+    mc_probabilities,
+    model_dtypes,
+    model_ops,
+    percentile_stats,
+    profile_model,
+    recommend,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = ROOT / "tests" / "fixtures"
+MLP, MLP_MASK, BOOK = FIX / "mlp_ingraph.tflite", FIX / "mlp_mask.tflite", FIX / "book_ingraph.tflite"
+
+
+# ------------------------------------------------------------------ JSON schema from the doc
+
+
+def _schema() -> dict:
+    text = (ROOT / "docs" / "profile-schema.md").read_text()
+    block = re.search(r"## Schema\n```json\n(.*?)\n```", text, re.S)
+    assert block, "docs/profile-schema.md must end with the schema in a ```json block"
+    return json.loads(block.group(1))
+
+
+_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def _validate(value, schema, where="$") -> list[str]:
+    """The subset of JSON Schema the profile schema uses: type, enum, properties, required,
+    additionalProperties, items, minimum, pattern. Returns the errors found."""
+    errors = []
+    types = schema.get("type")
+    if types is not None:
+        types = [types] if isinstance(types, str) else types
+
+        def ok(t):
+            if t == "integer":
+                return isinstance(value, int) and not isinstance(value, bool)
+            if t == "number":
+                return isinstance(value, (int, float)) and not isinstance(value, bool)
+            return isinstance(value, _TYPES[t])
+
+        if not any(ok(t) for t in types):
+            return [f"{where}: expected {types}, got {type(value).__name__}"]
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{where}: {value!r} not in {schema['enum']}")
+    if "minimum" in schema and isinstance(value, (int, float)) and value < schema["minimum"]:
+        errors.append(f"{where}: {value} < {schema['minimum']}")
+    if "pattern" in schema and isinstance(value, str) and not re.search(schema["pattern"], value):
+        errors.append(f"{where}: {value!r} does not match {schema['pattern']}")
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for key in schema.get("required", []):
+            if key not in value:
+                errors.append(f"{where}: missing {key}")
+        for key, v in value.items():
+            if key in props:
+                errors += _validate(v, props[key], f"{where}.{key}")
+            elif schema.get("additionalProperties") is False:
+                errors.append(f"{where}: unexpected key {key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, v in enumerate(value):
+            errors += _validate(v, schema["items"], f"{where}[{i}]")
+    return errors
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "book.npz"
+    np.savez(path, x=rng.random((60, 28, 28), dtype=np.float32), y=rng.integers(0, 10, 60))
+    return path
+
+
+def test_json_output_follows_the_documented_schema(labelled):
+    result = _run("profile", BOOK, "--runs", 5, "--warmup", 1, "--samples", "1,4", "--threads", "1,2",
+                  "--data", labelled, "--examples", 40, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert _validate(report, _schema()) == []
+    m = report["models"][0]
+    assert [(p["threads"], p["samples"]) for p in m["latency"]] == [(1, 1), (1, 4), (2, 1), (2, 4)]
+    assert [a["samples"] for a in m["accuracy"]] == [1, 4] and m["accuracy"][0]["examples"] == 40
+    assert report["data"] == {"source": str(labelled), "examples": 40}
+
+
+def test_compare_mode_reports_ratios_and_validates():
+    result = _run("profile", MLP, MLP_MASK, "--runs", 5, "--warmup", 1, "--samples", "1,8", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert _validate(report, _schema()) == []
+    comp = report["comparison"]
+    a, b = report["models"]
+    assert comp["model_bytes_ratio"] == pytest.approx(b["model_bytes"] / a["model_bytes"])
+    row = comp["latency"][1]
+    assert row["p50_ratio"] == pytest.approx(b["latency"][1]["p50_ms"] / a["latency"][1]["p50_ms"])
+    assert (a["stochastic"], b["stochastic"]) == ("in-graph", "mask-input")
+
+
+def test_the_validator_rejects_what_the_schema_forbids():
+    report = json.loads(_run("profile", MLP, "--runs", 3, "--warmup", 0, "--samples", "2", "--json").stdout)
+    assert _validate(report, _schema()) == []
+    broken = json.loads(json.dumps(report))
+    broken["models"][0]["latency"][0]["p50_ms"] = "fast"
+    del broken["models"][0]["recommended"]
+    broken["extra"] = 1
+    errors = _validate(broken, _schema())
+    assert "$.models[0].latency[0].p50_ms: expected ['number'], got str" in errors
+    assert "$.models[0]: missing recommended" in errors
+    assert "$: unexpected key extra" in errors
+
+
+def test_human_table_and_device_fit_check():
+    result = _run("profile", MLP, "--runs", 3, "--warmup", 0, "--samples", "1,2", "--device", "coral-edgetpu", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "threads  T  p50 ms  p90 ms  p99 ms  max ms  trunk ms  head ms" in out.splitlines()
+    # An in-graph float model does not fit the Edge TPU: the random op and the float tensors.
+    assert "does not fit coral-edgetpu: op RANDOM_UNIFORM is not supported on coral-edgetpu" in out
+    assert "does not fit coral-edgetpu: float32 tensors are not supported" in out
+    assert "not on coral-edgetpu" in result.stderr  # timings are of this machine, and it says so
+
+
+def test_plot_is_a_png_and_never_overwrites_an_input(tmp_path, labelled):
+    from PIL import Image
+
+    png = tmp_path / "p.png"
+    result = _run("profile", BOOK, "--runs", 5, "--warmup", 1, "--samples", "1,3", "--data", labelled,
+                  "--examples", 20, "--plot", png)
+    assert result.exit_code == 0, result.output
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.width > 1000 and im.height > 400  # three panels side by side
+    copy = tmp_path / "m.tflite"
+    copy.write_bytes(MLP.read_bytes())
+    result = _run("profile", copy, "--runs", 2, "--plot", copy)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: Refusing to overwrite an input.")
+    assert copy.read_bytes() == MLP.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--samples", "0,3"], 2, "Expected a comma-separated list of integers >= 1. Received: '0,3'"),
+        (["--threads", "two"], 2, "Expected a comma-separated list of integers >= 1. Received: 'two'"),
+        (["--runs", "0"], 2, "--runs"),
+        (["--device", "rpi9"], 1, "Error: Unknown device profile."),
+        (["--data", "nowhere.npz"], 2, "Expected 'fashion-mnist' or an existing .npz file."),
+    ],
+)
+def test_bad_options(args, code, message):
+    result = _run("profile", MLP, *args)
+    assert result.exit_code == code
+    assert message in result.output
+
+
+def test_data_of_the_wrong_shape_is_a_one_line_error(labelled):
+    result = _run("profile", MLP, "--runs", 2, "--data", labelled)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == "Error: Expected data inputs shaped [N, 20]. Received: [60, 28, 28]"
+
+
+def test_three_models_is_a_usage_error():
+    result = _run("profile", MLP, MLP, MLP)
+    assert result.exit_code == 2 and "Expected one model, or two to compare. Received: 3 models" in result.output
+
+
+# ------------------------------------------------------------------ library, known answers
+
+
+def test_percentiles_match_numpy_and_order():
+    lat = list(np.linspace(1.0, 100.0, 100))
+    s = percentile_stats(lat)
+    assert s["p50_ms"] == pytest.approx(50.5) and s["p99_ms"] == pytest.approx(99.01) and s["max_ms"] == 100.0
+    with pytest.raises(ValueError, match="Expected at least one latency"):
+        percentile_stats([])
+
+
+def test_accuracy_nll_ece_known_answers():
+    # 4 inputs, 2 samples, 2 classes. Sample 0 is one-hot on the label for inputs 0-1 and on the
+    # wrong class for inputs 2-3; sample 1 is uniform (0.5, 0.5) everywhere.
+    y = np.array([0, 1, 0, 1])
+    probs = np.zeros((4, 2, 2))
+    probs[:, 1] = 0.5
+    probs[0, 0] = [1, 0]
+    probs[1, 0] = [0, 1]
+    probs[2, 0] = [0, 1]
+    probs[3, 0] = [1, 0]
+    t1, t2 = accuracy_curve(probs, y, [1, 2])
+    assert t1.accuracy == 0.5
+    assert t1.nll == pytest.approx(-np.log(1e-12) / 2)  # two certain mistakes hit the 1e-12 clip
+    assert t1.ece == pytest.approx(0.5)  # confidence 1 everywhere, accuracy 1/2
+    # T=2: mean (0.75, 0.25) on the label for inputs 0-1 and against it for 2-3.
+    assert t2.accuracy == 0.5
+    assert t2.nll == pytest.approx(-(2 * np.log(0.75) + 2 * np.log(0.25)) / 4)
+    assert t2.ece == pytest.approx(0.25)  # one bin, confidence 0.75, accuracy 0.5
+    with pytest.raises(ValueError, match=r"Expected 1 <= T <= 2. Received: T=3"):
+        accuracy_curve(probs, y, [3])
+
+
+def _pt(threads, samples, p99):
+    return LatencyPoint(threads, samples, 10, p99 / 2, p99 * 0.8, p99, p99, p99 / 2, None, p99 / 2)
+
+
+def test_recommend_without_data_takes_the_largest_t_that_fits():
+    pts = [_pt(1, 1, 0.5), _pt(1, 10, 2.0), _pt(1, 100, 9.0), _pt(2, 100, 4.5)]
+    r = recommend(pts, 5.0)
+    assert (r.samples, r.threads, r.p99_ms) == (100, 2, 4.5)
+    r = recommend(pts, 0.1)
+    assert r.samples is None and r.reason.startswith("no T fits")
+
+
+def test_recommend_with_data_stops_at_the_plateau():
+    pts = [_pt(1, t, 0.1 * t) for t in (1, 10, 30, 100)]
+    # 10000 examples: one standard error at 0.88 is 0.0032; T=30 is within it of the best (T=100).
+    acc = [AccuracyPoint(1, 10000, 0.85, 0.5, 0.05), AccuracyPoint(10, 10000, 0.87, 0.4, 0.03),
+           AccuracyPoint(30, 10000, 0.878, 0.36, 0.02), AccuracyPoint(100, 10000, 0.88, 0.35, 0.02)]
+    assert recommend(pts, 100.0, acc).samples == 30
+    # The plateau does not fit: the most accurate T that fits.
+    r = recommend(pts, 1.5, acc)
+    assert r.samples == 10 and "does not fit" in r.reason
+
+
+def test_arena_estimate_golden():
+    # mlp_mask head: features [b,64], mask_0 [b,64] and MUL's output [b,64] are live together
+    # at the first op (float32): 3 * 64 * 4 * b bytes; the later FC/softmax tensors are smaller.
+    data = MLP_MASK.read_bytes()
+    assert [estimate_arena_bytes(data, "head", b) for b in (1, 7)] == [768, 768 * 7]
+    with pytest.raises(ValueError, match="Expected a signature of the model. Received: signature='nope'"):
+        estimate_arena_bytes(data, "nope")
+
+
+def test_model_ops_and_dtypes():
+    assert model_ops(MLP_MASK.read_bytes()) == ["FULLY_CONNECTED", "MUL", "SOFTMAX"]
+    assert "RANDOM_UNIFORM" in model_ops(MLP.read_bytes())
+    assert model_dtypes(MLP_MASK.read_bytes()) == ["float32"]
+    assert model_dtypes((FIX / "cnn_mask.tflite").read_bytes()) == ["float32", "int32"]  # reshape shapes
+
+
+def test_mc_probabilities_mask_mode_is_seeded_and_stochastic():
+    x = np.random.default_rng(1).random((3, 20), dtype=np.float32)
+    a = mc_probabilities(MLP_MASK, x, 16, seed=5)
+    b = mc_probabilities(MLP_MASK, x, 16, seed=5)
+    assert a.shape == (3, 16, 5)
+    np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)  # softmax rows, float32 rounding
+    np.testing.assert_array_equal(a, b)  # masks come from the seeded numpy generator
+    # 64 dropout units at rate 0.3: two masks agree by chance with probability ~0.58**64.
+    assert np.ptp(a[0], axis=0).max() > 1e-4
+
+
+def test_profile_model_points_and_ordering():
+    rep = profile_model(MLP, threads=(1,), samples=(1, 5), runs=8, warmup=1, budget_ms=1e6)
+    assert [p.samples for p in rep.latency] == [1, 5]
+    for p in rep.latency:
+        assert p.p50_ms <= p.p90_ms <= p.p99_ms <= p.max_ms and len(p.latencies_ms) == 8
+        assert p.trunk_p50_ms is not None and p.trunk_p50_ms > 0
+    assert rep.strategy == "trunk+head" and rep.recommended.samples == 5  # everything fits 1e6 ms
+    assert rep.arena_bytes[5] >= rep.arena_bytes[1]
+
+
+# ------------------------------------------------------------------ base install only
+
+
+def test_profile_runs_with_tensorflow_and_keras_blocked(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "keras", "tf_keras", "matplotlib"):
+                    raise ImportError("blocked for this test: " + name)
+        sys.meta_path.insert(0, Block())
+        from edgekit.cli import cli
+        try:
+            cli(["profile", {str(MLP_MASK)!r}, "--runs", "3", "--warmup", "0", "--samples", "1,4", "--json"],
+                prog_name="edgekit", standalone_mode=False)
+        finally:
+            assert not any(m.split(".")[0] in ("tensorflow", "keras") for m in sys.modules)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["models"][0]["stochastic"] == "mask-input" and len(report["models"][0]["latency"]) == 2
