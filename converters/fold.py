@@ -10,7 +10,7 @@ weights, which removes two ops per BN from the exported graph and, for int8, one
 - **BN directly before a Dense** (the BN output goes only to the Dense):
   ``kernel' = s[:, None] * kernel``, ``bias' = bias + kernel.T @ t``.
 
-The folded BN becomes ``keras.layers.Identity`` (same name), so the graph keeps its shape and
+The folded BN becomes :class:`FoldedBatchNorm`, an identity layer with the same name, so the graph keeps its shape and
 every other layer, MC layers included, is cloned with its weights. Arithmetic is float64, so the
 folded model matches the original within float32 rounding (tests check 1e-5 relative).
 
@@ -30,9 +30,28 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-__all__ = ["FoldReport", "fold_batchnorm"]
+__all__ = ["FoldReport", "FoldedBatchNorm", "fold_batchnorm"]
 
 _LINEAR_BEFORE = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+
+
+@keras.saving.register_keras_serializable(package="edgekit")
+class FoldedBatchNorm(keras.layers.Layer):
+    """The identity, standing where a BatchNormalization was folded into its neighbour.
+
+    Unlike ``keras.layers.Identity`` it accepts the ``training``/``mask`` arguments the original
+    BatchNormalization call was recorded with, so the cloned graph can call it the same way.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
 
 @dataclass(frozen=True)
@@ -208,7 +227,7 @@ def fold_batchnorm(model: keras.Model) -> tuple[keras.Model, FoldReport]:
 
     def clone(layer):
         if layer.name in folded_bn:
-            return keras.layers.Identity(name=layer.name)
+            return FoldedBatchNorm(name=layer.name)
         config = layer.get_config()
         if layer.name in plan:
             config["use_bias"] = True

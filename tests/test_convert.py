@@ -1,0 +1,257 @@
+"""The converter against the real TFLite converter and the stock LiteRT interpreter (no mocks).
+
+Differential where possible: the ``.tflite`` against the Keras model it came from.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.train]
+
+tf = pytest.importorskip("tensorflow")
+import keras  # noqa: E402
+
+from ai_edge_litert import schema_py_generated as schema  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+
+from edgekit.converters import convert, evaluate  # noqa: E402
+from edgekit.converters.export import FixedSeedWarning, NoMCLayerWarning  # noqa: E402
+from edgekit.converters.report import tflite_ops  # noqa: E402
+from edgekit.layers import MCDropout  # noqa: E402
+from edgekit.runtime.metadata import read_metadata, verify_integrity  # noqa: E402
+
+MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+
+
+def _random_seeds(tflite: bytes) -> list[tuple[int, int]]:
+    """(seed, seed2) of every RANDOM_UNIFORM op, read from the flatbuffer."""
+    model = schema.Model.GetRootAs(tflite, 0)
+    codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+             for i in range(model.OperatorCodesLength())]
+    seeds = []
+    for g in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(g)
+        for o in range(sg.OperatorsLength()):
+            op = sg.Operators(o)
+            if codes[op.OpcodeIndex()] == schema.BuiltinOperator.RANDOM_UNIFORM:
+                opts = schema.RandomOptions()
+                table = op.BuiltinOptions()
+                opts.Init(table.Bytes, table.Pos)
+                seeds.append((opts.Seed(), opts.Seed2()))
+    return seeds
+
+
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+@pytest.mark.parametrize("quantize", MODES)
+def test_every_mode_runs_on_the_stock_interpreter(converted, which, quantize, mlp_data, cnn_data):
+    result = converted(which, quantize)
+    meta = read_metadata(result.tflite)
+    assert meta["quantization"] == {"mode": quantize, "io": "float32"}
+    assert verify_integrity(result.tflite)
+    it = Interpreter(model_content=result.tflite)
+    sigs = it.get_signature_list()
+    assert sigs["full"] == {"inputs": ["x"], "outputs": ["probs"]}
+    assert sigs["trunk"] == {"inputs": ["x"], "outputs": ["features"]}
+    assert sigs["head"] == {"inputs": ["features"], "outputs": ["probs"]}
+    ops = {op for per_sig in tflite_ops(result.tflite).values() for op in per_sig}
+    assert "RANDOM_UNIFORM" in ops
+    assert not any(op.startswith(("CUSTOM", "FLEX")) or op == "DELEGATE" for op in ops), ops
+    x = (mlp_data if which == "mlp" else cnn_data)[2][:8]
+    probs = it.get_signature_runner("full")(x=x)["probs"]
+    assert probs.shape == (8, 10)
+    # int8/int16 softmax outputs are quantized to steps of 1/256 (int8) or finer: 10 rounded
+    # outputs can miss 1 by at most 10 * 1/512 ~ 0.02.
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=0.02)
+
+
+def test_int8_is_smaller_and_keeps_float_islands_only_where_needed(converted):
+    f32, i8 = converted("mlp", "float32"), converted("mlp", "int8")
+    # int8 stores 1 byte per weight instead of 4. This MLP has only 55k weights, so the fixed
+    # part (three signatures' graphs, metadata: ~15 KB, measured) keeps it at ~33%, not 25%.
+    assert i8.report.size_bytes <= 0.36 * f32.report.size_bytes
+    islands = i8.report.float_islands
+    assert "RANDOM_UNIFORM" in islands  # no int8 kernel exists: it must stay float
+    assert "FULLY_CONNECTED" not in islands  # the heavy ops are integer
+    assert i8.report.gzip_bytes < i8.report.size_bytes
+
+
+def test_trunk_and_full_match_keras(converted, tiny_mlp, mlp_data):
+    result = converted("mlp", "float32")
+    it = Interpreter(model_content=result.tflite)
+    x = mlp_data[2][:16]
+    trunk_keras = keras.Model(tiny_mlp.inputs, tiny_mlp.get_layer("mc_0").input)(x).numpy()
+    feats = it.get_signature_runner("trunk")(x=x)["features"]
+    # float32 both sides, same ops; 1e-5 covers a different summation order in FULLY_CONNECTED.
+    np.testing.assert_allclose(feats, trunk_keras, rtol=1e-5, atol=1e-5)
+    # MC means over 400 draws: per-class probability std is < 0.5, so the standard error of
+    # each mean is < 0.025 and the difference of two means < 0.036; 0.15 is > 4 sigma.
+    head = it.get_signature_runner("head")
+    rep = np.repeat(feats[:4], 400, axis=0)
+    tfl = head(features=rep)["probs"].reshape(4, 400, 10).mean(1)
+    ker = tiny_mlp(np.repeat(x[:4], 400, axis=0)).numpy().reshape(4, 400, 10).mean(1)
+    np.testing.assert_allclose(tfl, ker, atol=0.15)
+
+
+def test_default_export_is_unseeded_even_after_set_random_seed(converted, tmp_path, mlp_data):
+    result = converted("mlp", "float32")  # tiny_mlp was built and trained after set_random_seed(0)
+    assert _random_seeds(result.tflite) and all(s == (0, 0) for s in _random_seeds(result.tflite))
+    path = tmp_path / "m.tflite"
+    path.write_bytes(result.tflite)
+    np.save(tmp_path / "x.npy", mlp_data[2][:4])
+    # A fresh process with nothing but the stock interpreter: no edgekit code runs.
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from ai_edge_litert.interpreter import Interpreter
+        x = np.load({str(tmp_path / "x.npy")!r})
+        def run(it):
+            return it.get_signature_runner("full")(x=x)["probs"]
+        a = Interpreter(model_path={str(path)!r}); b = Interpreter(model_path={str(path)!r})
+        first, second, other = run(a), run(a), run(b)
+        print(int(not np.allclose(first, second)), int(not np.allclose(first, other)))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["1", "1"]  # consecutive invokes differ; two interpreters differ
+
+
+def test_seed_gives_reproducible_masks_and_warns(tiny_mlp, mlp_data):
+    with pytest.warns(FixedSeedWarning, match="every device"):
+        result = convert(tiny_mlp, seed=7)
+    assert all(s != (0, 0) for s in _random_seeds(result.tflite))
+    assert result.metadata["seed"] == 7
+    x = mlp_data[2][:4]
+    outs = [Interpreter(model_content=result.tflite).get_signature_runner("full")(x=x)["probs"] for _ in range(2)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    # The caller's global seed survives the (unseeded) export.
+    keras.utils.set_random_seed(3)
+    convert(tiny_mlp)
+    assert tf.compat.v1.random.get_seed(None)[0] == 3
+
+
+def test_mask_input_mode_has_named_masks_and_no_random_op(converted, mlp_data):
+    result = converted("mlp", "float32", stochastic="mask-input")
+    ops = {op for per_sig in tflite_ops(result.tflite).values() for op in per_sig}
+    assert "RANDOM_UNIFORM" not in ops
+    assert [m["mask_input"] for m in result.metadata["mc_layers"]] == ["mask_0", "mask_1"]
+    it = Interpreter(model_content=result.tflite)
+    assert it.get_signature_list()["head"]["inputs"] == ["features", "mask_0", "mask_1"]
+    full = it.get_signature_runner("full")
+    x = mlp_data[2][:4]
+    ones = {f"mask_{i}": np.ones((4, 64), np.float32) for i in range(2)}
+    a, b = full(x=x, **ones)["probs"], full(x=x, **ones)["probs"]
+    np.testing.assert_array_equal(a, b)  # no randomness left inside the file
+    dropped = dict(ones, mask_1=np.zeros((4, 64), np.float32))
+    assert not np.allclose(full(x=x, **dropped)["probs"], a)
+
+
+def test_mask_input_deterministic_accuracy_matches_keras_dropout_off(converted, tiny_mlp, mlp_data):
+    result = converted("mlp", "float32", stochastic="mask-input")
+    _, _, xt, yt = mlp_data
+    report = evaluate(result, tiny_mlp, xt[:100], yt[:100], samples=10)
+    # Same float32 function (expected masks cancel the 1/(1-rate) scaling): identical argmax.
+    assert report.accuracy["tflite"]["deterministic_accuracy"] == report.accuracy["keras"]["deterministic_accuracy"]
+
+
+def test_int8_mc_accuracy_is_close_to_keras(converted, tiny_mlp, mlp_data):
+    _, _, xt, yt = mlp_data
+    report = evaluate(converted("mlp", "int8"), tiny_mlp, xt, yt, samples=30)
+    acc = report.accuracy
+    assert acc["keras"]["mc_accuracy"] > 0.8  # the task is learnable: otherwise the check is empty
+    # 300 test inputs: one flipped prediction is 0.33 points; int8 rounding may flip a few
+    # borderline ones and MC noise a few more. 3 points is far from a collapse to chance (90).
+    assert abs(acc["mc_accuracy_delta_points"]) <= 3.0
+    assert 0 <= acc["tflite"]["ece"] <= 1 and acc["tflite"]["nll"] > 0
+    assert "accuracy" in report.to_table() and report.to_dict()["accuracy"]["n"] == 300
+
+
+def test_int8_io(converted, mlp_data):
+    result = converted("mlp", "int8", int8_io=True)
+    it = Interpreter(model_content=result.tflite)
+    details = it.get_signature_runner("full").get_input_details()["x"]
+    assert details["dtype"] == np.int8
+    assert result.metadata["input"]["dtype"] == "int8" and result.report.io == "int8"
+
+
+def test_no_split_when_first_mc_layer_acts_on_the_input():
+    model = keras.Sequential([keras.Input((64,)), MCDropout(0.3), keras.layers.Dense(10, activation="softmax")])
+    result = convert(model)
+    assert result.metadata["signatures"] == {"full": "full", "trunk": None, "head": None}
+    assert list(Interpreter(model_content=result.tflite).get_signature_list()) == ["full"]
+    assert "acts on the model input" in result.report.split_reason
+
+
+def test_model_without_mc_layer_warns_and_is_deterministic():
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, activation="softmax")])
+    with pytest.warns(NoMCLayerWarning, match="deterministic"):
+        result = convert(model)
+    assert result.metadata["stochastic"] == "none"
+    assert result.metadata["mc_layers"] == []
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (np.zeros((0, 28, 28), np.float32), "non-empty"),
+        (np.zeros((5, 28, 27), np.float32), r"shape \(n, 28, 28\)"),
+        (np.full((5, 28, 28), np.nan, np.float32), "finite"),
+        (None, "Expected `representative_data`"),
+    ],
+)
+def test_bad_representative_data(tiny_mlp, data, message):
+    with pytest.raises(ValueError, match=message):
+        convert(tiny_mlp, quantize="int8", representative_data=data)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"quantize": "int4"}, "Expected one of 'float32'"),
+        ({"stochastic": "sometimes"}, "Expected one of 'in-graph'"),
+        ({"int8_io": True}, "quantize='int8' with int8_io"),
+        ({"sparse": True, "quantize": "dynamic"}, "XNNPACK"),
+        ({"class_names": ["a", "b"]}, "Expected 10 class names"),
+        ({"seed": -1}, "non-negative int"),
+    ],
+)
+def test_bad_arguments(tiny_mlp, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        convert(tiny_mlp, **kwargs)
+
+
+def test_unsupported_layer_is_one_clear_error():
+    class Svd(keras.layers.Layer):  # no TFLite builtin computes an SVD
+        def call(self, x):
+            return tf.linalg.svd(tf.reshape(x, [-1, 4, 4]), compute_uv=False)
+
+    inputs = keras.Input((16,))
+    h = MCDropout(0.2)(keras.layers.Dense(16)(inputs))
+    outputs = keras.layers.Dense(3, activation="softmax")(Svd()(h))
+    with pytest.raises(ValueError, match="Expected a model made of layers that convert to TFLite builtin ops"):
+        convert(keras.Model(inputs, outputs))
+
+
+def test_metadata_follows_the_format(converted):
+    result = converted("cnn", "float32")
+    meta = result.metadata
+    assert meta["format"] == "edgekit/1" and meta["stochastic"] == "in-graph" and meta["seed"] is None
+    assert [(m["name"], m["kind"], m["rate"]) for m in meta["mc_layers"]] == [
+        ("mc_0", "MCDropout", 0.2), ("mc_1", "MCDropout", 0.2)]
+    assert meta["mc_layers"][0]["mask_shape"] == [4 * 4 * 8]
+    assert meta["input"]["shape"] == [16, 16, 1] and meta["output"] == {"name": "probs", "num_classes": 10}
+    assert len(meta["sha256"]) == 64
+    # BN folding happened before export: no BatchNorm arithmetic left around the convolutions.
+    assert [f["batchnorm"] for f in result.report.fold["folded"]] == ["bn_0", "bn_1"]
+
+
+def test_warnings_do_not_leak_from_the_calibrator(tiny_mlp, mlp_data):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert(tiny_mlp, quantize="int8", representative_data=mlp_data[0][:50])
+    assert not [w for w in caught if "tf.lite.Interpreter is deprecated" in str(w.message)]
