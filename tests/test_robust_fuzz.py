@@ -1,0 +1,79 @@
+"""Hundreds of corrupted ``.tflite`` files through ``MCModel`` and ``edgekit predict``: clean errors only.
+
+The corpus (``tests/fuzz/corrupt.py``) is made from the committed fixtures: truncations, byte flips in
+the header, operator codes, tensor shapes, weights and metadata, huge tensors, bad indices, random
+bytes and non-files, plus re-signed and foreign copies that no digest can vouch for. Each file is
+loaded by a long-lived worker process (the "calling process"); a native crash or a hang of that
+worker is a failure, and the harness starts a fresh worker only after one. The rules for each case
+are in ``tests/fuzz/checks.py``. ``bench/robustness.py`` runs the same corpus and also counts what the
+stock interpreter does with it.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from fuzz.checks import violation
+from fuzz.corrupt import EDGEKIT_SOURCES, FIXTURES, find_regions, make_corpus
+from fuzz.harness import run_cases
+
+# Needs no TensorFlow. Marked slow: the worker and the runtime's probe children cost ~1 s each.
+pytestmark = pytest.mark.slow
+
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return make_corpus(SEED)
+
+
+def test_corpus_is_large_varied_and_reproducible(corpus):
+    assert len(corpus) >= 500
+    kinds = collections.Counter(case.kind for case in corpus)
+    for kind in ("truncate", "flip-header", "flip-opcode", "flip-shape", "flip-weights", "flip-metadata",
+                 "huge-tensor", "bad-index", "random", "not-a-file"):
+        assert kinds[kind] > 0, kind
+    assert [c.data for c in make_corpus(SEED)] == [c.data for c in corpus]
+    sources = {name: (FIXTURES / name).read_bytes() for name in EDGEKIT_SOURCES}
+    for case in corpus:
+        if case.source in sources:
+            assert case.data != sources[case.source], case.name
+
+
+def test_regions_point_inside_the_file():
+    data = (FIXTURES / "cnn_ingraph.tflite").read_bytes()
+    regions = find_regions(data)
+    assert regions.opcodes and regions.shapes and regions.weights and regions.small_ints
+    start, length = regions.metadata
+    assert data[start : start + length].startswith(b"{") and b'"edgekit/1"' in data[start : start + length]
+    assert all(0 <= p < len(data) for p in regions.opcodes + regions.shapes + regions.small_ints)
+
+
+def test_harness_records_a_native_crash_and_carries_on(corpus):
+    # The stock interpreter segfaults on this bad index in invoke(); the harness must see a crash
+    # (so a crash in the runtime could not go unnoticed) and still run the next case.
+    crasher = next(c for c in corpus if c.kind == "bad-index" and c.source == "cnn_ingraph.tflite" and c.offset == 2744)
+    after = next(c for c in corpus if c.name.endswith(":empty"))
+    results = run_cases("stock", [crasher, after], timeout=60)
+    assert results[0]["status"] == "crash" and results[0]["signal_name"] == "SIGSEGV", results[0]
+    assert results[1]["status"] == "error", results[1]
+
+
+def _check(corpus, mode, tmp_path):
+    results = run_cases(mode, corpus, timeout=60, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    bad = [(case.name, why) for case, r in zip(corpus, results, strict=True) if (why := violation(case, r, mode))]
+    statuses = collections.Counter(r["status"] for r in results)
+    assert not bad, f"{len(bad)} of {len(corpus)} cases broke the promise ({dict(statuses)}): {bad[:10]}"
+    assert statuses["crash"] == 0 and statuses["hang"] == 0
+    return results
+
+
+def test_every_corrupted_file_fails_cleanly_in_mcmodel(corpus, tmp_path):
+    _check(corpus, "mcmodel", tmp_path)
+
+
+def test_every_corrupted_file_fails_cleanly_in_edgekit_predict(corpus, tmp_path):
+    _check(corpus, "predict", tmp_path)
