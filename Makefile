@@ -1,0 +1,41 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Each sets up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   := $(or $(EDGEKIT_DATA),/usr/share/datasets/fashion-mnist)
+
+.PHONY: demo test setup data bench clean
+
+demo: setup data
+	$(BIN)/edgekit demo --out demo-out
+
+test: setup data
+	$(BIN)/python -m pytest -q
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[train,dev]"
+	touch $(STAMP)
+
+# Debian's dataset-fashion-mnist: installed when missing and apt is usable (root or sudo).
+data:
+	@if [ -f "$(DATA)/t10k-labels-idx1-ubyte.gz" ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ]; then \
+	    echo "Installing Debian's dataset-fashion-mnist"; \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null && exit 0; \
+	  fi; \
+	fi; \
+	echo "Fashion-MNIST not found in $(DATA). Install Debian's dataset-fashion-mnist, or set EDGEKIT_DATA to a folder with its four .gz files." >&2; \
+	exit 1
+
+bench: setup data
+	$(BIN)/python bench/mc_speed.py
+
+clean:
+	rm -rf $(VENV) demo-out build *.egg-info
