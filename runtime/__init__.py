@@ -1,0 +1,40 @@
+"""edgekit.runtime: MC-dropout prediction on the device, with numpy and LiteRT only.
+
+>>> from edgekit.runtime import MCModel
+>>> model = MCModel("model.tflite")
+>>> pred = model.predict(x, budget_ms=5)
+>>> pred.mean, pred.std, pred.mutual_information, pred.samples
+
+- :class:`MCModel` / :class:`MCPrediction` (:mod:`edgekit.runtime.mc`): trunk once, head at batch
+  T in one invoke, latency budgets, early stop on a tolerance, thread-safe.
+- :func:`embed_metadata`, :func:`read_metadata`, :func:`verify_integrity`
+  (:mod:`edgekit.runtime.metadata`): the ``edgekit`` metadata entry and its SHA-256 digest.
+- :class:`ModelLoadError` (:mod:`edgekit.runtime.safety`): a model LiteRT cannot load, found by a
+  probe in a child process before the host process touches it.
+
+Nothing here imports TensorFlow or Keras, and ``ai_edge_litert`` is imported only when a model is
+loaded.
+"""
+
+from edgekit.runtime.metadata import (
+    IntegrityError,
+    MetadataError,
+    embed_metadata,
+    read_metadata,
+    verify_integrity,
+)
+from edgekit.runtime.mc import BudgetError, MCModel, MCPrediction, UnverifiedModelWarning
+from edgekit.runtime.safety import ModelLoadError
+
+__all__ = [
+    "MCModel",
+    "MCPrediction",
+    "BudgetError",
+    "ModelLoadError",
+    "IntegrityError",
+    "MetadataError",
+    "UnverifiedModelWarning",
+    "embed_metadata",
+    "read_metadata",
+    "verify_integrity",
+]

@@ -1,0 +1,726 @@
+"""MC-dropout prediction on the device: T stochastic passes, their mean and their spread.
+
+>>> from edgekit.runtime import MCModel
+>>> model = MCModel("model.tflite")                 # verifies the digest, probes the model once
+>>> pred = model.predict(x, samples=100)             # x: one input or a batch
+>>> pred.mean[0], pred.std[0], pred.predicted[0], pred.mutual_information[0]
+>>> pred = model.predict(x, budget_ms=5)             # as many samples as fit in 5 ms
+>>> pred = model.predict(x, budget_ms=20, tolerance=0.01)   # stop once the top class is known
+
+How the work is kept small
+--------------------------
+- An edgekit file has a deterministic ``trunk`` (everything before the first MC layer) and a
+  stochastic ``head`` (docs/format.md). The trunk runs once per input; the head runs at batch T in
+  **one** invoke, so T samples cost one interpreter call instead of T. A file without a trunk (the
+  first dropout acts on the input, as in the book MLP) runs ``full`` at batch T.
+- The interpreter keeps its allocation between calls with the same batch size; a new batch size
+  costs one resize (measured: no visible cost for the book MLP).
+- Under a budget, a latency model ``cost(T) = fixed + per_sample * T`` (calibrated on load for the
+  thread count in use, refitted online from every invoke) picks the largest T whose predicted p99
+  fits what is left of the budget. With a ``tolerance``, sampling goes in growing chunks and stops
+  when the standard error of the top class's mean probability falls below it.
+
+Randomness
+----------
+- ``in-graph`` files draw masks with LiteRT's ``RANDOM_UNIFORM``. Unseeded files (the default) are
+  re-seeded from ``/dev/urandom`` whenever the kernel is prepared, so a resize never repeats masks.
+  A *seeded* file restarts its sequence on every re-prepare; for those the runtime keeps one
+  interpreter per batch size, so a sequence is never restarted and masks never repeat.
+- ``mask-input`` files take their keep-masks as inputs; they are drawn here from one
+  ``numpy.random.Generator`` (``seed`` makes them reproducible), which is never reset.
+
+Safety
+------
+The digest in the metadata is checked (a file without edgekit metadata runs with a warning); every
+declared tensor is checked against a memory budget before anything is allocated; the first load of
+a model is probed in a child process (:mod:`edgekit.runtime.safety`). Every input is validated
+(shape, rank, dtype, empty batch, NaN/Inf) with an "Expected ... Received ..." message.
+
+Threads: a LiteRT interpreter is not thread-safe, so each thread gets its own interpreter(s);
+``predict`` may be called from many threads at once.
+
+Uncertainty measures use natural logarithms (nats): ``entropy`` is the entropy of the mean
+probabilities (total uncertainty), ``mutual_information`` is entropy minus the mean per-sample
+entropy (BALD: the part due to the model's uncertainty, 0 when all samples agree).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.runtime.metadata import read_metadata, verify_integrity
+from edgekit.runtime.safety import ModelLoadError, declared_tensors, probe_model
+
+__all__ = ["MCModel", "MCPrediction", "BudgetError", "UnverifiedModelWarning", "LatencyModel"]
+
+DEFAULT_SAMPLES = 100  # the book's T
+DEFAULT_MAX_SAMPLES = 1000  # cap for budget/tolerance sampling when `samples` is not given
+DEFAULT_MEMORY_BYTES = 512 * 2**20
+
+
+class BudgetError(ValueError):
+    """The latency budget is too small for even one MC sample on this machine."""
+
+
+class UnverifiedModelWarning(UserWarning):
+    """The model has no edgekit metadata, so its integrity cannot be verified."""
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - depends on the install
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise ImportError(
+                "edgekit.runtime needs a TFLite interpreter. Expected `ai-edge-litert` (pip install "
+                "ai-edge-litert) or `tflite-runtime`. Received: neither is installed"
+            ) from None
+    return Interpreter
+
+
+@dataclass(frozen=True)
+class MCPrediction:
+    """The MC-dropout result for a batch of N inputs (every array has N rows).
+
+    Attributes:
+        mean: ``[N, C]`` mean class probabilities over the samples.
+        std: ``[N, C]`` standard deviation of the class probabilities over the samples.
+        predicted: ``[N]`` index of the class with the highest mean probability.
+        confidence: ``[N]`` that highest mean probability.
+        entropy: ``[N]`` predictive entropy of ``mean`` (nats).
+        mutual_information: ``[N]`` BALD mutual information (nats).
+        samples: ``[N]`` number of MC samples used for each input.
+        elapsed_ms: ``[N]`` wall time spent on each input.
+        budget_cut: ``[N]`` True where the budget stopped sampling before ``samples`` was reached.
+        class_names: names of the C classes (from the metadata, or ``"0"``, ``"1"``, ...).
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+    entropy: np.ndarray
+    mutual_information: np.ndarray
+    samples: np.ndarray
+    elapsed_ms: np.ndarray
+    budget_cut: np.ndarray
+    class_names: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: one dict per input."""
+        rows = []
+        for i in range(len(self.predicted)):
+            rows.append(
+                {
+                    "predicted": int(self.predicted[i]),
+                    "label": self.class_names[int(self.predicted[i])],
+                    "confidence": float(self.confidence[i]),
+                    "mean": [float(v) for v in self.mean[i]],
+                    "std": [float(v) for v in self.std[i]],
+                    "entropy": float(self.entropy[i]),
+                    "mutual_information": float(self.mutual_information[i]),
+                    "samples": int(self.samples[i]),
+                    "elapsed_ms": float(self.elapsed_ms[i]),
+                    "budget_cut": bool(self.budget_cut[i]),
+                }
+            )
+        return {"class_names": list(self.class_names), "predictions": rows}
+
+
+def summarize(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(mean, std, entropy, mutual information) of ``probs`` ``[T, C]`` (one input)."""
+    p = probs.astype(np.float64, copy=False)
+    mean = p.mean(axis=0)
+    std = p.std(axis=0)
+    eps = 1e-12  # log(0) guard; probabilities below it contribute ~0 to the entropy anyway
+    entropy = float(-(mean * np.log(mean + eps)).sum())
+    expected = float(-(p * np.log(p + eps)).sum(axis=1).mean())
+    return mean, std, entropy, max(0.0, entropy - expected)
+
+
+class LatencyModel:
+    """``cost(T) = fixed + per_sample * T`` for one stochastic invoke, with a p99 safety factor.
+
+    Fitted by least squares on the most recent invokes; the p99 factor is the 99th percentile of
+    observed/predicted over recent invokes (1.5 until 20 invokes are seen). Thread-safe.
+    """
+
+    def __init__(self, window: int = 256):
+        self._obs: deque[tuple[int, float]] = deque(maxlen=window)
+        self._ratios: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()
+        self.fixed_s = 0.0
+        self.per_sample_s = 0.0
+        self.p99_factor = 1.5
+        self._seen = 0
+
+    def observe(self, samples: int, seconds: float, *, ratio: bool = True) -> None:
+        with self._lock:
+            predicted = self.fixed_s + self.per_sample_s * samples
+            if ratio and predicted > 0:
+                self._ratios.append(seconds / predicted)
+            self._obs.append((samples, seconds))
+            self._seen += 1
+            # Refitting costs ~0.1 ms (polyfit + quantile); do it every 8th invoke once warmed up.
+            if self._seen <= 16 or self._seen % 8 == 0:
+                self._refit()
+
+    def _refit(self) -> None:
+        if len(self._obs) < 2:
+            return
+        t = np.array([o[0] for o in self._obs], dtype=np.float64)
+        s = np.array([o[1] for o in self._obs], dtype=np.float64)
+        if np.ptp(t) == 0:
+            self.per_sample_s = max(self.per_sample_s, float(np.median(s)) / max(t[0], 1))
+            return
+        # Relative-error fit (weights 1/s): small batches matter as much as large ones, so the
+        # one-sample cost is not swamped by the large-T points.
+        b, a = np.polyfit(t, s, 1, w=1.0 / np.maximum(s, 1e-9))
+        # Costs can't be negative; a negative intercept just means noise at small T.
+        self.per_sample_s = max(float(b), 1e-9)
+        self.fixed_s = max(float(a), 0.0)
+        if len(self._ratios) >= 20:
+            self.p99_factor = max(1.0, float(np.quantile(np.fromiter(self._ratios, float), 0.99)))
+
+    def typical(self, samples: int) -> float:
+        """Fitted (not p99) cost of one invoke of ``samples`` samples, in seconds."""
+        return self.fixed_s + self.per_sample_s * samples
+
+    def p99(self, samples: int) -> float:
+        return (self.fixed_s + self.per_sample_s * samples) * self.p99_factor
+
+    def largest_fitting(self, seconds: float, cap: int) -> int:
+        """Largest T <= cap with p99(T) <= seconds (0 if even T=1 does not fit)."""
+        with self._lock:
+            room = seconds / self.p99_factor - self.fixed_s
+            if self.per_sample_s <= 0:
+                return cap
+            return int(max(0, min(cap, math.floor(room / self.per_sample_s))))
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    name: str
+    shape: tuple[int, ...]  # without the batch axis
+    dtype: np.dtype
+    scale: float = 0.0
+    zero_point: int = 0
+
+
+class _Local(threading.local):
+    def __init__(self):
+        self.main = None  # interpreter for trunk (any batch) and for the sampler when resizing is safe
+        self.by_size: dict[int, Any] = {}  # seeded in-graph files: one interpreter per sampler batch
+        # Largest sampler batch allocated so far. Growing past it reallocates the arena (a one-off
+        # cost several times an invoke); going back to any smaller batch is cheap.
+        self.high_water = 0
+
+
+class MCModel:
+    """An edgekit ``.tflite`` model ready for MC-dropout prediction.
+
+    Args:
+        path_or_bytes: Path to a ``.tflite`` file, or its bytes.
+        threads: Interpreter threads (default: the device profile's ``default_threads``, else 1:
+            predictable latency, and concurrent ``predict`` calls scale across cores).
+        device: A device profile name or TOML path (``edgekit.devices``); gives default threads,
+            the memory budget (``ram_bytes``) and the default latency budget.
+        seed: Seed for mask-input masks. In-graph files draw their own masks (their seeding is
+            fixed in the file) and ignore it.
+        probe: Load the model in a child process first (cached by content hash). Set False only for
+            models you already trust.
+        memory_bytes: Largest total of declared tensor bytes a subgraph may allocate (default
+            512 MiB, or the device's ``ram_bytes``).
+
+    Raises:
+        IntegrityError: the file differs from what was exported.
+        ModelLoadError: LiteRT cannot load the model (the probe child died), or a tensor exceeds the
+            memory budget, or the file lacks the signatures/inputs edgekit needs.
+    """
+
+    def __init__(
+        self,
+        path_or_bytes: str | os.PathLike | bytes,
+        *,
+        threads: int | None = None,
+        device: str | None = None,
+        seed: int | None = None,
+        probe: bool = True,
+        memory_bytes: int | None = None,
+    ):
+        if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+            data, self.source = bytes(path_or_bytes), "<bytes>"
+        elif isinstance(path_or_bytes, (str, os.PathLike)):
+            path = Path(path_or_bytes)
+            if not path.is_file():
+                raise FileNotFoundError(f"Model file not found. Expected an existing .tflite file. Received: {str(path)!r}")
+            data, self.source = path.read_bytes(), str(path)
+        else:
+            raise TypeError(f"Expected a path or bytes for the model. Received: {type(path_or_bytes).__name__}")
+        self.profile = None
+        if device is not None:
+            from edgekit.devices import load_profile
+
+            self.profile = load_profile(device)
+        if threads is None:
+            threads = self.profile.default_threads if self.profile else 1
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"Expected `threads` to be an integer >= 1. Received: threads={threads!r}")
+        if memory_bytes is None:
+            memory_bytes = self.profile.ram_bytes if self.profile else DEFAULT_MEMORY_BYTES
+        self.threads = threads
+        self.memory_bytes = int(memory_bytes)
+        self._data = data
+
+        # 1. Integrity: the digest covers every byte.
+        self.verified = verify_integrity(data, require_metadata=False)
+        if not self.verified:
+            warnings.warn(
+                f"{self.source} has no edgekit metadata, so its integrity cannot be verified; running it as is.",
+                UnverifiedModelWarning,
+                stacklevel=2,
+            )
+        self.metadata: dict = read_metadata(data) or {}
+
+        # 2. Declared tensor sizes, before LiteRT allocates anything.
+        self._tensors = declared_tensors(data)
+        for t in self._tensors:
+            if t.nbytes(1) > self.memory_bytes:
+                raise ModelLoadError(
+                    f"Tensor {t.name!r} declares {t.nbytes(1)} bytes at batch 1. Expected at most the memory "
+                    f"budget of {self.memory_bytes} bytes. Received: shape={t.shape}"
+                )
+
+        # 3. Crash probe in a child process, then the real interpreter.
+        if probe:
+            probe_model(data, threads=threads)
+        self._Interpreter = _interpreter_class()
+        self._local = _Local()
+        self._plan(self._interpreter())
+        self._rng = np.random.default_rng(seed)
+        self._rng_lock = threading.Lock()
+        self.latency = LatencyModel()
+        # p99 of the time a budgeted input needs after sampling (statistics, bookkeeping), kept
+        # free at the end of the budget.
+        self._after_s: deque[float] = deque([1e-4], maxlen=256)
+        self._after_n, self._after_p99 = 0, 1e-4
+        self._calibrate()
+
+    # ------------------------------------------------------------------ setup
+
+    def _interpreter(self):
+        try:
+            return self._Interpreter(model_content=self._data, num_threads=self.threads)
+        except (ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"LiteRT cannot load {self.source}: {str(e).strip().splitlines()[0]}") from None
+
+    def _plan(self, interp) -> None:
+        meta = self.metadata
+        sigs = interp.get_signature_list()
+        names = meta.get("signatures") or {}
+        full = names.get("full") or ("full" if "full" in sigs else None)
+        if full is None and len(sigs) == 1:
+            full = next(iter(sigs))  # a foreign file with one signature
+        if full not in sigs:
+            raise ModelLoadError(
+                f"{self.source} has no usable signature. Expected a 'full' signature (docs/format.md). "
+                f"Received: signatures={sorted(sigs)}"
+            )
+        trunk, head = names.get("trunk"), names.get("head")
+        self.has_trunk = bool(trunk and head and trunk in sigs and head in sigs)
+        self._trunk_key = trunk if self.has_trunk else None
+        self._sampler_key = head if self.has_trunk else full
+        self._full_key = full
+        self.stochastic = meta.get("stochastic", "in-graph")
+        self.seeded = self.stochastic == "in-graph" and meta.get("seed") is not None
+        self._mc_layers = list(meta.get("mc_layers") or [])
+
+        def details(runner, which):
+            get = runner.get_input_details if which == "in" else runner.get_output_details
+            out = {}
+            for name, d in get().items():
+                q = d.get("quantization_parameters") or {}
+                scales, zps = q.get("scales", []), q.get("zero_points", [])
+                shape = tuple(int(s) for s in d["shape_signature"][1:])
+                out[name] = _Tensor(
+                    name, shape, np.dtype(d["dtype"]),
+                    float(scales[0]) if len(scales) else 0.0, int(zps[0]) if len(zps) else 0,
+                )
+            return out
+
+        full_runner = interp.get_signature_runner(full)
+        full_in = details(full_runner, "in")
+        mask_names = {m.get("mask_input") for m in self._mc_layers if m.get("mask_input")}
+        x_name = (meta.get("input") or {}).get("name", "x")
+        if x_name not in full_in:
+            candidates = [n for n in full_in if n not in mask_names]
+            if len(candidates) != 1:
+                raise ModelLoadError(
+                    f"{self.source}: cannot tell which input is the data. Expected one input named "
+                    f"{x_name!r}. Received: inputs={sorted(full_in)}"
+                )
+            x_name = candidates[0]
+        self.input = full_in[x_name]
+        sampler = interp.get_signature_runner(self._sampler_key)
+        s_in, s_out = details(sampler, "in"), details(sampler, "out")
+        self._masks = [
+            (m["mask_input"], tuple(m.get("mask_shape") or s_in[m["mask_input"]].shape), float(m["rate"]))
+            for m in self._mc_layers
+            if m.get("mask_input")
+        ]
+        for name, _shape, _rate in self._masks:
+            if name not in s_in:
+                raise ModelLoadError(f"{self.source}: mask input {name!r} is missing. Received: {sorted(s_in)}")
+        feeds = [n for n in s_in if n not in mask_names]
+        if len(feeds) != 1:
+            raise ModelLoadError(f"{self.source}: the stochastic signature has inputs {sorted(s_in)}; expected one data input.")
+        self._feed = s_in[feeds[0]]
+        out_name = (meta.get("output") or {}).get("name", "probs")
+        if out_name not in s_out:
+            out_name = next(iter(s_out))
+        self._out = s_out[out_name]
+        num_classes = self._out.shape[-1] if self._out.shape else 1
+        self.num_classes = int(num_classes)
+        names_ = meta.get("class_names")
+        self.class_names = tuple(str(c) for c in names_) if names_ and len(names_) == self.num_classes else tuple(
+            str(i) for i in range(self.num_classes)
+        )
+        # Largest sampler batch the memory budget allows.
+        sampler_sg = self._subgraph_of(interp, self._sampler_key)
+        fixed = sum(t.nbytes(0) for t in self._tensors if t.subgraph == sampler_sg)
+        per = sum(t.nbytes(1) - t.nbytes(0) for t in self._tensors if t.subgraph == sampler_sg)
+        self.max_batch = int((self.memory_bytes - fixed) // per) if per > 0 else 1 << 30
+        if self.max_batch < 1:
+            raise ModelLoadError(
+                f"{self.source}: one MC sample needs {fixed + per} bytes of tensors. Expected at most the memory "
+                f"budget of {self.memory_bytes} bytes. Received: {fixed + per}"
+            )
+        self._local.main = interp
+
+    @staticmethod
+    def _subgraph_of(interp, key) -> int:
+        try:
+            return int(interp.get_signature_runner(key)._subgraph_index)
+        except AttributeError:  # pragma: no cover - other interpreter builds
+            return 0
+
+    def _calibrate(self) -> None:
+        # Fit the latency model for the thread count in use from the median of 5 invokes at batch
+        # 1, 16 and 128 (after one untimed invoke each, which pays for allocation). Medians, so a
+        # noisy neighbour during loading cannot skew the fit. Batch 128 also allocates room for
+        # the book's T=100, so the first real call does not pay for it.
+        feat = np.zeros(self._feed.shape, dtype=self._feed.dtype)
+        for t in sorted({min(t, self.max_batch) for t in (1, 16, 128)}):
+            self._draw(feat, t, observe=False)
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                self._draw(feat, t, observe=False)
+                times.append(time.perf_counter() - start)
+            self.latency.observe(t, float(np.median(times)), ratio=False)
+
+    # ------------------------------------------------------------------ running
+
+    def _runner(self, key: str, batch: int | None = None):
+        local = self._local
+        if local.main is None:
+            local.main = self._interpreter()
+        if batch is None or not self.seeded:
+            return local.main.get_signature_runner(key)
+        interp = local.by_size.get(batch)
+        if interp is None:
+            interp = local.by_size[batch] = self._interpreter()
+        return interp.get_signature_runner(key)
+
+    def _quantize(self, t: _Tensor, x: np.ndarray, what: str) -> np.ndarray:
+        if t.dtype == np.float32:
+            return x.astype(np.float32, copy=False)
+        if t.dtype == np.int8 and t.scale > 0:
+            if x.dtype == np.int8:
+                return x
+            lo, hi = (-128 - t.zero_point) * t.scale, (127 - t.zero_point) * t.scale
+            bad = (x < lo - t.scale / 2) | (x > hi + t.scale / 2)
+            if bad.any():
+                raise ValueError(
+                    f"The model's {what} is int8 (scale={t.scale:g}, zero_point={t.zero_point}), which represents "
+                    f"[{lo:g}, {hi:g}]. Expected values in that range. Received: min={float(x.min()):g}, "
+                    f"max={float(x.max()):g}"
+                )
+            return np.clip(np.round(x / t.scale) + t.zero_point, -128, 127).astype(np.int8)
+        raise ModelLoadError(f"{self.source}: unsupported {what} dtype. Expected float32 or int8. Received: {t.dtype}")
+
+    def _dequantize(self, t: _Tensor, y: np.ndarray) -> np.ndarray:
+        if y.dtype == np.float32:
+            return y
+        return (y.astype(np.float32) - t.zero_point) * t.scale
+
+    def _masks_for(self, batch: int) -> dict[str, np.ndarray]:
+        out = {}
+        with self._rng_lock:  # one generator, never reset: masks never repeat across calls/sizes
+            for name, shape, rate in self._masks:
+                u = self._rng.random((batch, *shape), dtype=np.float32)
+                out[name] = (u >= rate).astype(np.float32)
+        return out
+
+    def _draw(self, feature: np.ndarray, batch: int, *, observe: bool = True) -> np.ndarray:
+        """``batch`` MC samples for one input's features (or raw input): probs ``[batch, C]``."""
+        start = time.perf_counter()
+        local = self._local
+        grew = batch > local.high_water or (self.seeded and batch not in local.by_size)
+        runner = self._runner(self._sampler_key, batch)
+        feed = np.empty((batch, *feature.shape), dtype=feature.dtype)
+        feed[...] = feature
+        feeds = {self._feed.name: feed}
+        if self._masks:
+            feeds.update(self._masks_for(batch))
+        out = runner(**feeds)[self._out.name]
+        probs = self._dequantize(self._out, out)
+        if grew:
+            local.high_water = max(local.high_water, batch)  # this invoke paid for allocation: no latency sample
+        elif observe:
+            self.latency.observe(batch, time.perf_counter() - start)
+        return probs
+
+    def _grow(self, feature: np.ndarray, batch: int) -> None:
+        """Allocate for ``batch`` samples now (one unobserved invoke) so later invokes are cheap."""
+        if batch > self._local.high_water:
+            self._draw(feature, batch, observe=False)
+
+    def _features(self, x: np.ndarray) -> np.ndarray:
+        """Trunk outputs for a batch (or the quantized input itself when there is no trunk)."""
+        xq = self._quantize(self.input, x, "input")
+        if not self.has_trunk:
+            return xq
+        out = self._runner(self._trunk_key)(**{self.input.name: xq})
+        return next(iter(out.values())) if len(out) == 1 else out[self._feed.name]
+
+    # ------------------------------------------------------------------ validation
+
+    def _check_input(self, x) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            try:
+                x = np.asarray(x)
+            except Exception:
+                raise TypeError(f"Expected a numpy array as input. Received: {type(x).__name__}") from None
+        shape = self.input.shape
+        if x.dtype.kind not in "fiu" or x.dtype == np.bool_:
+            raise TypeError(
+                f"Expected a float input (float32 preferred). Received: dtype={x.dtype}"
+            )
+        if x.dtype.kind in "iu" and not (self.input.dtype == np.int8 and x.dtype == np.int8):
+            raise TypeError(
+                f"Expected a float input (float32), already scaled as the model expects (see the metadata's "
+                f"input.range). Received: dtype={x.dtype}"
+            )
+        if x.shape == shape:
+            x = x[None]
+        if x.ndim != len(shape) + 1 or x.shape[1:] != shape:
+            raise ValueError(
+                f"Input has the wrong shape. Expected {shape} for one input or (batch, {', '.join(map(str, shape))}) "
+                f"for a batch. Received: shape={x.shape}"
+            )
+        if x.shape[0] == 0:
+            raise ValueError(f"Input batch is empty. Expected at least one input of shape {shape}. Received: shape={x.shape}")
+        if x.dtype.kind == "f":
+            finite = np.isfinite(x)
+            if not finite.all():
+                bad = np.argwhere(~finite)[0]
+                raise ValueError(
+                    f"Input contains NaN or Inf. Expected finite values. Received: {int((~finite).sum())} non-finite "
+                    f"value(s), the first at index {tuple(int(i) for i in bad)} = {x[tuple(bad)]!r}"
+                )
+        return x
+
+    @staticmethod
+    def _check_options(samples, budget_ms, tolerance):
+        if samples is not None and (not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1):
+            raise ValueError(f"Expected `samples` to be an integer >= 1. Received: samples={samples!r}")
+        if budget_ms is not None:
+            if isinstance(budget_ms, bool) or not isinstance(budget_ms, (int, float)) or not math.isfinite(budget_ms) or budget_ms <= 0:
+                raise ValueError(f"Expected `budget_ms` to be a finite number > 0. Received: budget_ms={budget_ms!r}")
+        if tolerance is not None:
+            if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
+                raise ValueError(f"Expected `tolerance` to be a number in (0, 1). Received: tolerance={tolerance!r}")
+
+    # ------------------------------------------------------------------ public
+
+    def predict(
+        self,
+        x,
+        *,
+        samples: int | None = None,
+        budget_ms: float | None = None,
+        tolerance: float | None = None,
+    ) -> MCPrediction:
+        """MC-dropout prediction for one input or a batch.
+
+        Args:
+            x: One input (``input_shape``) or a batch (``[N, *input_shape]``), float.
+            samples: Number of MC samples T per input. Default 100 without a budget; with a
+                budget or a tolerance it is the cap (default 1000).
+            budget_ms: Latency budget per input, in milliseconds. The largest T whose predicted
+                p99 latency fits is used. **Documented choice:** if the budget is smaller than
+                the fitted (typical) cost of one sample, :class:`BudgetError` is raised (a result
+                from zero samples would be garbage, and a certain over-run would break the
+                budget); when it is only tight (one sample fits typically but not at p99), one
+                sample is drawn and ``budget_cut`` is set.
+            tolerance: Stop early once the standard error of the top class's mean probability
+                is below this value (checked between chunks).
+
+        Raises:
+            ValueError: bad shape, rank, empty batch, NaN/Inf, bad options.
+            TypeError: wrong dtype.
+            BudgetError: the budget is below the cost of one sample.
+        """
+        self._check_options(samples, budget_ms, tolerance)
+        if budget_ms is None and self.profile is not None and samples is None and tolerance is None:
+            budget_ms = None  # a profile's default budget applies only when asked for (CLI)
+        x = self._check_input(x)
+        if budget_ms is None and tolerance is None:
+            cap = int(samples or DEFAULT_SAMPLES)
+        else:
+            cap = int(samples or DEFAULT_MAX_SAMPLES)
+        if cap > self.max_batch and budget_ms is None and tolerance is None:
+            raise ValueError(
+                f"samples={cap} needs more tensor memory than the budget allows. Expected samples <= "
+                f"{self.max_batch} (memory budget {self.memory_bytes} bytes). Received: samples={cap}"
+            )
+        cap = min(cap, self.max_batch)
+        n = x.shape[0]
+        means = np.empty((n, self.num_classes))
+        stds = np.empty((n, self.num_classes))
+        ent = np.empty(n)
+        mi = np.empty(n)
+        used = np.empty(n, dtype=np.int64)
+        elapsed = np.empty(n)
+        cut = np.zeros(n, dtype=bool)
+        for i in range(n):
+            t0 = time.perf_counter()
+            deadline = t0 + budget_ms / 1e3 if budget_ms is not None else None
+            if deadline is not None and self.latency.typical(1) > budget_ms / 1e3:
+                raise BudgetError(
+                    f"The latency budget is smaller than one MC sample on this machine. Expected budget_ms >= "
+                    f"{self.latency.typical(1) * 1e3:.3f} (the fitted cost of one sample with {self.threads} "
+                    f"thread(s)). Received: budget_ms={budget_ms}"
+                )
+            feat = self._features(x[i : i + 1])[0]
+            if deadline is not None:
+                if self._after_n % 16 == 0:
+                    self._after_p99 = float(np.quantile(np.fromiter(self._after_s, float), 0.99))
+                deadline -= self._after_p99
+            probs, was_cut = self._sample(feat, cap, deadline, tolerance)
+            t_after = time.perf_counter()
+            means[i], stds[i], ent[i], mi[i] = summarize(probs)
+            used[i] = probs.shape[0]
+            cut[i] = was_cut
+            t_end = time.perf_counter()
+            elapsed[i] = (t_end - t0) * 1e3
+            if deadline is not None:
+                self._after_s.append(t_end - t_after)
+                self._after_n += 1
+        predicted = means.argmax(axis=1)
+        return MCPrediction(
+            mean=means.astype(np.float32),
+            std=stds.astype(np.float32),
+            predicted=predicted,
+            confidence=means[np.arange(n), predicted].astype(np.float32),
+            entropy=ent,
+            mutual_information=mi,
+            samples=used,
+            elapsed_ms=elapsed,
+            budget_cut=cut,
+            class_names=self.class_names,
+        )
+
+    def _sample(self, feat, cap, deadline, tolerance) -> tuple[np.ndarray, bool]:
+        if deadline is None and tolerance is None:
+            return self._draw(feat, cap), False
+        chunks: list[np.ndarray] = []
+        done = 0
+        # Without a tolerance, one invoke of the largest T that fits. With one, growing chunks
+        # (16, 32, 64, ...) so the standard error can be checked between them.
+        chunk = cap if tolerance is None else min(16, cap)
+        cut = False
+        while done < cap:
+            want = min(chunk, cap - done)
+            if deadline is not None:
+                room = deadline - time.perf_counter()
+                fit = self.latency.largest_fitting(room, want)
+                if fit < want:
+                    cut = True
+                if fit < 1:
+                    if done == 0:
+                        fit = 1  # a prediction needs one sample; budget_cut says it was tight
+                    else:
+                        break
+                if fit > self._local.high_water:
+                    # First time this thread needs so many samples: pay the allocation once, then
+                    # re-plan with what is left (only the first such call can over-run).
+                    self._grow(feat, fit)
+                    fit = max(1 if done == 0 else 0, self.latency.largest_fitting(deadline - time.perf_counter(), fit))
+                    if fit < 1:
+                        cut = True
+                        break
+                want = fit
+            chunks.append(self._draw(feat, want))
+            done += want
+            if cut:
+                break
+            if tolerance is not None:
+                probs = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+                mean = probs.mean(axis=0)
+                top = int(mean.argmax())
+                se = probs[:, top].std(ddof=1) / math.sqrt(done) if done > 1 else math.inf
+                if se < tolerance and done >= 8:  # fewer than 8 samples give no usable std estimate
+                    break
+                chunk *= 2
+        probs = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        return probs, cut
+
+    def time_parts(self, *, samples: int = DEFAULT_SAMPLES, repeats: int = 20) -> dict[str, float]:
+        """Median milliseconds of the parts of one prediction, for profiling.
+
+        Returns ``{"trunk_ms": trunk at batch 1 (0 without a trunk), "head_ms": the stochastic
+        signature at batch ``samples``, "full_ms": the full model at batch 1, "full_batch_ms": the
+        full model at batch ``samples``}``, each the median of ``repeats`` runs after a warm-up.
+        """
+        x = np.zeros((1, *self.input.shape), dtype=np.float32)
+        feat = self._features(x)[0]
+
+        def med(fn):
+            fn()
+            ts = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+            return float(np.median(ts) * 1e3)
+
+        full = self._runner(self._full_key)
+        full_masks = lambda b: {k: v for k, v in self._masks_for(b).items()}  # noqa: E731
+        xq = self._quantize(self.input, x, "input")
+        xb = np.repeat(xq, samples, axis=0)
+        return {
+            "trunk_ms": med(lambda: self._features(x)) if self.has_trunk else 0.0,
+            "head_ms": med(lambda: self._draw(feat, samples, observe=False)),
+            "full_ms": med(lambda: full(**{self.input.name: xq}, **full_masks(1))),
+            "full_batch_ms": med(lambda: full(**{self.input.name: xb}, **full_masks(samples))),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"MCModel({self.source!r}, stochastic={self.stochastic!r}, trunk={self.has_trunk}, "
+            f"classes={self.num_classes}, threads={self.threads})"
+        )
