@@ -18,7 +18,7 @@ estimate of the tensor arena (:func:`estimate_arena_bytes`).
 Given labelled data (``x``, ``y``), it also measures MC accuracy, negative log-likelihood and
 expected calibration error (15 bins) against T. The recommended T (:func:`recommend`) is then the
 smallest T on the accuracy plateau whose p99 fits the budget; without data it is the largest T
-whose p99 fits.
+whose p99 fits. "Fits" uses a 95% upper confidence bound of the p99, not the point estimate.
 
 Only numpy, the standard library and LiteRT are used, so ``edgekit profile`` runs on the device.
 Timings are of *this* machine: profile on the target itself for the target's numbers.
@@ -76,6 +76,9 @@ def _interpreter_class():
 class LatencyPoint:
     """Latency of one MC prediction (one input, T samples) with ``threads`` interpreter threads.
 
+    ``p99_upper_ms`` is a distribution-free 95% upper confidence bound of the p99 (see
+    :func:`percentile_stats`); the recommendation uses it, not the noisy point estimate.
+
     ``trunk_p50_ms`` is None when the model runs ``full`` only. ``latencies_ms`` holds every
     measured run (for histograms) and is left out of :meth:`to_dict`.
     """
@@ -88,6 +91,7 @@ class LatencyPoint:
     p99_ms: float
     max_ms: float
     mean_ms: float
+    p99_upper_ms: float
     trunk_p50_ms: float | None
     head_p50_ms: float
     latencies_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
@@ -119,6 +123,7 @@ class Recommendation:
     samples: int | None
     threads: int | None
     p99_ms: float | None
+    p99_upper_ms: float | None
     budget_ms: float
     reason: str
 
@@ -351,14 +356,35 @@ class _Runner:
 # Statistics.
 
 
+def _upper_order_statistic(n: int, q: float = 0.99, confidence: float = 0.95) -> int:
+    """Smallest k (1-based) with P(Binomial(n, q) <= k - 1) >= confidence, capped at n.
+
+    The k-th smallest of n latencies is then >= the true q-quantile with that confidence, whatever
+    the latency distribution (as long as runs are independent): fewer than k runs fell below the
+    quantile. For q=0.99 and 95% this needs n >= 299; with fewer runs it is the max.
+    """
+    cdf = 0.0
+    for k in range(n + 1):
+        # log pmf of Binomial(n, q) at k, in logs so n in the thousands does not underflow
+        log_pmf = (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                   + k * math.log(q) + (n - k) * math.log1p(-q))
+        cdf += math.exp(log_pmf)
+        if cdf >= confidence:
+            return min(k + 1, n)
+    return n
+
+
 def percentile_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
-    """p50/p90/p99/max/mean of a list of latencies (numpy's linear-interpolated percentiles)."""
+    """p50/p90/p99/max/mean of a list of latencies (numpy's linear-interpolated percentiles), and
+    ``p99_upper_ms``: a distribution-free 95% upper confidence bound of the p99 (an order
+    statistic; the max when there are fewer than 299 runs)."""
     a = np.asarray(latencies_ms, dtype=np.float64)
     if a.size == 0:
         raise ValueError("Expected at least one latency. Received: an empty list")
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    upper = float(np.sort(a)[_upper_order_statistic(a.size) - 1])
     return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "max_ms": float(a.max()),
-            "mean_ms": float(a.mean())}
+            "mean_ms": float(a.mean()), "p99_upper_ms": upper}
 
 
 def mc_probabilities(runner_or_path, x: np.ndarray, max_samples: int, *, threads: int = 1, seed: int = 0,
@@ -412,22 +438,24 @@ def recommend(latency: Sequence[LatencyPoint], budget_ms: float,
               accuracy: Sequence[AccuracyPoint] | None = None) -> Recommendation:
     """Pick T for ``budget_ms``.
 
-    With accuracy points: the smallest T whose accuracy is within one standard error
-    (``sqrt(a(1-a)/N)`` at the best T) of the best accuracy measured (the plateau) and whose p99
-    fits the budget; if no T on the plateau fits, the most accurate T that fits. Without: the
-    largest T whose p99 fits. Among thread counts, the one with the lowest p99 at that T.
+    A T "fits" when the 95% upper bound of its p99 (``p99_upper_ms``) is within the budget: the
+    point p99 of a few hundred runs is too noisy to promise a p99 over the next thousand.
+    With accuracy points: the smallest fitting T whose accuracy is within one standard error
+    (``sqrt(a(1-a)/N)`` at the best T) of the best accuracy measured (the plateau); if no T on the
+    plateau fits, the most accurate T that fits. Without: the largest T that fits. Among thread
+    counts, the one with the lowest bound at that T.
     """
     if not budget_ms > 0:
         raise ValueError(f"Expected a budget > 0 ms. Received: budget_ms={budget_ms}")
     fits: dict[int, LatencyPoint] = {}
     for p in latency:
-        if p.p99_ms <= budget_ms and (p.samples not in fits or p.p99_ms < fits[p.samples].p99_ms):
+        if p.p99_upper_ms <= budget_ms and (p.samples not in fits or p.p99_upper_ms < fits[p.samples].p99_upper_ms):
             fits[p.samples] = p
     if not fits:
-        fastest = min(latency, key=lambda p: p.p99_ms)
-        return Recommendation(None, None, None, budget_ms,
-                              f"no T fits: the lowest p99, at T={fastest.samples} with {fastest.threads} thread(s), "
-                              f"has p99 {fastest.p99_ms:.3g} ms > budget {budget_ms:g} ms")
+        fastest = min(latency, key=lambda p: p.p99_upper_ms)
+        return Recommendation(None, None, None, None, budget_ms,
+                              f"no T fits: the lowest p99 bound, at T={fastest.samples} with {fastest.threads} "
+                              f"thread(s), is {fastest.p99_upper_ms:.3g} ms > budget {budget_ms:g} ms")
     if accuracy:
         acc = {a.samples: a for a in accuracy}
         best = max(accuracy, key=lambda a: a.accuracy)
@@ -437,20 +465,21 @@ def recommend(latency: Sequence[LatencyPoint], budget_ms: float,
         if on_plateau:
             t = on_plateau[0]
             p = fits[t]
-            return Recommendation(t, p.threads, p.p99_ms, budget_ms,
+            return Recommendation(t, p.threads, p.p99_ms, p.p99_upper_ms, budget_ms,
                                   f"smallest T on the accuracy plateau ({acc[t].accuracy:.4f} >= best "
-                                  f"{best.accuracy:.4f} - 1 SE {se:.4f}) with p99 {p.p99_ms:.3g} ms <= {budget_ms:g} ms")
+                                  f"{best.accuracy:.4f} - 1 SE {se:.4f}) with p99 bound {p.p99_upper_ms:.3g} ms "
+                                  f"<= {budget_ms:g} ms")
         candidates = [t for t in fits if t in acc]
         if candidates:
             t = max(candidates, key=lambda s: (acc[s].accuracy, -s))
             p = fits[t]
-            return Recommendation(t, p.threads, p.p99_ms, budget_ms,
+            return Recommendation(t, p.threads, p.p99_ms, p.p99_upper_ms, budget_ms,
                                   f"the plateau (best accuracy {best.accuracy:.4f} at T={best.samples}) does not fit "
-                                  f"the budget; T={t} is the most accurate that does (p99 {p.p99_ms:.3g} ms)")
+                                  f"the budget; T={t} is the most accurate that does (p99 bound {p.p99_upper_ms:.3g} ms)")
     t = max(fits)
     p = fits[t]
-    return Recommendation(t, p.threads, p.p99_ms, budget_ms,
-                          f"largest T with p99 {p.p99_ms:.3g} ms <= budget {budget_ms:g} ms")
+    return Recommendation(t, p.threads, p.p99_ms, p.p99_upper_ms, budget_ms,
+                          f"largest T with p99 bound {p.p99_upper_ms:.3g} ms <= budget {budget_ms:g} ms")
 
 
 def _peak_rss_bytes() -> int:

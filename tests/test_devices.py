@@ -195,13 +195,17 @@ def test_round_trip_through_a_toml_file(tmp_path_factory, profile):
 
 
 def _toml_value(v):
-    import json
-
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
         return repr(v)
-    return json.dumps(v, ensure_ascii=False)  # strings and lists of strings/ints: JSON is valid TOML here
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, int):
+        return str(v)
+    # TOML basic string: escape quote, backslash and every control character (TOML rejects raw
+    # U+0000-U+001F and U+007F, which JSON would leave as is).
+    return '"' + "".join(f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F or c in '"\\' else c for c in v) + '"'
 
 
 # check_model: what convert --device reports.

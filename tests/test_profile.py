@@ -143,7 +143,7 @@ def test_human_table_and_device_fit_check():
     result = _run("profile", MLP, "--runs", 3, "--warmup", 0, "--samples", "1,2", "--device", "coral-edgetpu", "--threads", "1")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "threads  T  p50 ms  p90 ms  p99 ms  max ms  trunk ms  head ms" in out.splitlines()
+    assert "threads  T  p50 ms  p90 ms  p99 ms  p99 bound  max ms  trunk ms  head ms" in out.splitlines()
     # An in-graph float model does not fit the Edge TPU: the random op and the float tensors.
     assert "does not fit coral-edgetpu: op RANDOM_UNIFORM is not supported on coral-edgetpu" in out
     assert "does not fit coral-edgetpu: float32 tensors are not supported" in out
@@ -201,6 +201,10 @@ def test_percentiles_match_numpy_and_order():
     lat = list(np.linspace(1.0, 100.0, 100))
     s = percentile_stats(lat)
     assert s["p50_ms"] == pytest.approx(50.5) and s["p99_ms"] == pytest.approx(99.01) and s["max_ms"] == 100.0
+    assert s["p99_upper_ms"] == 100.0  # 100 runs cannot bound a p99 below the max at 95%
+    # 1000 runs 1..1000: P(Binomial(1000, 0.99) <= 994) = 0.934 < 0.95 <= P(<= 995) = 0.971
+    # (exact sums of math.comb terms), so the bound is the 996th smallest.
+    assert percentile_stats(list(range(1, 1001)))["p99_upper_ms"] == 996.0
     with pytest.raises(ValueError, match="Expected at least one latency"):
         percentile_stats([])
 
@@ -228,13 +232,15 @@ def test_accuracy_nll_ece_known_answers():
 
 
 def _pt(threads, samples, p99):
-    return LatencyPoint(threads, samples, 10, p99 / 2, p99 * 0.8, p99, p99, p99 / 2, None, p99 / 2)
+    # p99_upper_ms is what recommend() compares with the budget; the point p99 is set lower on
+    # purpose so a test would notice if recommend() used it instead.
+    return LatencyPoint(threads, samples, 10, p99 / 4, p99 / 3, p99 / 2, p99, p99 / 4, p99, None, p99 / 4)
 
 
 def test_recommend_without_data_takes_the_largest_t_that_fits():
     pts = [_pt(1, 1, 0.5), _pt(1, 10, 2.0), _pt(1, 100, 9.0), _pt(2, 100, 4.5)]
     r = recommend(pts, 5.0)
-    assert (r.samples, r.threads, r.p99_ms) == (100, 2, 4.5)
+    assert (r.samples, r.threads, r.p99_upper_ms) == (100, 2, 4.5)
     r = recommend(pts, 0.1)
     assert r.samples is None and r.reason.startswith("no T fits")
 
