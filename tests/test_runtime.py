@@ -1,0 +1,324 @@
+"""edgekit.runtime.MCModel on the committed fixtures in the real LiteRT interpreter (no TensorFlow).
+
+Statistical checks compare MC means with standard errors (SE) and a 4-SE bound: a correct
+runtime fails one such check with probability ~6e-5 per class.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.runtime import (
+    BudgetError,
+    IntegrityError,
+    MCModel,
+    ModelLoadError,
+    UnverifiedModelWarning,
+    embed_metadata,
+    read_metadata,
+)
+from edgekit.runtime.mc import LatencyModel, summarize
+from edgekit.runtime.safety import declared_tensors, probe_model
+
+FIX = Path(__file__).parent / "fixtures"
+W = np.load(FIX / "weights.npz")
+
+
+def _x(model, n=1, seed=0):
+    return np.random.default_rng(seed).random((n, *model.input.shape)).astype(np.float32)
+
+
+def _numpy_mlp_mc(x, samples, seed=0):
+    """The fixture MLP (Dense 64 relu -> MCDropout 0.3 -> Dense 5 softmax) sampled in numpy."""
+    rng = np.random.default_rng(seed)
+    h = np.maximum(x @ W["mlp_0"] + W["mlp_1"], 0)
+    keep = (rng.random((samples, h.shape[-1])) >= 0.3) / 0.7
+    z = (h * keep) @ W["mlp_2"] + W["mlp_3"]
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return MCModel(FIX / "mlp_ingraph.tflite")
+
+
+@pytest.fixture(scope="module")
+def mlp_mask():
+    return MCModel(FIX / "mlp_mask.tflite", seed=0)
+
+
+# ---------------------------------------------------------------- the statistics
+
+
+def test_summarize_definitions():
+    agree = np.tile([[0.2, 0.8]], (5, 1))
+    mean, std, ent, mi = summarize(agree)
+    np.testing.assert_allclose(mean, [0.2, 0.8])
+    np.testing.assert_allclose(std, 0, atol=1e-12)
+    assert ent == pytest.approx(-(0.2 * np.log(0.2) + 0.8 * np.log(0.8)))
+    assert mi == pytest.approx(0, abs=1e-9)  # samples agree: no model uncertainty
+    disagree = np.array([[1.0, 0.0], [0.0, 1.0]])
+    _, std, ent, mi = summarize(disagree)
+    assert ent == pytest.approx(np.log(2), abs=1e-9) and mi == pytest.approx(np.log(2), abs=1e-9)
+    np.testing.assert_allclose(std, [0.5, 0.5])
+
+
+@pytest.mark.parametrize("fixture", ["mlp_ingraph", "mlp_mask"])
+def test_mc_mean_matches_numpy_reference(fixture):
+    model = MCModel(FIX / f"{fixture}.tflite", seed=1)
+    x = _x(model)
+    pred = model.predict(x, samples=2000)
+    ref = _numpy_mlp_mc(x, 20000)
+    se = np.sqrt(pred.std[0] ** 2 / 2000 + ref.std(0) ** 2 / 20000)
+    assert np.all(np.abs(pred.mean[0] - ref.mean(0)) < 4 * se + 1e-6), (pred.mean[0], ref.mean(0), se)
+    assert pred.std[0].max() > 0.01  # dropout really is active
+    assert pred.samples[0] == 2000 and not pred.budget_cut[0]
+    # Keras-style checks on the result's shapes and types.
+    assert pred.mean.shape == (1, 5) and pred.mean.dtype == np.float32
+    np.testing.assert_allclose(pred.mean.sum(axis=1), 1, atol=1e-5)  # float32 softmax rounding
+    assert pred.predicted[0] == int(np.argmax(pred.mean[0]))
+    assert pred.confidence[0] == pytest.approx(pred.mean[0].max())
+
+
+def test_trunk_is_computed_like_numpy(mlp):
+    # The deterministic trunk equals Dense+ReLU in numpy to float32 rounding.
+    x = _x(mlp, 4)
+    feats = mlp._features(x)
+    np.testing.assert_allclose(feats, np.maximum(x @ W["mlp_0"] + W["mlp_1"], 0), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_gives_one_row_per_input(mlp):
+    x = _x(mlp, 3)
+    pred = mlp.predict(x, samples=32)
+    assert pred.mean.shape == (3, 5) and pred.samples.tolist() == [32, 32, 32]
+    assert len(pred.to_dict()["predictions"]) == 3
+    single = mlp.predict(x[0], samples=32)  # one input without a batch axis
+    assert single.mean.shape == (1, 5)
+
+
+def test_in_graph_draws_differ_between_calls_and_sizes(mlp):
+    x = _x(mlp)
+    a = mlp.predict(x, samples=64).mean
+    mlp.predict(x, samples=17)  # re-allocate for another batch size
+    b = mlp.predict(x, samples=64).mean
+    assert not np.array_equal(a, b)
+
+
+def test_seeded_file_is_reproducible_and_never_restarts_its_sequence():
+    m1, m2 = MCModel(FIX / "mlp_seeded.tflite"), MCModel(FIX / "mlp_seeded.tflite")
+    x = _x(m1)
+    seq1 = [m1.predict(x, samples=s).mean for s in (64, 17, 64)]
+    seq2 = [m2.predict(x, samples=s).mean for s in (64, 17, 64)]
+    for a, b in zip(seq1, seq2):
+        np.testing.assert_array_equal(a, b)  # same seed in the file: same masks everywhere
+    # LiteRT re-seeds a seeded RANDOM_UNIFORM whenever it is re-prepared (resize); the runtime
+    # keeps one interpreter per batch size so the third call continues the sequence.
+    assert not np.array_equal(seq1[0], seq1[2])
+
+
+def test_mask_input_seed_reproducible_and_generator_never_reset():
+    a, b = MCModel(FIX / "mlp_mask.tflite", seed=3), MCModel(FIX / "mlp_mask.tflite", seed=3)
+    x = _x(a)
+    ra = [a.predict(x, samples=s).mean for s in (40, 9, 40)]
+    rb = [b.predict(x, samples=s).mean for s in (40, 9, 40)]
+    for p, q in zip(ra, rb):
+        np.testing.assert_array_equal(p, q)
+    assert not np.array_equal(ra[0], ra[2])
+    c = MCModel(FIX / "mlp_mask.tflite", seed=4)
+    assert not np.array_equal(c.predict(x, samples=40).mean, ra[0])
+
+
+@pytest.mark.parametrize("name", ["cnn_ingraph", "cnn_mask"])
+def test_cnn_with_two_mc_layers(name):
+    model = MCModel(FIX / f"{name}.tflite", seed=0)
+    assert model.has_trunk and model.class_names == ("up", "down", "left", "right")
+    pred = model.predict(_x(model, 2), samples=50)
+    assert pred.mean.shape == (2, 4) and np.all(pred.std.max(axis=1) > 0)
+
+
+def test_no_trunk_file_runs_full_at_batch_t():
+    # A file without trunk/head signatures: the runtime samples `full` at batch T.
+    data = (FIX / "mlp_ingraph.tflite").read_bytes()
+    meta = read_metadata(data)
+    meta["signatures"] = {"full": "full", "trunk": None, "head": None}
+    model = MCModel(embed_metadata(data, meta))
+    assert not model.has_trunk
+    x = _x(model)
+    pred = model.predict(x, samples=2000)
+    ref = _numpy_mlp_mc(x, 20000)
+    se = np.sqrt(pred.std[0] ** 2 / 2000 + ref.std(0) ** 2 / 20000)
+    assert np.all(np.abs(pred.mean[0] - ref.mean(0)) < 4 * se + 1e-6)
+
+
+# ---------------------------------------------------------------- budget and tolerance
+
+
+def test_latency_model_fits_a_linear_cost_exactly():
+    lm = LatencyModel()
+    for t in (1, 16, 128, 1, 16, 128):
+        lm.observe(t, 0.001 + 0.0001 * t, ratio=False)
+    assert lm.fixed_s == pytest.approx(0.001) and lm.per_sample_s == pytest.approx(0.0001)
+    # p99 factor 1.5 until 20 invokes are seen: 10 ms / 1.5 - 1 ms = 5.67 ms -> 56 samples.
+    assert lm.largest_fitting(0.010, 1000) == 56
+    assert lm.largest_fitting(0.010, 20) == 20
+    assert lm.largest_fitting(0.001, 1000) == 0
+
+
+def test_tolerance_stops_early_and_caps(mlp):
+    x = _x(mlp)
+    loose = mlp.predict(x, samples=500, tolerance=0.5)
+    assert loose.samples[0] == 16  # SE of a probability after 16 samples is < 0.5: first chunk
+    tight = mlp.predict(x, samples=100, tolerance=1e-9)
+    assert tight.samples[0] == 100 and not tight.budget_cut[0]
+
+
+def test_budget_uses_samples_and_reports(mlp):
+    pred = mlp.predict(_x(mlp), budget_ms=200, samples=300)
+    assert 1 <= pred.samples[0] <= 300 and pred.elapsed_ms[0] > 0
+
+
+def test_budget_below_one_sample_is_an_error(mlp):
+    with pytest.raises(BudgetError, match=r"Expected budget_ms >= [0-9.]+ .*Received: budget_ms=1e-06"):
+        mlp.predict(_x(mlp), budget_ms=1e-6)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "x, error, pattern",
+    [
+        (np.zeros((2, 21), np.float32), ValueError, r"Expected \(20,\) for one input or \(batch, 20\).*Received: shape=\(2, 21\)"),
+        (np.zeros((2, 2, 20), np.float32), ValueError, r"Received: shape=\(2, 2, 20\)"),
+        (np.zeros((0, 20), np.float32), ValueError, r"Input batch is empty.*Received: shape=\(0, 20\)"),
+        (np.zeros((1, 20), np.int32), TypeError, r"Expected a float input.*Received: dtype=int32"),
+        (np.array([["a"] * 20]), TypeError, r"Received: dtype=<U1"),
+        (np.full((1, 20), np.nan, np.float32), ValueError, r"NaN or Inf.*Received: 20 non-finite"),
+        (np.array([[0.0] * 19 + [np.inf]], np.float32), ValueError, r"first at index \(0, 19\) = .*inf"),
+    ],
+)
+def test_bad_inputs(mlp, x, error, pattern):
+    with pytest.raises(error, match=pattern):
+        mlp.predict(x, samples=4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"samples": 0}, r"`samples` to be an integer >= 1. Received: samples=0"),
+        ({"samples": 2.5}, r"Received: samples=2.5"),
+        ({"budget_ms": 0}, r"`budget_ms` to be a finite number > 0. Received: budget_ms=0"),
+        ({"budget_ms": -3.0}, r"Received: budget_ms=-3.0"),
+        ({"budget_ms": float("nan")}, r"Received: budget_ms=nan"),
+        ({"tolerance": 0}, r"`tolerance` to be a number in \(0, 1\). Received: tolerance=0"),
+    ],
+)
+def test_bad_options(mlp, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        mlp.predict(_x(mlp), **kwargs)
+
+
+def test_float64_input_is_accepted(mlp):
+    assert mlp.predict(_x(mlp).astype(np.float64), samples=4).mean.shape == (1, 5)
+
+
+# ---------------------------------------------------------------- safety
+
+
+def test_corrupted_file_is_refused_before_loading():
+    data = bytearray((FIX / "mlp_ingraph.tflite").read_bytes())
+    data[len(data) // 2] ^= 0x10
+    with pytest.raises(IntegrityError, match="Expected: sha256=.*Received: sha256="):
+        MCModel(bytes(data))
+
+
+def test_foreign_file_runs_with_a_warning():
+    with pytest.warns(UnverifiedModelWarning, match="cannot be verified"):
+        model = MCModel(FIX / "foreign.tflite")
+    assert model.predict(np.zeros((1, 20), np.float32), samples=8).mean.shape == (1, 5)
+
+
+def test_memory_budget_is_checked_before_allocation():
+    with pytest.raises(ModelLoadError, match=r"Expected at most the memory budget of 1000 bytes"):
+        MCModel(FIX / "cnn_ingraph.tflite", memory_bytes=1000)
+    tensors = declared_tensors((FIX / "cnn_ingraph.tflite").read_bytes())
+    assert any(t.shape[:1] == (-1,) for t in tensors)  # the batch axis is declared dynamic
+
+
+def test_samples_beyond_memory_budget_is_an_error():
+    model = MCModel(FIX / "mlp_ingraph.tflite", memory_bytes=200_000, probe=False)
+    with pytest.raises(ValueError, match=r"Expected samples <= \d+"):
+        model.predict(np.zeros((1, 20), np.float32), samples=model.max_batch + 1)
+
+
+def test_probe_reports_a_model_litert_cannot_load():
+    data = (FIX / "foreign.tflite").read_bytes()
+    with pytest.raises(ModelLoadError, match="probe process"):
+        probe_model(data[: len(data) // 3], threads=1, use_cache=False)
+
+
+def test_model_that_segfaults_litert_is_caught_by_the_probe():
+    # crash_segv.tflite: foreign.tflite with 3 random bytes changed (found by a seeded fuzz run);
+    # it has no edgekit metadata, and LiteRT dies with SIGSEGV while loading or running it.
+    with pytest.warns(UnverifiedModelWarning):
+        with pytest.raises(ModelLoadError, match="killed by SIGSEGV"):
+            MCModel(FIX / "crash_segv.tflite")
+    # ... and this process is still alive to say so.
+
+
+def test_missing_file_and_wrong_type():
+    with pytest.raises(FileNotFoundError, match="Received: 'nope.tflite'"):
+        MCModel("nope.tflite")
+    with pytest.raises(TypeError, match="Expected a path or bytes"):
+        MCModel(3)
+
+
+def test_concurrent_predictions_from_8_threads(mlp_mask):
+    x = _x(mlp_mask)
+    ref = _numpy_mlp_mc(x, 20000)
+    results, errors = [None] * 8, []
+
+    def work(i):
+        try:
+            results[i] = mlp_mask.predict(x, samples=1000)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for pred in results:
+        se = np.sqrt(pred.std[0] ** 2 / 1000 + ref.std(0) ** 2 / 20000)
+        assert np.all(np.abs(pred.mean[0] - ref.mean(0)) < 4 * se + 1e-6)
+    # One shared generator, never reset: no two threads got the same masks.
+    assert len({p.mean.tobytes() for p in results}) == 8
+
+
+def test_time_parts_reports_each_part(mlp):
+    parts = mlp.time_parts(samples=32, repeats=3)
+    assert set(parts) == {"trunk_ms", "head_ms", "full_ms", "full_batch_ms"}
+    assert all(v > 0 for v in parts.values())
+
+
+def test_runtime_never_imports_tensorflow_or_keras():
+    code = (
+        "import sys, numpy as np\n"
+        "from edgekit.runtime import MCModel\n"
+        f"m = MCModel({str(FIX / 'mlp_ingraph.tflite')!r})\n"
+        "m.predict(np.zeros((1, 20), np.float32), samples=8)\n"
+        "bad = [k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'keras', 'tf_keras')]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
