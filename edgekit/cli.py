@@ -52,4 +52,8 @@ def cli():
 
 
 def main() -> None:
+    import os
+
+    # TensorFlow's C++ start-up chatter (CUDA probing on a CPU box) is noise for a CLI user.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     cli(prog_name="edgekit")
