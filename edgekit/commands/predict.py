@@ -1,0 +1,117 @@
+"""``edgekit predict``: MC-dropout prediction with an exported model, on the device (no TensorFlow)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import click
+
+from edgekit.commands._common import echo_json, json_option, library_errors, warn
+
+__all__ = ["predict"]
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def _load_input(path: Path, meta: dict):
+    import numpy as np
+
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise ValueError(f"Cannot read {str(path)!r} as a .npy array: {e}") from None
+    if suffix in _IMAGE_SUFFIXES:
+        from edgekit.runtime.images import load_image
+
+        spec = (meta.get("input") or {}).get("image")
+        if not spec:
+            raise ValueError(
+                f"The model does not take images. Expected a .npy input for this model (its metadata has no "
+                f"input.image). Received: {path.name!r}"
+            )
+        x = load_image(path, spec)
+        shape = tuple((meta.get("input") or {}).get("shape") or x.shape)
+        if x.size == int(np.prod(shape)):
+            x = x.reshape(shape)  # e.g. a [28, 28] model input from a [28, 28, 1] image
+        return x
+    raise ValueError(f"Unsupported input file. Expected .npy, .png, .jpg or .jpeg. Received: {path.name!r}")
+
+
+def _table(pred, model) -> str:
+    lines = []
+    n = len(pred.predicted)
+    if n == 1:
+        name_w = max(len("class"), *(len(c) for c in pred.class_names))
+        lines.append(f"{'class':<{name_w}}  {'mean':>7}  {'std':>7}")
+        order = sorted(range(len(pred.class_names)), key=lambda c: -pred.mean[0, c])
+        for c in order:
+            mark = " <" if c == pred.predicted[0] else ""
+            lines.append(f"{pred.class_names[c]:<{name_w}}  {pred.mean[0, c]:7.4f}  {pred.std[0, c]:7.4f}{mark}")
+        lines.append("")
+        lines.append(
+            f"predicted: {pred.class_names[pred.predicted[0]]} ({pred.confidence[0]:.4f})   "
+            f"entropy: {pred.entropy[0]:.4f} nats   mutual information: {pred.mutual_information[0]:.4f} nats"
+        )
+        cut = " (cut by the budget)" if pred.budget_cut[0] else ""
+        lines.append(f"samples: {pred.samples[0]}{cut}   time: {pred.elapsed_ms[0]:.2f} ms")
+    else:
+        name_w = max(len("predicted"), *(len(c) for c in pred.class_names))
+        lines.append(f"{'#':>5}  {'predicted':<{name_w}}  {'mean':>7}  {'std':>7}  {'entropy':>7}  {'MI':>7}  {'T':>5}  {'ms':>7}")
+        for i in range(n):
+            p = pred.predicted[i]
+            lines.append(
+                f"{i:>5}  {pred.class_names[p]:<{name_w}}  {pred.mean[i, p]:7.4f}  {pred.std[i, p]:7.4f}  "
+                f"{pred.entropy[i]:7.4f}  {pred.mutual_information[i]:7.4f}  {pred.samples[i]:>5}  "
+                f"{pred.elapsed_ms[i]:7.2f}"
+            )
+    return "\n".join(lines)
+
+
+@click.command(name="predict")
+@click.argument("model_path", metavar="MODEL.tflite", type=click.Path(exists=True, dir_okay=False))
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
+@click.option("--samples", "-T", type=click.IntRange(min=1), default=None,
+              help="MC samples per input (default 100). Exclusive with --budget-ms.")
+@click.option("--budget-ms", type=float, default=None,
+              help="Latency budget per input in ms: as many samples as fit (at p99).")
+@click.option("--tolerance", type=float, default=None,
+              help="Stop once the top class's standard error is below this (e.g. 0.01).")
+@click.option("--seed", type=int, default=None, help="Seed for the masks of mask-input models.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default 1).")
+@click.option("--device", default=None, help="Device profile (threads, memory budget, default budget).")
+@click.option("--no-probe", is_flag=True, help="Skip the child-process load probe (trusted models only).")
+@json_option
+@library_errors
+def predict(model_path, input_path, samples, budget_ms, tolerance, seed, threads, device, no_probe, as_json):
+    """Predict with MC dropout: mean class probabilities, their spread, and uncertainty.
+
+    INPUT is a .npy array (one input or a batch) or, for image models, a PNG (decoded without
+    Pillow) or JPEG (needs Pillow), resized and scaled as the model's metadata says.
+
+    \b
+    Examples:
+      edgekit predict model.tflite shoe.png --budget-ms 5
+      edgekit predict model.tflite batch.npy --samples 200 --json
+    """
+    if samples is not None and budget_ms is not None:
+        raise click.UsageError("--samples and --budget-ms are exclusive: give one of them.")
+    from edgekit.runtime import MCModel
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = MCModel(model_path, threads=threads, device=device, seed=seed, probe=not no_probe)
+    for w in caught:
+        warn(str(w.message))
+    if seed is not None and model.stochastic != "mask-input":
+        warn(f"--seed only affects mask-input models; this {model.stochastic} model draws its own masks.")
+    if budget_ms is None and samples is None and model.profile is not None:
+        budget_ms = model.profile.default_budget_ms
+    x = _load_input(Path(input_path), model.metadata)
+    pred = model.predict(x, samples=samples, budget_ms=budget_ms, tolerance=tolerance)
+    if as_json:
+        echo_json({"model": str(model_path), "stochastic": model.stochastic, "verified": model.verified, **pred.to_dict()})
+    else:
+        click.echo(_table(pred, model))

@@ -1,0 +1,146 @@
+"""`edgekit predict` end to end with CliRunner on the committed fixtures, and the PNG decoder."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgekit.cli import cli
+from edgekit.runtime.images import ImageError, decode_png, load_image, resize_bilinear
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, ["predict", *map(str, args)])
+
+
+def _png(img: np.ndarray, filters: list[int], color: int) -> bytes:
+    """A minimal PNG encoder that applies the given filter type to each row (spec section 9)."""
+    h, w, bpp = img.shape
+    rows, prev = [], np.zeros(w * bpp, np.int32)
+    for y in range(h):
+        line = img[y].reshape(-1).astype(np.int32)
+        left = np.concatenate([np.zeros(bpp, np.int32), line[:-bpp]])
+        upleft = np.concatenate([np.zeros(bpp, np.int32), prev[:-bpp]])
+        f = filters[y % len(filters)]
+        if f == 0:
+            pred = np.zeros_like(line)
+        elif f == 1:
+            pred = left
+        elif f == 2:
+            pred = prev
+        elif f == 3:
+            pred = (left + prev) // 2
+        else:
+            p = left + prev - upleft
+            pa, pb, pc = np.abs(p - left), np.abs(p - prev), np.abs(p - upleft)
+            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, upleft))
+        rows.append(bytes([f]) + ((line - pred) & 0xFF).astype(np.uint8).tobytes())
+        prev = line
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("color, channels", [(0, 1), (2, 3), (4, 2), (6, 4)])
+def test_png_decoder_handles_every_filter(color, channels):
+    img = np.random.default_rng(color).integers(0, 256, (9, 7, channels), dtype=np.uint8)
+    data = _png(img, filters=[0, 1, 2, 3, 4], color=color)
+    np.testing.assert_array_equal(decode_png(data), img)
+
+
+def test_png_decoder_agrees_with_pillow():
+    PIL = pytest.importorskip("PIL.Image")  # dev extra; the decoder itself needs no Pillow
+    import io
+
+    img = (np.arange(12 * 10 * 3).reshape(12, 10, 3) * 7 % 256).astype(np.uint8)
+    buf = io.BytesIO()
+    PIL.fromarray(img, "RGB").save(buf, format="PNG", optimize=True)
+    np.testing.assert_array_equal(decode_png(buf.getvalue()), img)
+
+
+def test_resize_and_normalize(tmp_path):
+    img = np.full((24, 24, 1), 200, np.uint8)
+    path = tmp_path / "flat.png"
+    path.write_bytes(_png(img, [0], color=0))
+    x = load_image(path, {"height": 12, "width": 12, "channels": 1, "scale": 1 / 255, "offset": 0.0})
+    assert x.shape == (12, 12, 1)
+    np.testing.assert_allclose(x, 200 / 255, rtol=1e-6)  # a flat image stays flat after bilinear resize
+    ramp = np.arange(4, dtype=np.float32).reshape(1, 4, 1).repeat(2, axis=0)
+    np.testing.assert_allclose(resize_bilinear(ramp, 2, 2)[0, :, 0], [0.5, 2.5])  # half-pixel centres
+
+
+def test_corrupted_png_is_a_clean_error():
+    with pytest.raises(ImageError):
+        decode_png(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+
+
+def test_predict_npy_table(tmp_path):
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).random(20).astype(np.float32))
+    res = _run(FIX / "mlp_ingraph.tflite", x, "--samples", "50")
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].split() == ["class", "mean", "std"]
+    assert len([ln for ln in lines if ln.startswith("class_")]) == 5
+    assert "samples: 50" in res.output and "mutual information" in res.output
+
+
+def test_predict_batch_json(tmp_path):
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).random((3, 20)).astype(np.float32))
+    res = _run(FIX / "mlp_mask.tflite", x, "--samples", "20", "--seed", "1", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["stochastic"] == "mask-input" and out["verified"] is True
+    assert len(out["predictions"]) == 3 and {p["samples"] for p in out["predictions"]} == {20}
+    assert abs(sum(out["predictions"][0]["mean"]) - 1) < 1e-5  # float32 softmax rounding
+
+
+def test_predict_png_on_image_model(tmp_path):
+    path = tmp_path / "img.png"
+    path.write_bytes(_png(np.random.default_rng(1).integers(0, 256, (20, 20, 3), dtype=np.uint8), [1, 4], color=2))
+    res = _run(FIX / "cnn_ingraph.tflite", path, "--samples", "10", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["class_names"] == ["up", "down", "left", "right"]
+
+
+def test_usage_and_library_errors(tmp_path):
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((2, 7), np.float32))
+    res = _run(FIX / "mlp_ingraph.tflite", x, "--samples", "5", "--budget-ms", "2")
+    assert res.exit_code == 2 and "exclusive" in res.output
+    res = _run(FIX / "mlp_ingraph.tflite", x)
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines()[-1].startswith("Error: Input has the wrong shape. Expected (20,)")
+    res = _run(FIX / "mlp_ingraph.tflite", x, "--budget-ms", "-1")
+    assert res.exit_code == 1 and "Received: budget_ms=-1.0" in res.output
+    png = tmp_path / "a.png"
+    png.write_bytes(_png(np.zeros((4, 4, 1), np.uint8), [0], color=0))
+    res = _run(FIX / "mlp_ingraph.tflite", png)
+    assert res.exit_code == 1 and "does not take images" in res.output
+    res = _run(FIX / "mlp_ingraph.tflite", tmp_path / "missing.npy")
+    assert res.exit_code == 2
+
+
+def test_predict_refuses_a_crashing_model_and_survives(tmp_path):
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros(20, np.float32))
+    res = _run(FIX / "crash_segv.tflite", x)
+    assert res.exit_code == 1 and "killed by SIGSEGV" in res.output
+
+
+def test_predict_has_help():
+    res = CliRunner().invoke(cli, ["predict", "--help"])
+    assert res.exit_code == 0 and "--budget-ms" in res.output and "Examples" in res.output
