@@ -15,7 +15,7 @@ import collections
 
 import pytest
 
-from fuzz.checks import violation
+from fuzz.checks import WRONG_OUTPUT, violation
 from fuzz.corrupt import EDGEKIT_SOURCES, FIXTURES, find_regions, make_corpus
 from fuzz.harness import run_cases
 
@@ -62,18 +62,45 @@ def test_harness_records_a_native_crash_and_carries_on(corpus):
     assert results[1]["status"] == "error", results[1]
 
 
-def _check(corpus, mode, tmp_path):
-    results = run_cases(mode, corpus, timeout=60, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
-    bad = [(case.name, why) for case, r in zip(corpus, results, strict=True) if (why := violation(case, r, mode))]
+@pytest.fixture(scope="module")
+def outcomes(corpus, tmp_path_factory):
+    """Run the corpus once per mode (lazily) and share the results between the tests below."""
+    cache = tmp_path_factory.mktemp("probe-cache")  # shared, so predict reuses MCModel's probes
+    done: dict[str, list[dict]] = {}
+
+    def get(mode: str) -> list[dict]:
+        if mode not in done:
+            done[mode] = run_cases(mode, corpus, timeout=60, env={"XDG_CACHE_HOME": str(cache)})
+        return done[mode]
+
+    return get
+
+
+def _violations(corpus, results, mode, *, wrong_output: bool):
+    out = []
+    for case, result in zip(corpus, results, strict=True):
+        why = violation(case, result, mode)
+        if why and (why == WRONG_OUTPUT) == wrong_output:
+            out.append((case.name, why))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["mcmodel", "predict"])
+def test_no_crash_no_hang_and_clear_errors(corpus, outcomes, mode):
+    results = outcomes(mode)
     statuses = collections.Counter(r["status"] for r in results)
+    assert statuses["crash"] == 0 and statuses["hang"] == 0 and statuses["uncaught"] == 0, dict(statuses)
+    bad = _violations(corpus, results, mode, wrong_output=False)
     assert not bad, f"{len(bad)} of {len(corpus)} cases broke the promise ({dict(statuses)}): {bad[:10]}"
-    assert statuses["crash"] == 0 and statuses["hang"] == 0
-    return results
 
 
-def test_every_corrupted_file_fails_cleanly_in_mcmodel(corpus, tmp_path):
-    _check(corpus, "mcmodel", tmp_path)
-
-
-def test_every_corrupted_file_fails_cleanly_in_edgekit_predict(corpus, tmp_path):
-    _check(corpus, "predict", tmp_path)
+@pytest.mark.xfail(
+    strict=True,
+    reason="runtime does not check that outputs are probabilities: case 313 (mlp_mask, SOFTMAX opcode "
+    "flipped to another op, digest recomputed) runs and returns negative 'probabilities'. Remove this "
+    "mark once MCModel refuses such outputs.",
+)
+@pytest.mark.parametrize("mode", ["mcmodel", "predict"])
+def test_no_silently_wrong_output_from_files_no_digest_can_vouch_for(corpus, outcomes, mode):
+    bad = _violations(corpus, outcomes(mode), mode, wrong_output=True)
+    assert not bad, f"{len(bad)} files ran and returned garbage: {bad[:10]}"

@@ -16,7 +16,12 @@ from __future__ import annotations
 
 from .corrupt import Case
 
-__all__ = ["violation", "is_clean_error"]
+__all__ = ["violation", "is_clean_error", "WRONG_OUTPUT"]
+
+# The reason :func:`violation` gives for a file that ran and returned something that is not a
+# probability vector (kept apart: the digest cannot catch it on re-signed or foreign files; only a
+# check of the outputs can).
+WRONG_OUTPUT = "ran and returned non-finite or unnormalized probabilities"
 
 # Python's own errors that are clear when they name the path (missing file, a directory, ...).
 _OS_ERRORS = ("builtins.FileNotFoundError", "builtins.IsADirectoryError", "builtins.PermissionError", "builtins.OSError")
@@ -47,6 +52,6 @@ def violation(case: Case, result: dict, mode: str) -> str | None:
         if case.expect in ("integrity", "error"):
             return "ran a file that must be refused"
         if not result.get("finite"):
-            return "ran and returned non-finite or unnormalized probabilities"
+            return WRONG_OUTPUT
         return None
     return f"unknown status {status!r}"
