@@ -189,13 +189,15 @@ def render_plot(models, budget_ms: float, device_name: str) -> bytes:
     names = [Path(m.path).name for m in models]
     for i, m in enumerate(models):
         thread_counts = sorted({p.threads for p in m.latency})
+        # One colour per model (the same in every panel), one marker per thread count.
+        color = colors[i % len(colors)]
         for j, t in enumerate(thread_counts):
             pts = sorted((p for p in m.latency if p.threads == t), key=lambda p: p.samples)
             ts = [p.samples for p in pts]
-            color = colors[(i * len(thread_counts) + j) % len(colors)]
+            marker = "o^Dv<>"[j % 6]
             label = f"{names[i]}, {t} thr" if len(models) > 1 or len(thread_counts) > 1 else names[i]
-            ax_lat.plot(ts, [p.p50_ms for p in pts], "o-", color=color, label=f"{label} p50")
-            ax_lat.plot(ts, [p.p99_ms for p in pts], "s--", color=color, alpha=0.7, label=f"{label} p99")
+            ax_lat.plot(ts, [p.p50_ms for p in pts], marker + "-", color=color, label=f"{label} p50")
+            ax_lat.plot(ts, [p.p99_ms for p in pts], marker + "--", color=color, alpha=0.5, label=f"{label} p99")
         r = m.recommended
         if r.samples is not None:
             ax_lat.plot([r.samples], [r.p99_ms], "*", color="black", markersize=14, zorder=5,
@@ -250,7 +252,10 @@ def render_plot(models, budget_ms: float, device_name: str) -> bytes:
                          ha="right", color="red", fontsize=9)
     ax_hist.set_xlabel("latency (ms; tail beyond p99.5 piled in the last bin)")
     ax_hist.set_ylabel("runs")
-    ax_hist.set_title("Latency histogram at the recommended T" if any_rec else "Latency histogram at the largest T (none fits)")
+    all_rec = all(m.recommended.samples is not None for m in models)
+    ax_hist.set_title("Latency histogram at the recommended T" if all_rec else
+                      "Latency histogram (recommended T, else largest)" if any_rec else
+                      "Latency histogram at the largest T (none fits)")
     ax_hist.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
