@@ -78,6 +78,9 @@ class LatencyPoint:
 
     ``p99_upper_ms`` is a distribution-free 95% upper confidence bound of the p99 (see
     :func:`percentile_stats`); the recommendation uses it, not the noisy point estimate.
+    ``runtime_p50_ms``/``runtime_p99_ms`` time the same prediction through
+    :meth:`edgekit.runtime.MCModel.predict` (input checks, summary statistics and all), or are
+    None when that was not measured.
 
     ``trunk_p50_ms`` is None when the model runs ``full`` only. ``latencies_ms`` holds every
     measured run (for histograms) and is left out of :meth:`to_dict`.
@@ -94,6 +97,8 @@ class LatencyPoint:
     p99_upper_ms: float
     trunk_p50_ms: float | None
     head_p50_ms: float
+    runtime_p50_ms: float | None = None
+    runtime_p99_ms: float | None = None
     latencies_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -488,6 +493,33 @@ def recommend(latency: Sequence[LatencyPoint], budget_ms: float,
                           f"largest T with p99 bound {p.p99_upper_ms:.3g} ms <= budget {budget_ms:g} ms")
 
 
+def _time_runtime(cache: dict, data: bytes, threads: int, samples: int, x1: np.ndarray, runs: int, warmup: int,
+                  seed: int) -> tuple[float, float] | None:
+    """(p50, p99) ms of ``MCModel.predict(x1, samples=T)``, or None if the runtime cannot run it."""
+    import warnings
+
+    from edgekit.runtime.mc import MCModel
+
+    key = threads
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "no edgekit metadata": profile says so itself
+            model = cache.get(key)
+            if model is None:
+                model = cache[key] = MCModel(data, threads=threads, seed=seed)
+            for _ in range(warmup):
+                model.predict(x1, samples=samples)
+            lat = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                model.predict(x1, samples=samples)
+                lat.append((time.perf_counter() - t0) * 1e3)
+    except (ValueError, RuntimeError, OSError):
+        return None  # e.g. T above the runtime's memory budget; the interpreter timing stands
+    p50, p99 = np.percentile(lat, [50, 99])
+    return float(p50), float(p99)
+
+
 def _peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # Linux reports KiB
@@ -512,6 +544,7 @@ def profile_model(
     y: np.ndarray | None = None,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    runtime: bool = True,
 ) -> ModelProfile:
     """Profile one ``.tflite`` (see the module docstring).
 
@@ -526,6 +559,8 @@ def profile_model(
             for the accuracy/NLL/ECE curve; ``x[0]`` is also the input timed.
         seed: Seeds the numpy generator of mask-input models and the synthetic timing input.
         progress: Called with the number of predictions just done (for a progress bar).
+        runtime: Also time each (threads, T) through ``MCModel.predict`` (the full runtime path,
+            ``runtime_p50_ms``/``runtime_p99_ms``), to show what the runtime adds on top.
     """
     threads = _check_ints("threads", threads)
     samples = _check_ints("samples", samples)
@@ -550,6 +585,7 @@ def profile_model(
         x1 = np.random.default_rng(seed).uniform(low, high, (1, *in_shape)).astype(np.float32)
 
     points = []
+    runtime_models: dict[int, Any] = {}  # threads -> MCModel, one per thread count like the runners
     for t in threads:
         runner = runners[t]
         for s in samples:
@@ -562,13 +598,16 @@ def profile_model(
                 head_ms.append(b * 1e3)
                 total_ms.append((a + b) * 1e3)
             stats = percentile_stats(total_ms)
+            rt = _time_runtime(runtime_models, data, t, s, x1, runs, warmup, seed) if runtime else None
             points.append(LatencyPoint(
                 threads=t, samples=s, runs=runs, **stats,
                 trunk_p50_ms=float(np.median(trunk_ms)) if runner.trunk is not None else None,
-                head_p50_ms=float(np.median(head_ms)), latencies_ms=tuple(total_ms),
+                head_p50_ms=float(np.median(head_ms)),
+                runtime_p50_ms=None if rt is None else rt[0], runtime_p99_ms=None if rt is None else rt[1],
+                latencies_ms=tuple(total_ms),
             ))
             if progress is not None:
-                progress(warmup + runs)
+                progress((warmup + runs) * (2 if runtime else 1))
 
     accuracy = None
     if x is not None and y is not None:

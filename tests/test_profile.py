@@ -114,7 +114,7 @@ def test_json_output_follows_the_documented_schema(labelled):
 
 
 def test_compare_mode_reports_ratios_and_validates():
-    result = _run("profile", MLP, MLP_MASK, "--runs", 5, "--warmup", 1, "--samples", "1,8", "--json")
+    result = _run("profile", MLP, MLP_MASK, "--runs", 5, "--warmup", 1, "--samples", "1,8", "--json", "--no-runtime")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert _validate(report, _schema()) == []
@@ -124,6 +124,7 @@ def test_compare_mode_reports_ratios_and_validates():
     row = comp["latency"][1]
     assert row["p50_ratio"] == pytest.approx(b["latency"][1]["p50_ms"] / a["latency"][1]["p50_ms"])
     assert (a["stochastic"], b["stochastic"]) == ("in-graph", "mask-input")
+    assert {p["runtime_p50_ms"] for m in report["models"] for p in m["latency"]} == {None}  # --no-runtime
 
 
 def test_the_validator_rejects_what_the_schema_forbids():
@@ -143,7 +144,7 @@ def test_human_table_and_device_fit_check():
     result = _run("profile", MLP, "--runs", 3, "--warmup", 0, "--samples", "1,2", "--device", "coral-edgetpu", "--threads", "1")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "threads  T  p50 ms  p90 ms  p99 ms  p99 bound  max ms  trunk ms  head ms" in out.splitlines()
+    assert "threads  T  p50 ms  p90 ms  p99 ms  p99 bound  max ms  trunk ms  head ms  runtime p50" in out.splitlines()
     # An in-graph float model does not fit the Edge TPU: the random op and the float tensors.
     assert "does not fit coral-edgetpu: op RANDOM_UNIFORM is not supported on coral-edgetpu" in out
     assert "does not fit coral-edgetpu: float32 tensors are not supported" in out
@@ -290,6 +291,9 @@ def test_profile_model_points_and_ordering():
         assert p.p50_ms <= p.p90_ms <= p.p99_ms <= p.max_ms and len(p.latencies_ms) == 8
         assert p.trunk_p50_ms is not None and p.trunk_p50_ms > 0
     assert rep.strategy == "trunk+head" and rep.recommended.samples == 5  # everything fits 1e6 ms
+    assert all(p.runtime_p50_ms > 0 and p.runtime_p99_ms >= p.runtime_p50_ms for p in rep.latency)
+    lean = profile_model(MLP, threads=(1,), samples=(1,), runs=3, warmup=0, runtime=False)
+    assert lean.latency[0].runtime_p50_ms is None and lean.latency[0].runtime_p99_ms is None
     assert rep.arena_bytes[5] >= rep.arena_bytes[1]
 
 

@@ -135,11 +135,12 @@ def _print_human(models, report) -> None:
             f"{m.stochastic or 'no metadata'}, {m.strategy}; tensor arena ~{_fmt_bytes(m.arena_bytes[largest])} "
             f"at T={largest}; peak RSS {_fmt_bytes(m.peak_rss_bytes)}"
         )
-        rows = [("threads", "T", "p50 ms", "p90 ms", "p99 ms", "p99 bound", "max ms", "trunk ms", "head ms")]
+        rows = [("threads", "T", "p50 ms", "p90 ms", "p99 ms", "p99 bound", "max ms", "trunk ms", "head ms",
+                 "runtime p50")]
         for p in m.latency:
             rows.append((str(p.threads), str(p.samples), f"{p.p50_ms:.3f}", f"{p.p90_ms:.3f}", f"{p.p99_ms:.3f}",
                          f"{p.p99_upper_ms:.3f}", f"{p.max_ms:.3f}", "-" if p.trunk_p50_ms is None else f"{p.trunk_p50_ms:.3f}",
-                         f"{p.head_p50_ms:.3f}"))
+                         f"{p.head_p50_ms:.3f}", "-" if p.runtime_p50_ms is None else f"{p.runtime_p50_ms:.3f}"))
         click.echo(_table(rows))
         if m.accuracy:
             rows = [("T", "accuracy", "NLL", "ECE")]
@@ -273,11 +274,14 @@ def render_plot(models, budget_ms: float, device_name: str) -> bytes:
 @click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), default=None, help="Latency budget in ms [default: the device's].")
 @click.option("--data", default=None, metavar="LABELLED.npz|fashion-mnist", help="Labelled data (arrays x, y) for accuracy, NLL and ECE against T.")
 @click.option("--examples", type=click.IntRange(min=1), default=1000, show_default=True, help="Labelled examples used with --data.")
+@click.option("--runtime/--no-runtime", "time_runtime", default=True, show_default=True,
+              help="Also time each (threads, T) through MCModel.predict (the runtime's full path).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the mask generator (mask-input models) and the synthetic input.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG: latency and accuracy vs T, latency histogram.")
 @json_option
 @library_errors
-def profile(models, device, threads, samples, runs, warmup, budget_ms, data, examples, seed, plot_path, as_json):
+def profile(models, device, threads, samples, runs, warmup, budget_ms, data, examples, time_runtime, seed, plot_path,
+            as_json):
     """Time MC prediction of MODEL.tflite against T and recommend T for a latency budget.
 
     Give two models (e.g. float32 and int8) to compare them side by side with ratios.
@@ -309,7 +313,7 @@ def profile(models, device, threads, samples, runs, warmup, budget_ms, data, exa
         x, y, data_desc = _load_data(data, examples, read_metadata(Path(models[0]).read_bytes()))
 
     warm = max(10, runs // 5) if warmup is None else warmup
-    total = len(models) * len(threads) * len(samples) * (warm + runs) + (len(models) * len(x) if x is not None else 0)
+    total = len(models) * len(threads) * len(samples) * (warm + runs) * (2 if time_runtime else 1) + (len(models) * len(x) if x is not None else 0)
     results = []
     show_bar = stderr_is_tty() and total >= 500
     bar = click.progressbar(length=total, label="Profiling", file=sys.stderr) if show_bar else None
@@ -319,7 +323,7 @@ def profile(models, device, threads, samples, runs, warmup, budget_ms, data, exa
         for path in models:
             results.append(profile_model(
                 path, threads=threads, samples=samples, runs=runs, warmup=warm, budget_ms=budget_ms,
-                x=x, y=y, seed=seed, progress=bar.update if bar is not None else None,
+                x=x, y=y, seed=seed, progress=bar.update if bar is not None else None, runtime=time_runtime,
             ))
     finally:
         if bar is not None:
