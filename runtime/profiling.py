@@ -581,7 +581,8 @@ def profile_model(
             raise ValueError(f"Expected data inputs shaped [N, {', '.join(map(str, in_shape))}]. Received: {list(x.shape)}")
         x1 = x[:1]
     else:
-        low, high = ((meta or {}).get("input") or {}).get("range", [0.0, 1.0])
+        # A synthetic input inside the range the metadata records (absent or null: [0, 1]).
+        low, high = ((meta or {}).get("input") or {}).get("range") or (0.0, 1.0)
         x1 = np.random.default_rng(seed).uniform(low, high, (1, *in_shape)).astype(np.float32)
 
     points = []
