@@ -5,13 +5,21 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   := $(or $(EDGEKIT_DATA),/usr/share/datasets/fashion-mnist)
 
-.PHONY: demo test setup data bench clean
+.PHONY: demo test test-base setup data bench clean
 
 demo: setup data
 	$(BIN)/edgekit demo --out demo-out
 
-test: setup data
+test: setup data test-base
 	$(BIN)/python -m pytest -q
+
+# A second venv with only the base install (no TensorFlow): what a device gets.
+BASE := .venv-base
+test-base:
+	test -x $(BASE)/bin/python || $(PYTHON) -m venv $(BASE)
+	$(BASE)/bin/pip install --quiet --upgrade pip
+	$(BASE)/bin/pip install --quiet .
+	$(BASE)/bin/python tests/base_install/check.py
 
 setup: $(STAMP)
 
@@ -38,4 +46,4 @@ bench: setup data
 	$(BIN)/python bench/mc_speed.py
 
 clean:
-	rm -rf $(VENV) demo-out build *.egg-info
+	rm -rf $(VENV) $(BASE) demo-out build *.egg-info
