@@ -212,6 +212,16 @@ def _split(model: keras.Model, first_mc) -> tuple[keras.Model | None, keras.Mode
     """(trunk, head, reason): trunk/head models, or (None, None, why there is no split)."""
     if first_mc is None:
         return None, None, "the model has no MC layer"
+    if isinstance(model, keras.Sequential):
+        # A Sequential model (notably one loaded from .keras) rebuilds its graph internally, so its
+        # layers' `.input` tensors need not belong to `model.inputs`: cut the layer list instead.
+        layers = list(model.layers)
+        k = next(i for i, layer in enumerate(layers) if layer is first_mc)
+        if k == 0:
+            return None, None, f"the first MC layer {first_mc.name!r} acts on the model input"
+        trunk = keras.Sequential([keras.Input(tuple(model.inputs[0].shape[1:])), *layers[:k]], name="trunk")
+        head = keras.Sequential([keras.Input(tuple(trunk.outputs[0].shape[1:])), *layers[k:]], name="head")
+        return trunk, head, ""
     try:
         cut = first_mc.input
     except (AttributeError, ValueError) as e:
@@ -219,14 +229,13 @@ def _split(model: keras.Model, first_mc) -> tuple[keras.Model | None, keras.Mode
     if cut is model.inputs[0]:
         return None, None, f"the first MC layer {first_mc.name!r} acts on the model input"
     try:
+        # Keras refuses a head whose output still needs the model input (a skip connection
+        # around the cut): then the cut does not separate the graph.
         trunk = keras.Model(model.inputs, cut, name="trunk")
         head = keras.Model(cut, model.outputs[0], name="head")
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         return None, None, f"the input of {first_mc.name!r} does not separate the graph ({str(e).splitlines()[0]})"
-    # A head that still needs the model input (a skip connection around the cut) cannot be built
-    # by Keras, which raises above; double-check that every MC layer sits in the head.
-    head_layers = {id(layer) for layer in head.layers}
-    return trunk, head, "" if head_layers else "empty head"
+    return trunk, head, ""
 
 
 # --------------------------------------------------------------------------- export

@@ -87,21 +87,22 @@ def _io(layer):
         return None, None
 
 
+def _f64(variable) -> np.ndarray:
+    return keras.ops.convert_to_numpy(variable).astype(np.float64)
+
+
 def _bn_affine(bn) -> tuple[np.ndarray, np.ndarray]:
-    mean = np.asarray(bn.moving_mean, dtype=np.float64)
-    var = np.asarray(bn.moving_variance, dtype=np.float64)
-    gamma = np.asarray(bn.gamma, dtype=np.float64) if bn.scale else np.ones_like(mean)
-    beta = np.asarray(bn.beta, dtype=np.float64) if bn.center else np.zeros_like(mean)
+    mean = _f64(bn.moving_mean)
+    var = _f64(bn.moving_variance)
+    gamma = _f64(bn.gamma) if bn.scale else np.ones_like(mean)
+    beta = _f64(bn.beta) if bn.center else np.zeros_like(mean)
     s = gamma / np.sqrt(var + bn.epsilon)
     return s, beta - s * mean
 
 
-def _bn_axis_last(bn, tensor) -> bool:
+def _bn_axis_last(bn, rank: int) -> bool:
     axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
-    if axis is None:
-        return False
-    rank = len(tensor.shape)
-    return axis in (-1, rank - 1)
+    return axis is not None and axis in (-1, rank - 1)
 
 
 def _is_linear(layer) -> bool:
@@ -116,8 +117,8 @@ def _channels_last(layer) -> bool:
 def _fold_after(layer, bn) -> list[np.ndarray]:
     """New [kernel, bias] for ``layer`` followed by ``bn``."""
     s, t = _bn_affine(bn)
-    kernel = np.asarray(layer.kernel, dtype=np.float64)
-    bias = np.asarray(layer.bias, dtype=np.float64) if layer.use_bias else np.zeros_like(s)
+    kernel = _f64(layer.kernel)
+    bias = _f64(layer.bias) if layer.use_bias else np.zeros_like(s)
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         kh, kw, cin, mult = kernel.shape
         kernel = kernel * s.reshape(1, 1, cin, mult)  # output channel c*mult + m
@@ -129,8 +130,8 @@ def _fold_after(layer, bn) -> list[np.ndarray]:
 def _fold_before(bn, dense) -> list[np.ndarray]:
     """New [kernel, bias] for ``dense`` preceded by ``bn``."""
     s, t = _bn_affine(bn)
-    kernel = np.asarray(dense.kernel, dtype=np.float64)
-    bias = np.asarray(dense.bias, dtype=np.float64) if dense.use_bias else np.zeros(kernel.shape[-1])
+    kernel = _f64(dense.kernel)
+    bias = _f64(dense.bias) if dense.use_bias else np.zeros(kernel.shape[-1])
     return [(s[:, None] * kernel).astype(np.float32), (bias + t @ kernel).astype(np.float32)]
 
 
@@ -147,52 +148,87 @@ def _consumers(layers, tensor) -> list:
     return out
 
 
+class _Graph:
+    """Who feeds whom among the top-level layers, for layers called once.
+
+    A Sequential model is a chain (its list order). A functional model is read from the tensors
+    each layer was called on (``layer.input`` / ``layer.output``).
+    """
+
+    def __init__(self, model):
+        self.layers = list(model.layers)
+        self.chain = isinstance(model, keras.Sequential)
+        self.producers = {}
+        if not self.chain:
+            for layer in self.layers:
+                _, out = _io(layer)
+                if out is not None:
+                    self.producers[id(out)] = layer
+
+    def called_once(self, layer) -> bool:
+        return self.chain or _io(layer)[0] is not None
+
+    def rank_in(self, layer) -> int:
+        try:
+            return len(_single(layer.input).shape)
+        except (AttributeError, ValueError):
+            return -1
+
+    def producer(self, layer):
+        if self.chain:
+            i = self.layers.index(layer)
+            return self.layers[i - 1] if i > 0 else None
+        return self.producers.get(id(_io(layer)[0]))
+
+    def consumers(self, layer) -> list:
+        if self.chain:
+            i = self.layers.index(layer)
+            return self.layers[i + 1 : i + 2]
+        return _consumers(self.layers, _io(layer)[1])
+
+
 def _plan(model):
     """Decide the folds: {linear_name: (bn, "after"|"before")}, [(bn_name, reason)]."""
-    layers = list(model.layers)
-    producers = {}
-    for layer in layers:
-        _, out = _io(layer)
-        if out is not None:
-            producers[id(out)] = layer
+    graph = _Graph(model)
     plan, skipped, used = {}, [], set()
-    for bn in layers:
+    for bn in graph.layers:
         if isinstance(bn, keras.Model):
             if any(isinstance(inner, keras.layers.BatchNormalization) for inner in bn.layers):
                 skipped.append((bn.name, "nested model: BatchNormalization inside it is not folded"))
             continue
         if not isinstance(bn, keras.layers.BatchNormalization):
             continue
-        x, y = _io(bn)
-        if x is None:
+        if not graph.called_once(bn):
             skipped.append((bn.name, "the BatchNormalization layer is shared (called more than once)"))
             continue
-        if not _bn_axis_last(bn, x):
+        rank = graph.rank_in(bn)
+        if rank < 2 or not _bn_axis_last(bn, rank):
             skipped.append((bn.name, f"normalizes axis {bn.axis}, not the channel (last) axis"))
             continue
-        prev = producers.get(id(x))
+        prev = graph.producer(bn)
         reason = None
         if isinstance(prev, _LINEAR_BEFORE) and prev.name not in used:
             if not _is_linear(prev):
-                reason = f"follows a non-linearity (activation={keras.activations.serialize(prev.activation)!r} in {prev.name!r})"
+                act = keras.activations.serialize(prev.activation)
+                reason = f"follows a non-linearity (activation={act!r} in {prev.name!r})"
             elif not _channels_last(prev):
                 reason = f"{prev.name!r} is channels_first"
-            elif len(_consumers(layers, x)) != 1:
+            elif len(graph.consumers(prev)) != 1:
                 reason = f"the output of {prev.name!r} is also used elsewhere"
-            elif _io(prev)[0] is None:
+            elif not graph.called_once(prev):
                 reason = f"{prev.name!r} is shared (called more than once)"
             else:
                 plan[prev.name] = (bn, "after")
                 used.add(prev.name)
                 continue
-        after = _consumers(layers, y)
+        after = graph.consumers(bn)
         if len(after) == 1 and isinstance(after[0], keras.layers.Dense) and after[0].name not in used:
             dense = after[0]
-            if len(x.shape) == 2 and _io(dense)[0] is not None:
+            if rank == 2 and graph.called_once(dense):
                 plan[dense.name] = (bn, "before")
                 used.add(dense.name)
                 continue
-            reason = reason or f"precedes {dense.name!r} on a rank-{len(x.shape)} input"
+            reason = reason or f"precedes {dense.name!r} on a rank-{rank} input"
         if reason is None:
             if prev is None:
                 reason = "follows the model input"
@@ -203,7 +239,8 @@ def _plan(model):
                 nonlinear = isinstance(prev, (keras.layers.Activation, keras.layers.ReLU, keras.layers.ELU,
                                               keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.Softmax))
                 reason = (f"follows a non-linearity ({kind} {prev.name!r})" if nonlinear
-                          else f"follows a {kind} layer ({prev.name!r}), not Dense/Conv2D/DepthwiseConv2D, and no Dense follows it")
+                          else f"follows a {kind} layer ({prev.name!r}), not Dense/Conv2D/DepthwiseConv2D, "
+                               "and no Dense follows it")
         skipped.append((bn.name, reason))
     return plan, skipped
 
@@ -235,13 +272,12 @@ def fold_batchnorm(model: keras.Model) -> tuple[keras.Model, FoldReport]:
 
     new = keras.models.clone_model(model, clone_function=clone)
     for layer in model.layers:
+        if layer.name in folded_bn or not layer.weights:
+            continue  # input layers may be renamed by clone_model; they have no weights anyway
         target = new.get_layer(layer.name)
-        if layer.name in folded_bn:
-            continue
         if layer.name in new_weights:
             target.set_weights(new_weights[layer.name])
         else:
             target.set_weights(layer.get_weights())
-    pairs = tuple((name, bn.name) for name, (bn, where) in plan.items())
-    pairs = tuple((a, b) if plan[a][1] == "after" else (a, b) for a, b in pairs)
+    pairs = tuple((name, bn.name) for name, (bn, _) in plan.items())
     return new, FoldReport(pairs, tuple(skipped))

@@ -1,0 +1,265 @@
+"""``edgekit convert`` (Keras -> stochastic .tflite + report) and ``edgekit sparsify`` (magnitude pruning).
+
+Both are thin: the work is in :func:`edgekit.converters.convert`, :func:`edgekit.converters.evaluate`
+and :func:`edgekit.sparsity.sparsify`. TensorFlow is imported inside the commands so that
+``edgekit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from edgekit.commands._common import echo_json, json_option, library_errors, warn
+
+__all__ = ["convert", "sparsify"]
+
+_QUANTIZE = ("float32", "float16", "dynamic", "int8", "int16x8")
+_CALIBRATED = ("int8", "int16x8")
+
+
+@contextlib.contextmanager
+def _c_stdout_to_stderr():
+    """Send what TensorFlow's C++ code prints on fd 1 to stderr, so ``--json`` stdout stays JSON."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no real fd 1 (e.g. captured by a test runner)
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _load_data(spec: str | None, need_train: bool, need_test: bool):
+    """(x_train, y_train, x_test, y_test, class_names, image) from 'fashion-mnist' or an .npz file."""
+    import numpy as np
+
+    if spec in (None, "fashion-mnist"):
+        from edgekit.data import load_fashion_mnist
+
+        ds = load_fashion_mnist()
+        image = {"height": 28, "width": 28, "channels": 1, "scale": 1.0 / 255.0, "offset": 0.0}
+        return ds.x_train, ds.y_train, ds.x_test, ds.y_test, list(ds.class_names), image
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Data file not found. Expected 'fashion-mnist' or an existing .npz file. Received: --data {spec!r}"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError) as e:
+        raise ValueError(f"Expected an .npz file of arrays. Received: {spec!r} ({str(e).splitlines()[0]})") from None
+    wanted = (["x_train"] if need_train else []) + (["x_test", "y_test"] if need_test else [])
+    missing = [k for k in wanted if k not in arrays]
+    if missing:
+        raise ValueError(
+            f"Expected arrays {', '.join(wanted)} in {spec!r}. Received: {', '.join(sorted(arrays)) or 'none'}"
+        )
+    names = [str(c) for c in arrays["class_names"]] if "class_names" in arrays else None
+    return (arrays.get("x_train"), arrays.get("y_train"), arrays.get("x_test"), arrays.get("y_test"), names, None)
+
+
+def _fit_shape(x, shape):
+    """Reshape (n, 28, 28) data to a model input such as (28, 28, 1) when the sizes agree."""
+    import numpy as np
+
+    if x is None:
+        return None
+    x = np.asarray(x, dtype=np.float32)
+    want = tuple(int(d) for d in shape)
+    if x.ndim >= 1 and x.shape[1:] != want and int(np.prod(x.shape[1:])) == int(np.prod(want)):
+        x = x.reshape((len(x), *want))
+    return x
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL.keras", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the .tflite.")
+@click.option("--quantize", type=click.Choice(_QUANTIZE), default=None,
+              help="Quantization mode [default: float32, or the device's default].")
+@click.option("--int8-io", is_flag=True, default=None, help="int8 input and output tensors (with --quantize int8).")
+@click.option("--device", default=None, help="Device profile name or .toml path; the result is checked against it.")
+@click.option("--calibration-samples", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Training inputs used to calibrate int8/int16x8 ranges.")
+@click.option("--no-fold-bn", is_flag=True, help="Do not fold BatchNormalization into Dense/Conv layers.")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Bake a seed into the random ops: reproducible, but every device draws the same masks.")
+@click.option("--stochastic", type=click.Choice(["in-graph", "mask-input"]), default=None,
+              help="in-graph: RANDOM_UNIFORM draws the masks; mask-input: masks are inputs [default: in-graph, "
+                   "or the device's mode].")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report as JSON to this file.")
+@click.option("--data", default="fashion-mnist", show_default=True,
+              help="'fashion-mnist' or an .npz with x_train (calibration) and x_test/y_test (evaluation).")
+@click.option("--eval-samples", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="Test inputs for the accuracy part of the report (0: skip it).")
+@click.option("--mc-samples", type=click.IntRange(min=1), default=100, show_default=True,
+              help="MC samples T per test input in the report.")
+@click.option("--class-names", default=None, help="Comma-separated class names [default: from the data].")
+@click.option("--sparse", is_flag=True, help="Sparse flatbuffer encoding of weights (float32 only).")
+@json_option
+@library_errors
+def convert(model_path, output, quantize, int8_io, device, calibration_samples, no_fold_bn, seed, stochastic,
+            report_path, data, eval_samples, mc_samples, class_names, sparse, as_json):
+    """Convert a Keras MC-dropout model to one .tflite whose dropout stays random.
+
+    The file runs on the stock LiteRT interpreter, has signatures full, trunk and head, carries
+    edgekit metadata with a SHA-256 digest, and is written atomically. The report (a table, or
+    JSON with --json) gives sizes, ops, float islands and, on the test set, deterministic and MC
+    accuracy, NLL and ECE against the float Keras model.
+
+    \b
+    Examples:
+      edgekit convert model.keras -o model.tflite --quantize int8
+      edgekit convert model.keras -o tpu.tflite --device coral-edgetpu --report report.json
+    """
+    from edgekit.runtime.fileio import atomic_write_bytes, refuse_overwrite_input
+
+    if not Path(model_path).exists():
+        raise FileNotFoundError(f"Keras model file not found. Expected an existing .keras file. Received: {model_path!r}")
+    refuse_overwrite_input(output, [model_path])
+    if report_path is not None:
+        refuse_overwrite_input(report_path, [model_path, output])
+    profile = None
+    if device is not None:
+        from edgekit.devices import load_profile
+
+        profile = load_profile(device)
+        quantize = quantize or profile.default_quantization
+        stochastic = stochastic or profile.stochastic
+        if int8_io is None and quantize == "int8":
+            int8_io = bool(profile.int8_io)
+    quantize = quantize or "float32"
+    stochastic = stochastic or "in-graph"
+    int8_io = bool(int8_io)
+    if int8_io and quantize != "int8":
+        raise click.UsageError("--int8-io needs --quantize int8.")
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import warnings
+
+    import numpy as np
+
+    from edgekit.converters import convert as convert_model
+    from edgekit.converters import evaluate
+    from edgekit.converters.loading import load_keras_model
+
+    model = load_keras_model(model_path)
+    in_shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    need_train = quantize in _CALIBRATED
+    need_test = eval_samples > 0
+    x_train = x_test = y_test = None
+    names, image = None, None
+    if need_train or need_test:
+        x_train, _, x_test, y_test, names, image = _load_data(data, need_train, need_test)
+    if class_names is not None:
+        names = [c.strip() for c in class_names.split(",")]
+    num_classes = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None
+    if names is not None and len(names) != num_classes and class_names is None:
+        names = None  # the data's names do not describe this model
+    if image is not None and in_shape is not None and int(np.prod(in_shape)) != 28 * 28:
+        image = None  # Fashion-MNIST's pixel recipe only describes 28x28x1 inputs
+    if in_shape is not None:
+        x_train, x_test = _fit_shape(x_train, in_shape), _fit_shape(x_test, in_shape)
+    rep = None
+    if x_train is not None:
+        # A fixed, spread-out subset of the training set (not the first N, which may be ordered).
+        idx = np.random.default_rng(0).permutation(len(x_train))[:calibration_samples]
+        rep = x_train[np.sort(idx)]
+
+    with warnings.catch_warnings(record=True) as caught, _c_stdout_to_stderr():
+        warnings.simplefilter("always")
+        result = convert_model(
+            model, quantize=quantize, representative_data=rep, fold_batchnorm=not no_fold_bn, device=profile,
+            stochastic=stochastic, seed=seed, class_names=names, input_image=image, int8_io=int8_io, sparse=sparse,
+        )
+        report = result.report
+        if need_test:
+            report = evaluate(result, model, x_test[:eval_samples], y_test[:eval_samples], samples=mc_samples)
+    atomic_write_bytes(output, result.tflite)
+    shown = set()
+    for w in caught:
+        text = str(w.message).strip().splitlines()[0]
+        if issubclass(w.category, UserWarning) and w.category.__module__.startswith("edgekit") and text not in shown:
+            shown.add(text)
+            warn(text)
+    if report_path is not None:
+        atomic_write_bytes(report_path, (json.dumps(_report_json(report, output), indent=2) + "\n").encode())
+    if as_json:
+        echo_json(_report_json(report, output))
+    else:
+        click.echo(f"wrote {output}")
+        click.echo(report.to_table())
+
+
+def _report_json(report, output) -> dict:
+    return {"output": str(output), **report.to_dict()}
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL.keras", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to save the pruned .keras.")
+@click.option("--target", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.8, show_default=True,
+              help="Fraction of each prunable kernel set to zero.")
+@click.option("--epochs", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Fine-tuning epochs while the sparsity ramps up (0: prune once, no fine-tuning).")
+@click.option("--data", default="fashion-mnist", show_default=True,
+              help="'fashion-mnist' or an .npz with x_train/y_train (and x_test/y_test for the report).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@json_option
+@library_errors
+def sparsify(model_path, output, target, epochs, data, batch_size, as_json):
+    """Prune a Keras model to a target sparsity (magnitude pruning + fine-tuning).
+
+    Dense and Conv kernels lose their smallest-magnitude weights on a polynomial schedule while
+    the model fine-tunes, then a per-layer sparsity report is printed. The zeros survive
+    conversion and int8 quantization; gzip shows the saving.
+
+    \b
+    Example:
+      edgekit sparsify model.keras -o sparse.keras --target 0.8 --epochs 2
+    """
+    import tempfile
+
+    from edgekit.runtime.fileio import atomic_write_bytes, refuse_overwrite_input
+
+    if not str(output).endswith(".keras"):
+        raise click.BadParameter(f"Expected a path ending in .keras. Received: {output!r}", param_hint="-o")
+    if not Path(model_path).exists():
+        raise FileNotFoundError(f"Keras model file not found. Expected an existing .keras file. Received: {model_path!r}")
+    refuse_overwrite_input(output, [model_path])
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from edgekit.converters.loading import load_keras_model
+    from edgekit.sparsity import sparsify as sparsify_model
+
+    model = load_keras_model(model_path)
+    x, y, xt, yt, _, _ = _load_data(data, need_train=True, need_test=False)
+    if y is None:
+        raise ValueError(f"Expected arrays x_train and y_train in {data!r}. Received: no y_train")
+    in_shape = tuple(model.inputs[0].shape[1:])
+    x, xt = _fit_shape(x, in_shape), _fit_shape(xt, in_shape)
+    with _c_stdout_to_stderr():
+        result = sparsify_model(model, x, y, target=target, epochs=epochs, batch_size=batch_size,
+                                validation_data=(xt, yt) if xt is not None and yt is not None else None)
+    # model.save writes through a path; save to a temporary file, then move the bytes atomically.
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp) / "model.keras"
+        result.model.save(tmp_path)
+        atomic_write_bytes(output, tmp_path.read_bytes())
+    if as_json:
+        echo_json({"output": str(output), **result.to_dict()})
+    else:
+        click.echo(f"wrote {output}")
+        click.echo(result.to_table())
