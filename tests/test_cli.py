@@ -73,3 +73,14 @@ def test_wheel_installs_one_namespace(tmp_path):
     for module in ("edgekit/runtime/__init__.py", "edgekit/converters/__init__.py", "edgekit/devices/__init__.py",
                    "edgekit/devices/host.toml", "edgekit/commands/__init__.py"):
         assert module in names
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--recipe", "book", "--out", "m.h5"], "Expected a path ending in .keras. Received: 'm.h5'"),
+    (["--recipe", "selu", "--l1", "0.01", "--out", "m.keras"], "--l1/--l2 apply to --recipe default only"),
+    (["--recipe", "book", "--max-norm", "1", "--out", "m.keras"], "--max-norm applies to --recipe default or selu"),
+])
+def test_train_usage_errors_exit_2_before_any_work(args, message):
+    result = CliRunner().invoke(cli, ["train", *args])
+    assert result.exit_code == 2
+    assert message in result.output

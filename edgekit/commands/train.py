@@ -58,6 +58,10 @@ def train(recipe, epochs, out, batch_size, optimizer, l1, l2, max_norm, seed, sa
     """
     if not str(out).endswith(".keras"):
         raise click.BadParameter(f"Expected a path ending in .keras. Received: {out!r}", param_hint="--out")
+    if recipe != "default" and (l1 or l2):
+        raise click.UsageError("--l1/--l2 apply to --recipe default only (the seed: they break self-normalization).")
+    if recipe == "book" and max_norm:
+        raise click.UsageError("--max-norm applies to --recipe default or selu; book is the seed's model as is.")
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -73,10 +77,8 @@ def train(recipe, epochs, out, batch_size, optimizer, l1, l2, max_norm, seed, sa
     kwargs = {"mean": float(data.x_train.mean()), "std": float(data.x_train.std())}
     if recipe == "default":
         kwargs.update(l1=l1, l2=l2, max_norm=max_norm)
-    elif l1 or l2:
-        raise click.UsageError("--l1/--l2 apply to --recipe default only (they break self-normalization).")
-    elif max_norm:
-        kwargs.update(max_norm=max_norm) if recipe == "selu" else None
+    elif recipe == "selu":
+        kwargs.update(max_norm=max_norm)
     model = recipes.build(recipe, **kwargs)
     fit = recipes.train(model, data.x_train, data.y_train, epochs=epochs, batch_size=batch_size,
                         optimizer=optimizer, verbose=0 if as_json else "auto")
