@@ -81,7 +81,8 @@ def agreement(path: Path, runs: int, rounds: int) -> dict:
         # Alternate which loop goes first, so a slow phase of the shared machine hits both alike.
         for which in ((0, 1) if k % 2 == 0 else (1, 0)):
             if which == 0:
-                rep = profile_model(path, threads=(1,), samples=(1,), runs=runs, warmup=20, budget_ms=1e9)
+                rep = profile_model(path, threads=(1,), samples=(1,), runs=runs, warmup=20, budget_ms=1e9,
+                                    runtime=False)
                 prof.append(rep.point(1, 1).p50_ms)
             else:
                 indep.append(float(np.median(independent_latencies_ms(path, 1, runs))))
@@ -95,7 +96,7 @@ def agreement(path: Path, runs: int, rounds: int) -> dict:
 
 
 def budget_check(path: Path, budget_ms: float, samples: tuple[int, ...], runs: int, calls: int) -> dict:
-    rep = profile_model(path, threads=(1,), samples=samples, runs=runs, budget_ms=budget_ms)
+    rep = profile_model(path, threads=(1,), samples=samples, runs=runs, budget_ms=budget_ms, runtime=False)
     rec = rep.recommended
     result = {
         "model": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
@@ -131,11 +132,13 @@ def main(argv=None) -> int:
         "script": "bench/profile_check.py",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "load_average_at_start": list(os.getloadavg()),
         "note": "2 shared cores with other jobs running: p99 reflects preemption as much as the model",
         "agreement": [agreement(m, args.runs, args.rounds) for m in models],
         "budget": [budget_check(m, b, samples, args.profile_runs, args.calls) for m in models for b in (args.budget_ms or [2.0, 5.0])],
     }
     report["seconds"] = round(time.time() - started, 1)
+    report["load_average_at_end"] = list(os.getloadavg())
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
