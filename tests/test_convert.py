@@ -255,3 +255,23 @@ def test_warnings_do_not_leak_from_the_calibrator(tiny_mlp, mlp_data):
         warnings.simplefilter("always")
         convert(tiny_mlp, quantize="int8", representative_data=mlp_data[0][:50])
     assert not [w for w in caught if "tf.lite.Interpreter is deprecated" in str(w.message)]
+
+
+def test_no_split_when_a_skip_connection_bypasses_the_cut():
+    inputs = keras.Input((16,))
+    h = MCDropout(0.2, name="mc")(keras.layers.Dense(16)(inputs))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Concatenate()([h, inputs]))
+    result = convert(keras.Model(inputs, outputs))
+    assert result.metadata["signatures"]["trunk"] is None
+    assert "does not separate the graph" in result.report.split_reason
+
+
+def test_sequential_loaded_from_a_file_is_split(tiny_mlp, tmp_path, mlp_data):
+    tiny_mlp.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    result = convert(loaded)
+    assert result.metadata["signatures"] == {"full": "full", "trunk": "trunk", "head": "head"}
+    x = mlp_data[2][:3]
+    feats = Interpreter(model_content=result.tflite).get_signature_runner("trunk")(x=x)["features"]
+    expected = keras.Model(tiny_mlp.inputs, tiny_mlp.get_layer("mc_0").input)(x).numpy()
+    np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-5)  # same float32 ops, summation order aside
