@@ -319,3 +319,12 @@ def test_profile_runs_with_tensorflow_and_keras_blocked(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["models"][0]["stochastic"] == "mask-input" and len(report["models"][0]["latency"]) == 2
+
+
+def test_progress_counts_every_prediction():
+    done = []
+    x = np.random.default_rng(2).random((7, 20), dtype=np.float32)
+    profile_model(MLP, threads=(1, 2), samples=(1, 3), runs=4, warmup=2, x=x, y=np.zeros(7, int),
+                  runtime=False, progress=done.append)
+    # 2 thread counts x 2 T x (2 warm-up + 4 measured), then one call for the 7 labelled inputs.
+    assert done == [6, 6, 6, 6, 7]
