@@ -93,7 +93,8 @@ def test_predict_npy_table(tmp_path):
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     assert lines[0].split() == ["class", "mean", "std"]
-    assert len([ln for ln in lines if ln.startswith("class_")]) == 5
+    assert lines[6] == ""  # header, one row per class (5), blank line, summary
+    assert lines[1].endswith(" <")  # the first row (highest mean) is the predicted class
     assert "samples: 50" in res.output and "mutual information" in res.output
 
 

@@ -87,6 +87,24 @@ def test_mc_mean_matches_numpy_reference(fixture):
     assert pred.confidence[0] == pytest.approx(pred.mean[0].max())
 
 
+def test_int8_io_model_matches_float_reference():
+    model = MCModel(FIX / "mlp_int8io.tflite")
+    assert model.input.dtype == np.int8 and model.input.scale > 0
+    x = _x(model)
+    pred = model.predict(x, samples=2000)  # float input, quantized with the input's scale/zero point
+    ref = _numpy_mlp_mc(x, 20000)
+    se = np.sqrt(pred.std[0] ** 2 / 2000 + ref.std(0) ** 2 / 20000)
+    # + 0.01: the int8 output step is 1/256 ~ 0.004 and int8 weights/activations move each mean
+    # probability by about one step on this model; two steps of slack, not a different answer.
+    assert np.all(np.abs(pred.mean[0] - ref.mean(0)) < 4 * se + 0.01), (pred.mean[0], ref.mean(0))
+
+
+def test_int8_input_out_of_range_names_scale_and_zero_point():
+    model = MCModel(FIX / "mlp_int8io.tflite")
+    with pytest.raises(ValueError, match=r"int8 \(scale=[0-9.e-]+, zero_point=-?\d+\).*Received: min=5, max=5"):
+        model.predict(np.full(20, 5.0, np.float32), samples=4)
+
+
 def test_trunk_is_computed_like_numpy(mlp):
     # The deterministic trunk equals Dense+ReLU in numpy to float32 rounding.
     x = _x(mlp, 4)
