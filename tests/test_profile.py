@@ -328,3 +328,13 @@ def test_progress_counts_every_prediction():
                   runtime=False, progress=done.append)
     # 2 thread counts x 2 T x (2 warm-up + 4 measured), then one call for the 7 labelled inputs.
     assert done == [6, 6, 6, 6, 7]
+
+
+def test_device_problems_in_json_for_an_mcu():
+    result = _run("profile", MLP_MASK, "--runs", 2, "--warmup", 0, "--samples", "1,50", "--device", "cortex-m-tflm",
+                  "--no-runtime", "--json")
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.stdout)["models"][0]
+    # Float I/O is the only problem: the ops fit TFLM, and the batch-1 arena (768 bytes, see the
+    # golden above; TFLM runs the 50 passes one by one) fits its 192 KiB of RAM.
+    assert m["device_problems"] == ["cortex-m-tflm needs int8 input/output tensors; the model has float32"]
