@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgekit.cli import cli
 from edgekit.runtime.profiling import (
@@ -339,3 +341,23 @@ def test_device_problems_in_json_for_an_mcu():
     # golden above) fits its 192 KiB of RAM. At batch 300 it would not (230,400 bytes), but TFLM
     # runs the 300 passes one by one.
     assert m["device_problems"] == ["cortex-m-tflm needs int8 input/output tensors; the model has float32"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    bounds=st.dictionaries(st.tuples(st.sampled_from([1, 2, 4]), st.sampled_from([1, 2, 5, 10, 30, 100])),
+                           st.floats(0.01, 50.0), min_size=1),
+    budget=st.floats(0.01, 50.0),
+)
+def test_recommend_without_data_properties(bounds, budget):
+    pts = [_pt(t, s, b) for (t, s), b in bounds.items()]
+    r = recommend(pts, budget)
+    fitting = [p for p in pts if p.p99_upper_ms <= budget]
+    if not fitting:
+        assert r.samples is None and r.threads is None
+        return
+    # The largest T that fits, with the thread count whose bound is lowest at that T.
+    assert r.samples == max(p.samples for p in fitting)
+    chosen = next(p for p in pts if (p.threads, p.samples) == (r.threads, r.samples))
+    assert chosen.p99_upper_ms <= budget and r.p99_upper_ms == chosen.p99_upper_ms
+    assert chosen.p99_upper_ms == min(p.p99_upper_ms for p in pts if p.samples == r.samples)
