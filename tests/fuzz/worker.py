@@ -80,7 +80,13 @@ def _predict(path: str, input_shape: list[int], scratch: str) -> dict:
             "trace": "".join(traceback.format_exception(exc))[-1500:],
         }
     if result.exit_code == 0:
-        return {"status": "ran", "finite": "nan" not in out.lower(), "output": out[-200:]}
+        try:
+            rows = json.loads(result.stdout)["predictions"]
+            mean = np.asarray([row["mean"] for row in rows], dtype=np.float64)
+            ok = bool(np.all(np.isfinite(mean)) and np.all(mean >= -1e-6) and np.allclose(mean.sum(axis=-1), 1.0, atol=1e-4))
+        except (ValueError, KeyError, TypeError):
+            ok = False  # exit 0 without the documented JSON is wrong too
+        return {"status": "ran", "finite": ok, "output": result.stdout[-300:]}
     lines = [line for line in out.strip().splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error:")]
     return {
