@@ -23,7 +23,7 @@ from edgekit.runtime.metadata import (
     read_metadata,
     verify_integrity,
 )
-from edgekit.runtime.mc import BudgetError, MCModel, MCPrediction, UnverifiedModelWarning
+from edgekit.runtime.mc import BudgetError, MCModel, MCPrediction, OutputError, UnverifiedModelWarning
 from edgekit.runtime.safety import ModelLoadError
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "MCPrediction",
     "BudgetError",
     "ModelLoadError",
+    "OutputError",
     "IntegrityError",
     "MetadataError",
     "UnverifiedModelWarning",

@@ -61,7 +61,7 @@ import numpy as np
 from edgekit.runtime.metadata import read_metadata, verify_integrity
 from edgekit.runtime.safety import ModelLoadError, declared_tensors, probe_model
 
-__all__ = ["MCModel", "MCPrediction", "BudgetError", "UnverifiedModelWarning", "LatencyModel"]
+__all__ = ["MCModel", "MCPrediction", "BudgetError", "OutputError", "UnverifiedModelWarning", "LatencyModel"]
 
 DEFAULT_SAMPLES = 100  # the book's T
 DEFAULT_MAX_SAMPLES = 1000  # cap for budget/tolerance sampling when `samples` is not given
@@ -70,6 +70,10 @@ DEFAULT_MEMORY_BYTES = 512 * 2**20
 
 class BudgetError(ValueError):
     """The latency budget is too small for even one MC sample on this machine."""
+
+
+class OutputError(RuntimeError):
+    """The model ran but its output is not a probability vector (a damaged or foreign model)."""
 
 
 class UnverifiedModelWarning(UserWarning):
@@ -487,11 +491,26 @@ class MCModel:
             feeds.update(self._masks_for(batch))
         out = runner(**feeds)[self._out.name]
         probs = self._dequantize(self._out, out)
+        self._check_probs(probs)
         if grew:
             local.high_water = max(local.high_water, batch)  # this invoke paid for allocation: no latency sample
         elif observe:
             self.latency.observe(batch, time.perf_counter() - start)
         return probs
+
+    def _check_probs(self, probs: np.ndarray) -> None:
+        # A damaged op (say SOFTMAX replaced by another op in a file with a recomputed digest) can
+        # run without error and return garbage; refuse anything that is not a probability vector.
+        # Slack: float32 softmax rounding (1e-4), plus half an int8 step per class with int8 output.
+        slack = 1e-4 + (self._out.scale * self.num_classes / 2 if self._out.dtype == np.int8 else 0.0)
+        sums = probs.sum(axis=1)
+        lo, hi = float(probs.min()), float(probs.max())
+        if not (np.isfinite(sums).all() and lo >= -slack and hi <= 1 + slack and np.abs(sums - 1).max() <= slack * max(1, self.num_classes)):
+            raise OutputError(
+                f"{self.source}: the model's output is not class probabilities. Expected values in [0, 1] "
+                f"summing to 1 per sample. Received: min={lo:g}, max={hi:g}, sums in "
+                f"[{float(np.nanmin(sums)):g}, {float(np.nanmax(sums)):g}]"
+            )
 
     def _grow(self, feature: np.ndarray, batch: int) -> None:
         """Allocate for ``batch`` samples now (one unobserved invoke) so later invokes are cheap."""

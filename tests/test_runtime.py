@@ -19,6 +19,7 @@ from edgekit.runtime import (
     IntegrityError,
     MCModel,
     ModelLoadError,
+    OutputError,
     UnverifiedModelWarning,
     embed_metadata,
     read_metadata,
@@ -289,6 +290,28 @@ def test_model_that_segfaults_litert_is_caught_by_the_probe():
         with pytest.raises(ModelLoadError, match="killed by SIGSEGV"):
             MCModel(FIX / "crash_segv.tflite")
     # ... and this process is still alive to say so.
+
+
+def test_output_that_is_not_probabilities_is_refused():
+    # Replace the head's SOFTMAX opcode by LOGISTIC in place, then re-embed the metadata so the
+    # digest vouches for the damaged file: only the output check can catch it.
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = bytearray((FIX / "mlp_ingraph.tflite").read_bytes())
+    model = schema.Model.GetRootAs(bytes(data), 0)
+    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+    softmax = next(c for c in codes if c.BuiltinCode() == schema.BuiltinOperator.SOFTMAX)
+    # deprecated_builtin_code (int8) sits in the table; find and patch both code fields.
+    tab = softmax._tab
+    for slot in (4, 10):  # vtable slots of deprecated_builtin_code and builtin_code
+        off = tab.Offset(slot)
+        if off:
+            size = 1 if slot == 4 else 4
+            data[tab.Pos + off : tab.Pos + off + size] = int(schema.BuiltinOperator.LOGISTIC).to_bytes(size, "little")
+    meta = read_metadata(bytes(data))
+    bad = embed_metadata(bytes(data), meta)
+    with pytest.raises(OutputError, match=r"not class probabilities\. Expected values in \[0, 1\] summing to 1"):
+        MCModel(bad, probe=False)
 
 
 def test_missing_file_and_wrong_type():
