@@ -94,12 +94,6 @@ def test_no_crash_no_hang_and_clear_errors(corpus, outcomes, mode):
     assert not bad, f"{len(bad)} of {len(corpus)} cases broke the promise ({dict(statuses)}): {bad[:10]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime does not check that outputs are probabilities: case 313 (mlp_mask, SOFTMAX opcode "
-    "flipped to another op, digest recomputed) runs and returns negative 'probabilities'. Remove this "
-    "mark once MCModel refuses such outputs.",
-)
 @pytest.mark.parametrize("mode", ["mcmodel", "predict"])
 def test_no_silently_wrong_output_from_files_no_digest_can_vouch_for(corpus, outcomes, mode):
     bad = _violations(corpus, outcomes(mode), mode, wrong_output=True)
