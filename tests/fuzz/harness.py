@@ -1,7 +1,7 @@
 """Run many model files through child processes, cheaply, and survive whatever they do.
 
-:func:`run_cases` starts one long-lived ``worker.py`` child, sends it one request at a time and
-waits for its answer with a per-case timeout. Only when a case kills the child (a native crash:
+:func:`run_cases` starts long-lived ``worker.py`` children (two, on interleaved shards), sends each
+one request at a time and waits for its answer with a per-case timeout. Only when a case kills the child (a native crash:
 EOF on its stdout) or hangs (no answer in time: the child is SIGKILLed) is a fresh child started,
 for the next case. So 500 files cost a handful of process starts, not 500.
 
@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .corrupt import Case, materialize
@@ -87,23 +88,48 @@ def run_cases(
     timeout: float = 30.0,
     folder: str | os.PathLike | None = None,
     env: dict | None = None,
+    jobs: int | None = None,
 ) -> list[dict]:
-    """Load every case in ``mode`` ("stock", "mcmodel" or "predict") in worker children."""
+    """Load every case in ``mode`` ("stock", "mcmodel" or "predict") in worker children.
+
+    ``jobs`` workers run side by side on interleaved shards of the cases (default: 2, or 1 on a
+    single core); results come back in the order of ``cases``.
+    """
+    jobs = jobs or min(2, os.cpu_count() or 1)
     own = None
     if folder is None:
         own = tempfile.TemporaryDirectory(prefix="edgekit-fuzz-")
         folder = own.name
     folder = Path(folder)
     child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "FUZZ_SCRATCH": str(folder), **(env or {})}
+    try:
+        shards = [list(range(j, len(cases), jobs)) for j in range(jobs)]
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            parts = list(pool.map(lambda j: _run_shard(mode, [cases[i] for i in shards[j]], timeout, folder, child_env, j), range(jobs)))
+    finally:
+        if own is not None:
+            own.cleanup()
+    results: list[dict] = [{}] * len(cases)
+    spawns = sum(n for _, n in parts)
+    for shard, (part, _) in zip(shards, parts, strict=True):
+        for i, result in zip(shard, part, strict=True):
+            result["spawns"] = spawns
+            results[i] = result
+    return results
+
+
+def _run_shard(mode: str, cases: Sequence[Case], timeout: float, folder: Path, env: dict, shard: int) -> tuple[list[dict], int]:
     results: list[dict] = []
     child: _Child | None = None
     spawns = 0
+    scratch = folder / f"shard-{shard}"
+    scratch.mkdir(exist_ok=True)
     try:
         for case in cases:
             if child is None:
-                child = _Child(mode, child_env, folder / f"stderr-{mode}-{spawns}.txt", startup_timeout=120)
+                child = _Child(mode, env, folder / f"stderr-{mode}-{shard}-{spawns}.txt", startup_timeout=120)
                 spawns += 1
-            path = materialize(case, folder)
+            path = materialize(case, scratch)
             child.proc.stdin.write(json.dumps({"path": path, "input_shape": input_shape_for(case)}) + "\n")
             child.proc.stdin.flush()
             line = child.read(timeout)
@@ -132,11 +158,7 @@ def run_cases(
         if child is not None:
             child.proc.stdin.close()
             child.kill()
-        if own is not None:
-            own.cleanup()
-    for r in results:
-        r.setdefault("spawns", spawns)
-    return results
+    return results, spawns
 
 
 def summarize(cases: Iterable[Case], results: Iterable[dict]) -> dict:
