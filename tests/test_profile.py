@@ -361,3 +361,20 @@ def test_recommend_without_data_properties(bounds, budget):
     chosen = next(p for p in pts if (p.threads, p.samples) == (r.threads, r.samples))
     assert chosen.p99_upper_ms <= budget and r.p99_upper_ms == chosen.p99_upper_ms
     assert chosen.p99_upper_ms == min(p.p99_upper_ms for p in pts if p.samples == r.samples)
+
+
+def test_int8_io_model_is_quantized_in_and_dequantized_out():
+    int8io = FIX / "mlp_int8io.tflite"
+    x = np.random.default_rng(1).random((3, 20), dtype=np.float32)
+    q = mc_probabilities(int8io, x, 400, seed=0)
+    f = mc_probabilities(MLP, x, 400, seed=0)
+    assert q.dtype == np.float32
+    # Dequantized int8 softmax rows sum to 1 within a few output steps (scale 1/256 each).
+    np.testing.assert_allclose(q.sum(-1), 1.0, atol=5 / 256)
+    # Same weights as mlp_ingraph (make_fixtures.py), quantized. The per-sample sd of a class
+    # probability is <= 0.043 here (measured), so the difference of two 400-sample means has sd
+    # <= 0.043 * sqrt(2/400) = 0.003; int8 steps are 1/256 = 0.004. 0.02 is > 4 sd of both together
+    # (measured difference 0.004), but a sign or scale error in (de)quantization would exceed it.
+    np.testing.assert_allclose(q.mean(1), f.mean(1), atol=0.02)
+    rep = profile_model(int8io, threads=(1,), samples=(1, 4), runs=3, warmup=1, runtime=False)
+    assert rep.quantization == "int8" and rep.strategy == "trunk+head"
