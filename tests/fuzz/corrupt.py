@@ -57,6 +57,7 @@ class Case:
     data: bytes | None = field(default=None, repr=False)
     special: str | None = None  # "directory" | "devnull" | "missing"
     offset: int | None = None  # the byte changed or the truncation point, for reproducers
+    suffix: str = ".tflite"
 
 
 @dataclass(frozen=True)
@@ -230,9 +231,9 @@ def materialize(case: Case, folder: str | os.PathLike) -> str:
     if case.special == "devnull":
         return os.devnull
     if case.special == "missing":
-        return str(folder / "does-not-exist.tflite")
+        return str(folder / f"does-not-exist{case.suffix}")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in case.name)
-    path = folder / f"{safe}.tflite"
+    path = folder / f"{safe}{case.suffix}"
     if case.special == "directory":
         path.mkdir(exist_ok=True)
         return str(path)

@@ -89,11 +89,13 @@ def run_cases(
     folder: str | os.PathLike | None = None,
     env: dict | None = None,
     jobs: int | None = None,
+    model: str | None = None,
 ) -> list[dict]:
     """Load every case in ``mode`` ("stock", "mcmodel" or "predict") in worker children.
 
     ``jobs`` workers run side by side on interleaved shards of the cases (default: 2, or 1 on a
-    single core); results come back in the order of ``cases``.
+    single core); results come back in the order of ``cases``. With ``model`` (mode "predict"),
+    each case is an input file for that model instead of a model.
     """
     jobs = jobs or min(2, os.cpu_count() or 1)
     own = None
@@ -105,7 +107,7 @@ def run_cases(
     try:
         shards = [list(range(j, len(cases), jobs)) for j in range(jobs)]
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            parts = list(pool.map(lambda j: _run_shard(mode, [cases[i] for i in shards[j]], timeout, folder, child_env, j), range(jobs)))
+            parts = list(pool.map(lambda j: _run_shard(mode, [cases[i] for i in shards[j]], timeout, folder, child_env, j, model), range(jobs)))
     finally:
         if own is not None:
             own.cleanup()
@@ -118,7 +120,9 @@ def run_cases(
     return results
 
 
-def _run_shard(mode: str, cases: Sequence[Case], timeout: float, folder: Path, env: dict, shard: int) -> tuple[list[dict], int]:
+def _run_shard(
+    mode: str, cases: Sequence[Case], timeout: float, folder: Path, env: dict, shard: int, model: str | None
+) -> tuple[list[dict], int]:
     results: list[dict] = []
     child: _Child | None = None
     spawns = 0
@@ -130,7 +134,10 @@ def _run_shard(mode: str, cases: Sequence[Case], timeout: float, folder: Path, e
                 child = _Child(mode, env, folder / f"stderr-{mode}-{shard}-{spawns}.txt", startup_timeout=120)
                 spawns += 1
             path = materialize(case, scratch)
-            child.proc.stdin.write(json.dumps({"path": path, "input_shape": input_shape_for(case)}) + "\n")
+            request = {"path": path, "input_shape": input_shape_for(case)}
+            if model is not None:
+                request["model"] = model
+            child.proc.stdin.write(json.dumps(request) + "\n")
             child.proc.stdin.flush()
             line = child.read(timeout)
             if line:

@@ -1,7 +1,8 @@
 """Child process of the fuzz harness: load many model files, one per request, and report each.
 
 Run as ``python tests/fuzz/worker.py MODE``. Reads one JSON request per line on stdin
-(``{"path": ..., "input_shape": [...]}``) and writes one JSON result per line on stdout:
+(``{"path": ..., "input_shape": [...]}``, plus ``"model"`` when the case is an input file for that
+model) and writes one JSON result per line on stdout:
 ``{"status": "ran" | "error", ...}``. A native crash kills this process; the parent sees EOF and
 records it. Modes:
 
@@ -9,8 +10,9 @@ records it. Modes:
 - ``mcmodel``: ``edgekit.runtime.MCModel(path).predict(x)``, this process being the caller;
 - ``predict``: the ``edgekit predict`` command, run in-process with click's ``CliRunner``.
 
-Address space is capped (``RLIMIT_AS``) so a file declaring huge tensors cannot exhaust the shared
-machine: an allocation beyond the cap fails instead of swapping.
+Address space is capped (``RLIMIT_AS``, 6 GiB or ``$FUZZ_AS_LIMIT`` bytes) so a file declaring huge
+tensors, or a decompression bomb, cannot exhaust the shared machine: an allocation beyond the cap
+fails instead of swapping.
 """
 
 from __future__ import annotations
@@ -61,14 +63,17 @@ def _mcmodel(path: str, input_shape: list[int]) -> dict:
     return {"status": "ran", "finite": ok, "output": mean.ravel()[:64].tolist()}
 
 
-def _predict(path: str, input_shape: list[int], scratch: str) -> dict:
+def _predict(path: str, input_shape: list[int], scratch: str, model: str | None = None) -> dict:
     from click.testing import CliRunner
 
     from edgekit.cli import cli
 
-    x_path = os.path.join(scratch, f"x_{'_'.join(map(str, input_shape))}.npy")
-    if not os.path.exists(x_path):
-        np.save(x_path, np.full([1, *input_shape], 0.5, dtype=np.float32))
+    if model is not None:  # the case is the input file (an image), the model is fixed
+        path, x_path = model, path
+    else:
+        x_path = os.path.join(scratch, f"x_{'_'.join(map(str, input_shape))}.npy")
+        if not os.path.exists(x_path):
+            np.save(x_path, np.full([1, *input_shape], 0.5, dtype=np.float32))
     result = CliRunner().invoke(cli, ["predict", path, x_path, "--samples", "8", "--json"])
     out = (result.stdout or "") + (getattr(result, "stderr", "") or "")
     if result.exception is not None and not isinstance(result.exception, SystemExit):
@@ -99,7 +104,8 @@ def _predict(path: str, input_shape: list[int], scratch: str) -> dict:
 
 
 def main(mode: str) -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
+    limit = int(os.environ.get("FUZZ_AS_LIMIT", ADDRESS_SPACE_LIMIT))
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     scratch = os.environ.get("FUZZ_SCRATCH", "/tmp")
     handler = {"stock": _stock, "mcmodel": _mcmodel, "predict": _predict}[mode]
     # Warm the imports before the first request so its timeout covers only the model itself.
@@ -112,7 +118,7 @@ def main(mode: str) -> None:
         request = json.loads(line)
         try:
             if mode == "predict":
-                result = handler(request["path"], request["input_shape"], scratch)
+                result = handler(request["path"], request["input_shape"], scratch, request.get("model"))
             else:
                 result = handler(request["path"], request["input_shape"])
         except Exception as exc:  # the result is the exception: its type and one-line message

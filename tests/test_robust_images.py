@@ -1,0 +1,121 @@
+"""Hostile PNG inputs through ``edgekit predict`` (the runtime's own PNG decoder). No TensorFlow.
+
+The corpus is ``tests/fuzz/images.py``: valid images of every colour type and filter, then
+truncations, byte flips, malformed headers and palettes, a zlib bomb and a decoding-time bomb. Each
+file goes through ``edgekit predict`` on the committed CNN fixture (which has ``input.image``
+metadata) in a worker process, with a timeout. Valid images must run; damaged ones must end in one
+"Error:" line or run; nothing may crash, hang or print a traceback.
+
+Three tests are marked ``xfail(strict=True)``: they document bugs found here in
+``runtime/images.py`` (reproducers in the reasons). Remove a mark when its bug is fixed.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from fuzz.corrupt import FIXTURES
+from fuzz.harness import run_cases
+from fuzz.images import make_png_corpus, png
+
+pytestmark = pytest.mark.slow
+
+MODEL = str(FIXTURES / "cnn_ingraph.tflite")
+TIMEOUT_S = 10.0  # a 12x12 image decodes in milliseconds; 10 s is a hang
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return make_png_corpus(0)
+
+
+@pytest.fixture(scope="module")
+def outcomes(corpus):
+    # 3 GiB of address space: enough for the runtime, small enough that a bomb fails fast here.
+    results = run_cases("predict", corpus, timeout=TIMEOUT_S, model=MODEL, env={"FUZZ_AS_LIMIT": str(3 << 30)})
+    return {case.name: (case, result) for case, result in zip(corpus, results, strict=True)}
+
+
+def _select(outcomes, *kinds):
+    return [(case, result) for case, result in outcomes.values() if case.kind in kinds]
+
+
+def _broken(pairs):
+    bad = []
+    for case, r in pairs:
+        if r["status"] in ("crash", "hang", "uncaught"):
+            bad.append((case.name, r["status"], r.get("type"), r.get("message")))
+        elif r["status"] == "error" and not (r.get("exit_code") == 1 and r.get("one_line")):
+            bad.append((case.name, "unclear", r.get("message")))
+        elif r["status"] == "ran" and not r.get("finite"):
+            bad.append((case.name, "garbage output"))
+    return bad
+
+
+def test_valid_pngs_decode_like_pillow():
+    Image = pytest.importorskip("PIL.Image")
+    import io
+
+    from edgekit.runtime.images import decode_png
+
+    for color, mode in ((0, "L"), (2, "RGB"), (6, "RGBA"), (4, "LA"), (3, "P")):
+        data = png(13, 11, color, filters=(0, 1, 2, 3, 4), seed=color)
+        ours = decode_png(data)
+        with Image.open(io.BytesIO(data)) as im:
+            theirs = np.asarray(im.convert("RGB") if mode == "P" else im)
+        np.testing.assert_array_equal(ours.reshape(theirs.shape), theirs)
+
+
+def test_valid_images_run(outcomes):
+    pairs = _select(outcomes, "png-valid")
+    assert len(pairs) == 5
+    assert all(r["status"] == "ran" and r["finite"] for _, r in pairs), [(c.name, r) for c, r in pairs]
+
+
+def test_truncated_flipped_and_non_images_fail_cleanly(outcomes):
+    pairs = _select(outcomes, "png-truncate", "png-flip", "png-not-image")
+    assert len(pairs) >= 150
+    assert not _broken(pairs)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runtime/images.py: malformed headers/palettes escape as tracebacks (struct.error for an IHDR "
+    "not 13 bytes, IndexError for width or height 0, OverflowError for an empty PLTE): "
+    "png(12, 12, ihdr=b'\\0' * 5) from tests/fuzz/images.py reproduces the first.",
+)
+def test_malformed_headers_and_palettes_fail_cleanly(outcomes):
+    pairs = _select(outcomes, "png-header", "png-palette")
+    assert len(pairs) == 12
+    assert not _broken(pairs)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runtime/images.py: a 3000x3000 PNG whose rows use the Paeth filter (9 KB file) decodes in a "
+    "per-byte Python loop for minutes (hang); a 1x1 PNG whose IDAT inflates to 512 MiB is inflated in "
+    "full before its size is checked (zlib.decompress without max_length).",
+)
+def test_decompression_and_time_bombs_fail_fast(outcomes):
+    pairs = _select(outcomes, "png-bomb")
+    assert len(pairs) == 2
+    assert all(r["status"] == "error" and r.get("exit_code") == 1 for _, r in pairs), [(c.name, r["status"]) for c, r in pairs]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runtime/images.py does not check chunk CRCs: some one-byte flips inside IDAT decode to "
+    "different pixels without any error (Pillow refuses them: 'broken PNG file').",
+)
+def test_every_changed_byte_is_detected(outcomes):
+    ran = [case.name for case, r in _select(outcomes, "png-flip") if r["status"] == "ran"]
+    assert not ran, f"{len(ran)} PNGs with a changed byte were used silently: {ran[:5]}"
+
+
+def test_corpus_is_varied(corpus):
+    kinds = collections.Counter(case.kind for case in corpus)
+    assert set(kinds) == {"png-valid", "png-truncate", "png-flip", "png-header", "png-palette", "png-bomb", "png-not-image"}
+    assert len(corpus) >= 150
