@@ -181,13 +181,20 @@ def test_no_trunk_file_runs_full_at_batch_t():
 
 def test_latency_model_fits_a_linear_cost_exactly():
     lm = LatencyModel()
-    for t in (1, 16, 128, 1, 16, 128):
-        lm.observe(t, 0.001 + 0.0001 * t, ratio=False)
+    for t in (1, 16, 128):
+        lm.anchor(t, 0.001 + 0.0001 * t)
     assert lm.fixed_s == pytest.approx(0.001) and lm.per_sample_s == pytest.approx(0.0001)
-    # p99 factor 1.5 until 20 invokes are seen: 10 ms / 1.5 - 1 ms = 5.67 ms -> 56 samples.
+    # Margin of half the cost until 20 residuals are seen: 10 ms / 1.5 - 1 ms = 5.67 ms -> 56.
     assert lm.largest_fitting(0.010, 1000) == 56
     assert lm.largest_fitting(0.010, 20) == 20
     assert lm.largest_fitting(0.001, 1000) == 0
+    # Then the margin is the p99 of observed - fitted: 2 delays of 2 ms in 40 invokes set it
+    # near 2 ms (the fit itself barely moves: relative-error weights shrink the outliers).
+    for i in range(40):
+        lm.observe(16, 0.0026 + (0.002 if i in (5, 25) else 0.0))
+    assert lm.margin_s is not None and 0.001 < lm.margin_s <= 0.002
+    expected = int((0.010 - lm.margin_s - lm.fixed_s) / lm.per_sample_s)
+    assert lm.largest_fitting(0.010, 1000) == expected
 
 
 def test_tolerance_stops_early_and_caps(mlp):

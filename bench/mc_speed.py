@@ -1,0 +1,318 @@
+"""MC-dropout speed of the runtime against the seed's Keras loop, plain invokes and the numpy floor.
+
+Writes JSON (default ``bench/mc_speed.json``) for the acceptance list of issue 4. Every speed
+figure is a median over interleaved rounds (each round times every contender once, so a noisy
+neighbour hits them alike) and every ratio is taken within this one run.
+
+    .venv/bin/python bench/mc_speed.py            # a few minutes: trains the book MLP 2 epochs
+
+What it measures (1 interpreter thread, one input, T=100, fp32 unless said):
+
+- ``book``: the seed's MLP (Fashion-MNIST, trained briefly for realistic weights). Runtime
+  ``MCModel.predict(x, samples=100)`` vs the seed's loop ``[model(x, training=True) for _ in
+  range(100)]``, vs 100 plain invokes of ``full`` (stock interpreter), vs numpy doing the same
+  matrix products at batch T (BLAS pinned to one thread, like the interpreter). The MC mean must
+  match a Keras MC mean within 3 standard errors per class. In-graph (``RANDOM_UNIFORM``) and
+  mask-input (numpy masks) exports are both timed.
+- ``cnn``: Conv+BN+ReLU twice, global pooling, MC dropout in the top two layers (head < 1% of
+  the multiply-adds): runtime (trunk once + head at batch T) vs one batch-T invoke of ``full``.
+- ``budget``: 500 calls at budgets of 1, 2, 5 and 20 ms on the book model: p99 latency, and the
+  samples used vs the samples that fit (largest T whose median ``predict(samples=T)`` time is
+  within the budget, measured in the same run).
+- ``startup``: ``import edgekit.runtime`` + load + first prediction in a fresh process, wall
+  time and peak RSS, with a cold probe cache (the child-process probe runs) and a warm one.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One BLAS thread: the numpy floor must use the same single core as the interpreter.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+__all__ = ["main"]
+
+T = 100
+HERE = Path(__file__).resolve().parent
+
+
+def _interleaved(contenders: dict, rounds: int) -> dict[str, float]:
+    """Median seconds per contender over ``rounds`` rounds, each round running every contender once."""
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for fn in contenders.values():
+        fn()  # warm-up
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def _book_model(epochs: int):
+    import keras
+
+    from edgekit import recipes
+    from edgekit.data import load_fashion_mnist
+
+    data = load_fashion_mnist()
+    keras.utils.set_random_seed(42)
+    model = recipes.build("book", mean=float(data.x_train.mean()), std=float(data.x_train.std()))
+    recipes.train(model, data.x_train, data.y_train, epochs=epochs, verbose=0)
+    return model, data
+
+
+def _cnn_model():
+    import keras
+
+    from edgekit.layers import MCDropout
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((28, 28, 1), name="x")
+    h = x
+    for filters in (32, 64):
+        h = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(h)
+        h = keras.layers.BatchNormalization()(h)
+        h = keras.layers.ReLU()(h)
+        h = keras.layers.MaxPooling2D()(h) if filters == 32 else h
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = MCDropout(0.2)(h)
+    h = keras.layers.Dense(64, activation="relu")(h)
+    h = MCDropout(0.2)(h)
+    y = keras.layers.Dense(10, activation="softmax")(h)
+    model = keras.Model(x, y)
+    macs_trunk = 28 * 28 * 9 * 1 * 32 + 14 * 14 * 9 * 32 * 64
+    macs_head = 64 * 64 + 64 * 10
+    return model, macs_head / (macs_trunk + macs_head)
+
+
+def _stock_runner(tflite: bytes, key: str = "full"):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_content=tflite, num_threads=1).get_signature_runner(key)
+
+
+def bench_book(model, data, rounds: int) -> dict:
+    import tensorflow as tf
+
+    from edgekit.converters import convert
+    from edgekit.runtime import MCModel
+
+    x = data.x_test[:1]
+    out: dict = {}
+    files = {
+        "in-graph": convert(model).tflite,
+        "mask-input": convert(model, stochastic="mask-input").tflite,
+    }
+    runtimes = {mode: MCModel(blob, threads=1, seed=0) for mode, blob in files.items()}
+    full = _stock_runner(files["in-graph"])
+    xf = x.astype(np.float32)
+
+    # numpy floor: the same matrix products (and bias adds) at batch T, one BLAS thread.
+    dense = [layer for layer in model.layers if layer.__class__.__name__ == "Dense"]
+    weights = [(d.kernel.numpy(), d.bias.numpy()) for d in dense]
+    h0 = np.repeat(((xf - float(data.x_train.mean())) / float(data.x_train.std())).reshape(1, -1), T, axis=0)
+
+    def floor():
+        h = h0
+        for w, b in weights:
+            h = h @ w + b
+        return h
+
+    xt = tf.constant(xf)
+
+    def keras_loop():  # the seed's code, verbatim in spirit
+        return np.stack([model(xt, training=True) for _ in range(T)])
+
+    contenders = {
+        "runtime_in_graph": lambda: runtimes["in-graph"].predict(xf, samples=T),
+        "runtime_mask_input": lambda: runtimes["mask-input"].predict(xf, samples=T),
+        "plain_invokes_100": lambda: [full(x=xf) for _ in range(T)],
+        "numpy_floor": floor,
+    }
+    fast = _interleaved(contenders, rounds)
+    slow = _interleaved({"keras_loop": keras_loop, "runtime_in_graph": contenders["runtime_in_graph"]}, max(5, rounds // 20))
+    ms = {k: v * 1e3 for k, v in {**fast, "keras_loop": slow["keras_loop"]}.items()}
+    out["median_ms"] = ms
+    rt = ms["runtime_in_graph"]
+    out["ratios"] = {
+        "keras_loop_over_runtime": ms["keras_loop"] / (slow["runtime_in_graph"] * 1e3),
+        "plain_invokes_over_runtime": ms["plain_invokes_100"] / rt,
+        "runtime_over_numpy_floor": rt / ms["numpy_floor"],
+        "runtime_mask_input_over_numpy_floor": ms["runtime_mask_input"] / ms["numpy_floor"],
+    }
+    out["targets"] = {
+        "keras_loop_over_runtime >= 300": out["ratios"]["keras_loop_over_runtime"] >= 300,
+        "plain_invokes_over_runtime >= 4": out["ratios"]["plain_invokes_over_runtime"] >= 4,
+        "runtime_over_numpy_floor <= 2": out["ratios"]["runtime_over_numpy_floor"] <= 2,
+    }
+    out["parts_ms"] = runtimes["in-graph"].time_parts(samples=T, repeats=50)
+
+    # MC mean vs Keras MC mean, 3 standard errors per class.
+    n = 4000
+    keras_probs = model(tf.repeat(xt, n, axis=0), training=True).numpy()
+    pred = runtimes["in-graph"].predict(xf, samples=n)
+    se = np.sqrt(pred.std[0] ** 2 / n + keras_probs.std(0) ** 2 / n)
+    # 1e-6 floor: classes the model is sure are absent have SE ~1e-9, below float32 rounding.
+    z = np.abs(pred.mean[0] - keras_probs.mean(0)) / np.maximum(se, 1e-6)
+    out["mc_mean_vs_keras"] = {
+        "samples_each": n,
+        "runtime_mean": pred.mean[0].round(5).tolist(),
+        "keras_mean": keras_probs.mean(0).round(5).tolist(),
+        "max_z": float(z.max()),
+        "within_3_se": bool(np.all(z <= 3)),
+    }
+    return out, files["in-graph"]
+
+
+def bench_cnn(rounds: int) -> dict:
+    from edgekit.converters import convert
+    from edgekit.runtime import MCModel
+
+    model, head_fraction = _cnn_model()
+    blob = convert(model).tflite
+    rt = MCModel(blob, threads=1)
+    full = _stock_runner(blob)
+    x = np.random.default_rng(0).random((1, 28, 28, 1)).astype(np.float32)
+    xb = np.repeat(x, T, axis=0)
+    ms = {
+        k: v * 1e3
+        for k, v in _interleaved(
+            {"runtime": lambda: rt.predict(x, samples=T), "full_batch_t_invoke": lambda: full(x=xb)}, rounds
+        ).items()
+    }
+    ratio = ms["full_batch_t_invoke"] / ms["runtime"]
+    return {
+        "head_mac_fraction": head_fraction,
+        "median_ms": ms,
+        "full_batch_over_runtime": ratio,
+        "targets": {"full_batch_over_runtime >= 20": ratio >= 20, "head_mac_fraction < 0.01": head_fraction < 0.01},
+    }
+
+
+def _fits(model, x, budget_ms: float, cap: int = 20000) -> int:
+    """Largest T whose median predict(samples=T) time is within the budget (binary search)."""
+
+    def med(t):
+        ts = []
+        for _ in range(11):
+            start = time.perf_counter()
+            model.predict(x, samples=t)
+            ts.append(time.perf_counter() - start)
+        return float(np.median(ts)) * 1e3
+
+    lo, hi = 0, cap
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if med(mid) <= budget_ms:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def bench_budget(blob: bytes, x: np.ndarray, calls: int) -> dict:
+    from edgekit.runtime import MCModel
+
+    model = MCModel(blob, threads=1)
+    out = {}
+    for budget in (1.0, 2.0, 5.0, 20.0):
+        fit = _fits(model, x, budget)
+        latencies, used = [], []
+        for _ in range(calls):
+            start = time.perf_counter()
+            pred = model.predict(x, budget_ms=budget, samples=100_000)
+            latencies.append((time.perf_counter() - start) * 1e3)
+            used.append(int(pred.samples[0]))
+        lat = np.array(latencies)
+        p99 = float(np.quantile(lat, 0.99))
+        share = float(np.median(used)) / fit if fit else float("nan")
+        out[f"{budget:g}ms"] = {
+            "p50_ms": float(np.median(lat)),
+            "p99_ms": p99,
+            "max_ms": float(lat.max()),
+            "samples_median": float(np.median(used)),
+            "samples_min": int(min(used)),
+            "samples_that_fit": fit,
+            "share_of_fit": share,
+            "targets": {"p99 <= budget": p99 <= budget, "share_of_fit >= 0.7": bool(share >= 0.7)},
+        }
+    return out
+
+
+_STARTUP = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+from edgekit.runtime import MCModel
+t1 = time.perf_counter()
+model = MCModel(sys.argv[1])
+t2 = time.perf_counter()
+model.predict(np.load(sys.argv[2]), samples=100)
+t3 = time.perf_counter()
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forking (TensorFlow-sized)
+# parent, while VmHWM belongs to this process's own address space.
+hwm_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_predict_s": t3 - t2, "total_s": t3 - t0,
+                  "peak_rss_mb": hwm_kb / 1024,
+                  "tf_imported": any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules)}))
+"""
+
+
+def bench_startup(blob: bytes, x: np.ndarray) -> dict:
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path, xpath = Path(tmp) / "book.tflite", Path(tmp) / "x.npy"
+        path.write_bytes(blob)
+        np.save(xpath, x)
+        env = {**os.environ, "XDG_CACHE_HOME": str(Path(tmp) / "cache")}
+        for label in ("cold_probe_cache", "warm_probe_cache"):
+            proc = subprocess.run([sys.executable, "-c", _STARTUP, str(path), str(xpath)],
+                                  capture_output=True, text=True, env=env, timeout=120)
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr)
+            out[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+    warm = out["warm_probe_cache"]
+    out["targets"] = {"warm total_s < 0.3": warm["total_s"] < 0.3, "warm peak_rss_mb < 80": warm["peak_rss_mb"] < 80}
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(HERE / "mc_speed.json"))
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=101, help="interleaved rounds for the fast contenders")
+    parser.add_argument("--calls", type=int, default=500, help="calls per budget")
+    args = parser.parse_args(argv)
+
+    started = time.time()
+    book, data = _book_model(args.epochs)
+    result: dict = {"T": T, "threads": 1, "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}}
+    result["book"], blob = bench_book(book, data, args.rounds)
+    result["cnn"] = bench_cnn(args.rounds)
+    x = data.x_test[:1]
+    result["budget"] = bench_budget(blob, x, args.calls)
+    result["startup"] = bench_startup(blob, x)
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    result["wall_s"] = time.time() - started
+    text = json.dumps(result, indent=2, default=float)
+    from edgekit.runtime.fileio import atomic_write_bytes
+
+    atomic_write_bytes(args.out, text.encode())
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
