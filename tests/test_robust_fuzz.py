@@ -98,3 +98,25 @@ def test_no_crash_no_hang_and_clear_errors(corpus, outcomes, mode):
 def test_no_silently_wrong_output_from_files_no_digest_can_vouch_for(corpus, outcomes, mode):
     bad = _violations(corpus, outcomes(mode), mode, wrong_output=True)
     assert not bad, f"{len(bad)} files ran and returned garbage: {bad[:10]}"
+
+
+def test_every_single_byte_change_fails_the_integrity_check():
+    # Exhaustive, not sampled: every byte of an edgekit export XORed with 0xFF, and every
+    # truncation, is refused by the digest check alone (pure Python; ~1 s for an 11 KB model).
+    from edgekit.runtime.metadata import IntegrityError, verify_integrity
+
+    data = (FIXTURES / "mlp_mask.tflite").read_bytes()
+    assert verify_integrity(data)
+    missed = []
+    for pos in range(len(data)):
+        bad = bytearray(data)
+        bad[pos] ^= 0xFF
+        try:
+            verify_integrity(bytes(bad), require_metadata=False)
+            missed.append(pos)
+        except IntegrityError:
+            pass
+    assert not missed, f"{len(missed)} changed bytes passed the integrity check, e.g. at {missed[:10]}"
+    for cut in range(0, len(data), 7):
+        with pytest.raises(IntegrityError):
+            verify_integrity(data[:cut], require_metadata=False)

@@ -95,8 +95,8 @@ def test_malformed_headers_and_palettes_fail_cleanly(outcomes):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="runtime/images.py: a 3000x3000 PNG whose rows use the Paeth filter (9 KB file) decodes in a "
-    "per-byte Python loop for minutes (hang); a 1x1 PNG whose IDAT inflates to 512 MiB is inflated in "
+    reason="runtime/images.py: a 3000x3000 PNG whose rows use the Paeth filter (13 KB file) decodes in a "
+    "per-byte Python loop for minutes (hang); a 1x1 PNG (510 KB) whose IDAT inflates to 512 MiB is inflated in "
     "full before its size is checked (zlib.decompress without max_length).",
 )
 def test_decompression_and_time_bombs_fail_fast(outcomes):
