@@ -283,17 +283,26 @@ def _keras_probs(model, x, samples: int, rows: int) -> tuple[np.ndarray, np.ndar
 
     from edgekit.layers import dropout_off
 
-    fn = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+    from edgekit.converters.export import _mc_layers, _split
+
+    # Same shortcut as the runtime: the deterministic trunk once, the head T times.
+    first = next((layer for layer in _mc_layers(model) if layer.rate > 0), None)
+    trunk, head, _ = _split(model, first)
+    # Eager calls on large batches: a tf.function here would be retraced on every evaluate()
+    # (new model, new shapes), and one traced under dropout_off() would keep dropout off.
+    net = head or model
     chunk = max(1, rows // samples)
     mc = []
     for i in range(0, len(x), chunk):
         xb = x[i : i + chunk]
+        if trunk is not None:
+            xb = trunk(tf.constant(xb), training=False).numpy()
         rep = np.repeat(xb, samples, axis=0)
-        p = fn(tf.constant(rep)).numpy().reshape(len(xb), samples, -1)
+        p = net(tf.constant(rep), training=False).numpy().reshape(len(xb), samples, -1)
         mc.append(p.mean(axis=1))
     with dropout_off():
-        off = tf.function(lambda t: model(t, training=False))  # a fresh trace: dropout off for good
-        det = np.concatenate([off(tf.constant(x[i : i + rows])).numpy() for i in range(0, len(x), rows)])
+        det = np.concatenate([model(tf.constant(x[i : i + rows]), training=False).numpy()
+                              for i in range(0, len(x), rows)])
     return np.concatenate(mc), det
 
 
