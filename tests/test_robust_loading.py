@@ -268,3 +268,42 @@ def test_private_copy_is_cleaned_up(saved, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     load_keras_model(saved["ok"])
     assert list(tmp_path.iterdir()) == []
+
+
+# --- Through the CLI -------------------------------------------------------------------------------
+
+
+def _convert(args):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    return CliRunner().invoke(cli, ["convert", *map(str, args), "--eval-samples", "0"])
+
+
+def test_convert_cli_refuses_a_lambda_file_in_one_line(lambda_file, tmp_path):
+    path, marker = lambda_file
+    out = tmp_path / "out.tflite"
+    result = _convert([path, "-o", out])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Lambda" in errors[0], result.output
+    assert not marker.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "slip", "not-zip"])
+def test_convert_cli_bad_archives_exit_1_in_one_line(saved, tmp_path, damage):
+    path = tmp_path / f"{damage}.keras"
+    data = saved["ok"].read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "slip":
+        _slip_zip(saved, path, "../../escaped.txt")
+    else:
+        path.write_bytes(b"hello")
+    out = tmp_path / "out.tflite"
+    result = _convert([path, "-o", out])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    assert not out.exists()
