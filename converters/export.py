@@ -288,7 +288,12 @@ def _write_saved_model(model, trunk, head, mc_meta, in_shape, folder: str) -> li
 def _calibration(model, trunk, head, mc_meta, data: np.ndarray, names, rng_seed: int = 0):
     """A representative-dataset generator that feeds every signature (multi-signature calibration)."""
     masked = [m for m in mc_meta if m["mask_input"]]
-    features = trunk.predict(data, batch_size=256, verbose=0) if trunk is not None else None
+    # Eager calls (not trunk.predict, whose traced function TF would warn about retracing).
+    features = (
+        np.concatenate([keras.ops.convert_to_numpy(trunk(data[i : i + 256], training=False))
+                        for i in range(0, len(data), 256)])
+        if trunk is not None else None
+    )
     rng = np.random.default_rng(rng_seed)
 
     def masks(n):
