@@ -12,7 +12,10 @@
    RSS sampled every 500 calls; the drift is the peak RSS at the end minus the peak after the first
    2,000 calls.
 
-Sections can be skipped (``--skip-fuzz``, ``--skip-concurrency``) to rerun one part.
+3. Images: the PNG corpus of ``tests/fuzz/images.py`` through ``edgekit predict`` on the CNN
+   fixture (10 s per file before it counts as a hang).
+
+Sections can be skipped (``--skip-fuzz``, ``--skip-images``, ``--skip-concurrency``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fuzz.checks import violation  # noqa: E402
 from fuzz.corrupt import FIXTURES, Case, make_corpus  # noqa: E402
 from fuzz.harness import run_cases, summarize  # noqa: E402
+from fuzz.images import make_png_corpus  # noqa: E402
 
 __all__ = ["main"]
 
@@ -57,7 +61,8 @@ def fuzz(seed: int, timeout: float) -> dict:
         for case, r in zip(corpus, stock, strict=True):
             if case.source == DETERMINISTIC_SOURCE and r["status"] == "ran" and not case.kind.startswith("resigned"):
                 compared += 1
-                if not r["finite"] or not np.allclose(r["output"], reference["output"], rtol=1e-5, atol=1e-6):
+                got, want = np.asarray(r["output"]), np.asarray(reference["output"])
+                if not r["finite"] or got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-6):
                     wrong += 1
         out["stock"] = {
             "seconds": round(time.perf_counter() - t0, 1),
@@ -90,6 +95,27 @@ def fuzz(seed: int, timeout: float) -> dict:
                 "summary": summarize(corpus, results),
             }
     return out
+
+
+def images(seed: int, timeout: float) -> dict:
+    corpus = make_png_corpus(seed)
+    t0 = time.perf_counter()
+    results = run_cases("predict", corpus, timeout=timeout, model=str(FIXTURES / "cnn_ingraph.tflite"),
+                        env={"FUZZ_AS_LIMIT": str(3 << 30)})
+    counts = collections.Counter(r["status"] for r in results)
+    return {
+        "files": len(corpus),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "timeout_s": timeout,
+        **{status: counts[status] for status in ("ran", "error", "uncaught", "crash", "hang")},
+        "damaged_but_ran": sum(1 for c, r in zip(corpus, results, strict=True) if c.kind != "png-valid" and r["status"] == "ran"),
+        "problems": [
+            {"case": c.name, "status": r["status"], "type": r.get("type"), "message": (r.get("message") or "")[:160]}
+            for c, r in zip(corpus, results, strict=True)
+            if r["status"] in ("uncaught", "crash", "hang")
+        ],
+        "summary": summarize(corpus, results),
+    }
 
 
 def concurrency(threads: int, calls: int, samples: int) -> dict:
@@ -126,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--skip-fuzz", action="store_true")
     parser.add_argument("--skip-concurrency", action="store_true")
+    parser.add_argument("--skip-images", action="store_true")
     args = parser.parse_args(argv)
     report: dict = {
         "command": "python bench/robustness.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -134,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if not args.skip_fuzz:
         report["fuzz"] = fuzz(args.seed, args.timeout)
+    if not args.skip_images:
+        report["images"] = images(args.seed, min(args.timeout, 10.0))
     if not args.skip_concurrency:
         report["concurrency"] = concurrency(args.threads, args.calls, args.samples)
     out = Path(args.out)
