@@ -663,8 +663,6 @@ class MCModel:
             BudgetError: the budget is below the cost of one sample.
         """
         self._check_options(samples, budget_ms, tolerance)
-        if budget_ms is None and self.profile is not None and samples is None and tolerance is None:
-            budget_ms = None  # a profile's default budget applies only when asked for (CLI)
         x = self._check_input(x)
         if budget_ms is None and tolerance is None:
             cap = int(samples or DEFAULT_SAMPLES)
@@ -787,14 +785,13 @@ class MCModel:
             return float(np.median(ts) * 1e3)
 
         full = self._runner(self._full_key)
-        full_masks = lambda b: {k: v for k, v in self._masks_for(b).items()}  # noqa: E731
         xq = self._quantize(self.input, x, "input")
         xb = np.repeat(xq, samples, axis=0)
         return {
             "trunk_ms": med(lambda: self._features(x)) if self.has_trunk else 0.0,
             "head_ms": med(lambda: self._draw(feat, samples, observe=False)),
-            "full_ms": med(lambda: full(**{self.input.name: xq}, **full_masks(1))),
-            "full_batch_ms": med(lambda: full(**{self.input.name: xb}, **full_masks(samples))),
+            "full_ms": med(lambda: full(**{self.input.name: xq}, **self._masks_for(1))),
+            "full_batch_ms": med(lambda: full(**{self.input.name: xb}, **self._masks_for(samples))),
         }
 
     def __repr__(self) -> str:
