@@ -561,6 +561,11 @@ class MCModel:
         # A damaged op (say SOFTMAX replaced by another op in a file with a recomputed digest) can
         # run without error and return garbage; refuse anything that is not a probability vector.
         # Slack: float32 softmax rounding (1e-4), plus half an int8 step per class with int8 output.
+        if probs.ndim != 2 or probs.shape[1] != self.num_classes:  # e.g. SOFTMAX flipped to SQUEEZE
+            raise OutputError(
+                f"{self.source}: the model's output has the wrong shape. Expected [samples, {self.num_classes}]. "
+                f"Received: shape={probs.shape}"
+            )
         slack = 1e-4 + (self._out.scale * self.num_classes / 2 if self._out.dtype == np.int8 else 0.0)
         sums = probs.sum(axis=1)
         lo, hi = float(probs.min()), float(probs.max())
