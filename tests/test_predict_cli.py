@@ -145,3 +145,26 @@ def test_predict_refuses_a_crashing_model_and_survives(tmp_path):
 def test_predict_has_help():
     res = CliRunner().invoke(cli, ["predict", "--help"])
     assert res.exit_code == 0 and "--budget-ms" in res.output and "Examples" in res.output
+
+
+def test_predict_runs_with_tensorflow_and_keras_unimportable(tmp_path):
+    # What a base install (no [train] extra) sees: importing tensorflow or keras fails.
+    import subprocess
+    import sys
+
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros(20, np.float32))
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tensorflow', 'keras', 'tf_keras'):\n"
+        "            raise ImportError(f'blocked: {name}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from edgekit.cli import cli\n"
+        f"cli(['predict', {str(FIX / 'mlp_ingraph.tflite')!r}, {str(x)!r}, '--samples', '10', '--json'],"
+        " prog_name='edgekit')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["predictions"][0]["samples"] == 10
