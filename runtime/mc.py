@@ -25,7 +25,8 @@ Randomness
 - ``in-graph`` files draw masks with LiteRT's ``RANDOM_UNIFORM``. Unseeded files (the default) are
   re-seeded from ``/dev/urandom`` whenever the kernel is prepared, so a resize never repeats masks.
   A *seeded* file restarts its sequence on every re-prepare; for those the runtime keeps one
-  interpreter per batch size, so a sequence is never restarted and masks never repeat.
+  interpreter per batch size, so a sequence is never restarted and masks never repeat. Under a
+  budget, T is then rounded down to 1, 2, 3, 4, 6, 8, 12, ... so the interpreters stay few.
 - ``mask-input`` files take their keep-masks as inputs; they are drawn here from one
   ``numpy.random.Generator`` (``seed`` makes them reproducible), which is never reset.
 
@@ -232,6 +233,14 @@ class LatencyModel:
             else:
                 room = seconds - self.margin_s - self.fixed_s
             return int(max(0, min(cap, math.floor(room / self.per_sample_s))))
+
+
+def _ladder_floor(n: int) -> int:
+    """Largest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and 1.5x them) <= n."""
+    if n < 1:
+        return 0
+    p = 1 << (n.bit_length() - 1)
+    return p + p // 2 if p >= 2 and p + p // 2 <= n else p
 
 
 @dataclass(frozen=True)
@@ -752,11 +761,15 @@ class MCModel:
                         fit = 1  # a prediction needs one sample; budget_cut says it was tight
                     else:
                         break
+                if self.seeded:
+                    fit = _ladder_floor(fit)  # bounded set of batch sizes = bounded interpreters
                 if fit > self._local.high_water:
                     # First time this thread needs so many samples: pay the allocation once, then
                     # re-plan with what is left (only the first such call can over-run).
                     self._grow(feat, fit)
                     fit = max(1 if done == 0 else 0, self.latency.largest_fitting(deadline - time.perf_counter(), fit))
+                    if self.seeded:
+                        fit = _ladder_floor(fit)
                     if fit < 1:
                         cut = True
                         break

@@ -142,6 +142,17 @@ def test_seeded_file_is_reproducible_and_never_restarts_its_sequence():
     assert not np.array_equal(seq1[0], seq1[2])
 
 
+def test_seeded_file_under_a_budget_uses_few_batch_sizes():
+    from edgekit.runtime.mc import _ladder_floor
+
+    assert [_ladder_floor(n) for n in (1, 2, 3, 5, 7, 11, 13, 100, 191, 192)] == [1, 2, 3, 4, 6, 8, 12, 96, 128, 192]
+    model = MCModel(FIX / "mlp_seeded.tflite")
+    for budget in (0.5, 1.0, 2.0, 3.0, 5.0):
+        model.predict(_x(model), budget_ms=budget)
+    sizes = set(model._local.by_size)
+    assert all(_ladder_floor(s) == s for s in sizes - {1, 16, 128})
+
+
 def test_mask_input_seed_reproducible_and_generator_never_reset():
     a, b = MCModel(FIX / "mlp_mask.tflite", seed=3), MCModel(FIX / "mlp_mask.tflite", seed=3)
     x = _x(a)
