@@ -122,6 +122,18 @@ def test_batch_gives_one_row_per_input(mlp):
     assert single.mean.shape == (1, 5)
 
 
+def test_inputs_sharing_one_head_invoke_keep_their_own_rows(mlp):
+    # T=300 and 3 inputs: all 900 rows go through one head invoke; each input's mean must match
+    # its own numpy reference (a row-order mix-up would pull the means together).
+    x = _x(mlp, 3, seed=5) * np.array([[1.0], [4.0], [-3.0]], np.float32)
+    pred = mlp.predict(x, samples=300)
+    for i in range(3):
+        ref = _numpy_mlp_mc(x[i : i + 1], 20000, seed=i)
+        se = np.sqrt(pred.std[i] ** 2 / 300 + ref.std(0) ** 2 / 20000)
+        assert np.all(np.abs(pred.mean[i] - ref.mean(0)) < 4 * se + 1e-6), i
+    assert abs(pred.mean[1] - pred.mean[2]).max() > 0.05  # the inputs really differ
+
+
 def test_in_graph_draws_differ_between_calls_and_sizes(mlp):
     x = _x(mlp)
     a = mlp.predict(x, samples=64).mean
