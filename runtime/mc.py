@@ -739,7 +739,8 @@ class MCModel:
             feat = self._features(x[i : i + 1])[0]
             if deadline is not None:
                 if self._after_n % 16 == 0:
-                    self._after_p99 = float(np.quantile(np.fromiter(self._after_s, float), 0.99))
+                    # tuple() copies the deque in one C call: safe while other threads append.
+                    self._after_p99 = float(np.quantile(tuple(self._after_s), 0.99))
                 deadline -= self._after_p99
             probs, was_cut = self._sample(feat, cap, deadline, tolerance)
             t_after = time.perf_counter()

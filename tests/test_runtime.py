@@ -375,6 +375,26 @@ def test_concurrent_predictions_from_8_threads(mlp_mask):
     assert len({p.mean.tobytes() for p in results}) == 8
 
 
+def test_concurrent_budgeted_predictions(mlp_mask):
+    # Budget mode shares the latency model and the after-sampling statistics between threads.
+    errors = []
+
+    def work():
+        try:
+            for _ in range(30):
+                pred = mlp_mask.predict(_x(mlp_mask), budget_ms=5, tolerance=0.02)
+                assert pred.samples[0] >= 1
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
 def test_time_parts_reports_each_part(mlp):
     parts = mlp.time_parts(samples=32, repeats=3)
     assert set(parts) == {"trunk_ms", "head_ms", "full_ms", "full_batch_ms"}
