@@ -58,8 +58,11 @@ def test_every_mode_runs_on_the_stock_interpreter(converted, which, quantize, ml
     it = Interpreter(model_content=result.tflite)
     sigs = it.get_signature_list()
     assert sigs["full"] == {"inputs": ["x"], "outputs": ["probs"]}
-    assert sigs["trunk"] == {"inputs": ["x"], "outputs": ["features"]}
-    assert sigs["head"] == {"inputs": ["features"], "outputs": ["probs"]}
+    if quantize == "int16x8":  # no split on purpose, see test_int16x8_is_not_split_and_stays_accurate
+        assert set(sigs) == {"full"} and meta["signatures"]["trunk"] is None
+    else:
+        assert sigs["trunk"] == {"inputs": ["x"], "outputs": ["features"]}
+        assert sigs["head"] == {"inputs": ["features"], "outputs": ["probs"]}
     ops = {op for per_sig in tflite_ops(result.tflite).values() for op in per_sig}
     assert "RANDOM_UNIFORM" in ops
     assert not any(op.startswith(("CUSTOM", "FLEX")) or op == "DELEGATE" for op in ops), ops
@@ -169,6 +172,16 @@ def test_int8_mc_accuracy_is_close_to_keras(converted, tiny_mlp, mlp_data):
     assert abs(acc["mc_accuracy_delta_points"]) <= 3.0
     assert 0 <= acc["tflite"]["ece"] <= 1 and acc["tflite"]["nll"] > 0
     assert "accuracy" in report.to_table() and report.to_dict()["accuracy"]["n"] == 300
+
+
+def test_int16x8_is_not_split_and_stays_accurate(converted, tiny_mlp, mlp_data):
+    # TF 2.21 mis-quantizes weights shared by several 16x8 signatures (book MLP: 64% instead of
+    # 83% MC accuracy, bench/convert_report.py), so int16x8 files carry `full` only.
+    result = converted("mlp", "int16x8")
+    assert "int16x8" in result.report.split_reason
+    _, _, xt, yt = mlp_data
+    acc = evaluate(result, tiny_mlp, xt, yt, samples=30).accuracy
+    assert abs(acc["mc_accuracy_delta_points"]) <= 3.0  # same bound and reason as the int8 test
 
 
 def test_int8_io(converted, mlp_data):
