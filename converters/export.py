@@ -57,6 +57,8 @@ __all__ = [
     "STOCHASTIC_MODES",
     "NoMCLayerWarning",
     "FixedSeedWarning",
+    "check_representative_data",
+    "call_model",
 ]
 
 QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
@@ -186,6 +188,17 @@ def _check_image(spec, input_shape) -> dict | None:
     return out
 
 
+def call_model(model, x) -> np.ndarray:
+    """``model(x)`` in inference mode as numpy, without Keras' input-structure warning.
+
+    Keras 3 warns when a functional model whose input is named (``keras.Input(name="x")``) is
+    called with a bare tensor instead of a one-element list; the call is correct either way.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s)The structure of `inputs` doesn't match")
+        return keras.ops.convert_to_numpy(model(x, training=False))
+
+
 # --------------------------------------------------------------------------- seeds
 
 
@@ -290,8 +303,7 @@ def _calibration(model, trunk, head, mc_meta, data: np.ndarray, names, rng_seed:
     masked = [m for m in mc_meta if m["mask_input"]]
     # Eager calls (not trunk.predict, whose traced function TF would warn about retracing).
     features = (
-        np.concatenate([keras.ops.convert_to_numpy(trunk(data[i : i + 256], training=False))
-                        for i in range(0, len(data), 256)])
+        np.concatenate([call_model(trunk, data[i : i + 256]) for i in range(0, len(data), 256)])
         if trunk is not None else None
     )
     rng = np.random.default_rng(rng_seed)

@@ -283,7 +283,7 @@ def _keras_probs(model, x, samples: int, rows: int) -> tuple[np.ndarray, np.ndar
 
     from edgekit.layers import dropout_off
 
-    from edgekit.converters.export import _mc_layers, _split
+    from edgekit.converters.export import _mc_layers, _split, call_model
 
     # Same shortcut as the runtime: the deterministic trunk once, the head T times.
     first = next((layer for layer in _mc_layers(model) if layer.rate > 0), None)
@@ -296,13 +296,12 @@ def _keras_probs(model, x, samples: int, rows: int) -> tuple[np.ndarray, np.ndar
     for i in range(0, len(x), chunk):
         xb = x[i : i + chunk]
         if trunk is not None:
-            xb = trunk(tf.constant(xb), training=False).numpy()
+            xb = call_model(trunk, tf.constant(xb))
         rep = np.repeat(xb, samples, axis=0)
-        p = net(tf.constant(rep), training=False).numpy().reshape(len(xb), samples, -1)
+        p = call_model(net, tf.constant(rep)).reshape(len(xb), samples, -1)
         mc.append(p.mean(axis=1))
     with dropout_off():
-        det = np.concatenate([model(tf.constant(x[i : i + rows]), training=False).numpy()
-                              for i in range(0, len(x), rows)])
+        det = np.concatenate([call_model(model, tf.constant(x[i : i + rows])) for i in range(0, len(x), rows)])
     return np.concatenate(mc), det
 
 
