@@ -167,22 +167,32 @@ def summarize(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
 class LatencyModel:
     """``cost(T) = fixed + per_sample * T`` for one stochastic invoke, plus a p99 margin.
 
-    ``fixed`` and ``per_sample`` come from a relative-error least-squares fit on recent invokes.
-    The margin is the 99th percentile of recent residuals (observed - fitted), in seconds: delays
-    from the OS or a noisy neighbour add time rather than scale it, so an additive margin keeps
-    large-T choices from being punished for small-T jitter. Until 20 invokes are seen the margin is
-    half the fitted cost. Thread-safe.
+    ``fixed`` and ``per_sample`` come from a relative-error least-squares fit on calibration
+    anchors and recent invokes. The margin is the 99th percentile of recent residuals (observed -
+    fitted, in seconds), kept **per size bucket** (T in [1], [2, 3], [4, 7], ...): OS delays add
+    time rather than scale it, but a large invoke also suffers more from a busy memory bus than a
+    one-sample invoke, so each size range gets the margin it has shown. A bucket with fewer than
+    20 residuals borrows the margin of all residuals; with fewer than 20 in all, the margin is half
+    the fitted cost. Thread-safe.
     """
+
+    _MIN_RESIDUALS = 20
 
     def __init__(self, window: int = 256):
         self._obs: deque[tuple[int, float]] = deque(maxlen=window)
-        self._residuals: deque[float] = deque(maxlen=window)
+        self._residuals: dict[int, deque[float]] = {}
+        self._all_residuals: deque[float] = deque(maxlen=window)
         self._lock = threading.Lock()
         self.fixed_s = 0.0
         self.per_sample_s = 0.0
-        self.margin_s: float | None = None  # None: not enough residuals yet
+        self.margin_s: float | None = None  # over all sizes; None: not enough residuals yet
+        self._bucket_margin: dict[int, float] = {}
         self._seen = 0
         self._anchors: list[tuple[int, float]] = []
+
+    @staticmethod
+    def _bucket(samples: int) -> int:
+        return max(1, int(samples)).bit_length()
 
     def anchor(self, samples: int, seconds: float) -> None:
         """A calibration point kept in every fit (the online window may hold only one T)."""
@@ -193,16 +203,23 @@ class LatencyModel:
     def observe(self, samples: int, seconds: float, *, residual: bool = True) -> None:
         with self._lock:
             if residual and self.per_sample_s > 0:
-                self._residuals.append(seconds - (self.fixed_s + self.per_sample_s * samples))
+                r = seconds - (self.fixed_s + self.per_sample_s * samples)
+                self._all_residuals.append(r)
+                self._residuals.setdefault(self._bucket(samples), deque(maxlen=128)).append(r)
             self._obs.append((samples, seconds))
             self._seen += 1
-            # Refitting costs ~0.1 ms (polyfit + quantile); do it every 8th invoke once warmed up.
+            # Refitting costs ~0.1 ms (polyfit + quantiles); do it every 8th invoke once warmed up.
             if self._seen <= 16 or self._seen % 8 == 0:
                 self._refit()
 
     def _refit(self) -> None:
-        if len(self._residuals) >= 20:
-            self.margin_s = max(0.0, float(np.quantile(np.fromiter(self._residuals, float), 0.99)))
+        if len(self._all_residuals) >= self._MIN_RESIDUALS:
+            self.margin_s = max(0.0, float(np.quantile(tuple(self._all_residuals), 0.99)))
+        self._bucket_margin = {
+            b: max(0.0, float(np.quantile(tuple(r), 0.99)))
+            for b, r in self._residuals.items()
+            if len(r) >= self._MIN_RESIDUALS
+        }
         points = self._anchors + list(self._obs)
         if len(points) < 2:
             return
@@ -222,20 +239,36 @@ class LatencyModel:
         """Fitted (not p99) cost of one invoke of ``samples`` samples, in seconds."""
         return self.fixed_s + self.per_sample_s * samples
 
+    def _margin(self, samples: int) -> float:
+        m = self._bucket_margin.get(self._bucket(samples))
+        if m is not None:
+            return m
+        if self.margin_s is not None:
+            return self.margin_s
+        return 0.5 * self.typical(samples)
+
     def p99(self, samples: int) -> float:
-        typical = self.typical(samples)
-        return typical + (self.margin_s if self.margin_s is not None else 0.5 * typical)
+        with self._lock:
+            return self.typical(samples) + self._margin(samples)
 
     def largest_fitting(self, seconds: float, cap: int) -> int:
         """Largest T <= cap with p99(T) <= seconds (0 if even T=1 does not fit)."""
         with self._lock:
             if self.per_sample_s <= 0:
                 return cap
-            if self.margin_s is None:
-                room = seconds / 1.5 - self.fixed_s
-            else:
-                room = seconds - self.margin_s - self.fixed_s
-            return int(max(0, min(cap, math.floor(room / self.per_sample_s))))
+            # Each size bucket has its own margin: take the best T over the buckets.
+            best = 0
+            for b in range(self._bucket(cap), 0, -1):
+                lo, hi = 1 << (b - 1), min(cap, (1 << b) - 1)
+                if self._bucket_margin.get(b) is None and self.margin_s is None:
+                    t = math.floor((seconds / 1.5 - self.fixed_s) / self.per_sample_s)
+                else:
+                    t = math.floor((seconds - self._margin(lo) - self.fixed_s) / self.per_sample_s)
+                t = min(t, hi)
+                if t >= lo:
+                    best = t
+                    break
+            return int(max(0, min(cap, best)))
 
 
 def _ladder_floor(n: int) -> int:
@@ -600,8 +633,13 @@ class MCModel:
             )
 
     def _grow(self, feature: np.ndarray, batch: int) -> None:
-        """Allocate for ``batch`` samples now (one unobserved invoke) so later invokes are cheap."""
+        """Allocate for ``batch`` samples now so later invokes are cheap.
+
+        Two unobserved invokes: the first re-allocates, the second touches the new memory for the
+        first time (measured: ~2x a steady invoke); neither is a fair latency sample.
+        """
         if batch > self._local.high_water:
+            self._draw(feature, batch, observe=False)
             self._draw(feature, batch, observe=False)
 
     def _features(self, x: np.ndarray) -> np.ndarray:
@@ -789,10 +827,11 @@ class MCModel:
                         break
                 if self.seeded:
                     fit = _ladder_floor(fit)  # bounded set of batch sizes = bounded interpreters
-                if fit > self._local.high_water:
+                if not self.seeded and fit > self._local.high_water:
                     # First time this thread needs so many samples: pay the allocation once, then
-                    # re-plan with what is left (only the first such call can over-run).
-                    self._grow(feat, fit)
+                    # re-plan with what is left. Grow to twice what is needed, so that the
+                    # call-to-call wobble of T does not make every call pay for a few more rows.
+                    self._grow(feat, min(cap, self.max_batch, 2 * fit))
                     fit = max(1 if done == 0 else 0, self.latency.largest_fitting(deadline - time.perf_counter(), fit))
                     if self.seeded:
                         fit = _ladder_floor(fit)

@@ -220,6 +220,19 @@ def test_latency_model_fits_a_linear_cost_exactly():
     assert lm.largest_fitting(0.010, 1000) == expected
 
 
+def test_latency_margin_is_kept_per_size_bucket():
+    lm = LatencyModel()
+    for t in (1, 16, 128, 1024):
+        lm.anchor(t, 0.001 + 0.00001 * t)
+    for i in range(40):  # small invokes: on time; large ones: 1 in 4 is 3 ms late
+        lm.observe(8, 0.001 + 0.00008)
+        lm.observe(600, 0.001 + 0.006 + (0.003 if i % 4 == 0 else 0.0))
+    small, large = lm.p99(8) - lm.typical(8), lm.p99(600) - lm.typical(600)
+    assert small < 0.0005 < 0.002 < large  # each size range keeps the margin it has shown
+    # A budget that only small batches fit is not punished for the large batches' delays.
+    assert lm.largest_fitting(0.0013, 2000) >= 8
+
+
 def test_tolerance_stops_early_and_caps(mlp):
     x = _x(mlp)
     loose = mlp.predict(x, samples=500, tolerance=0.5)
