@@ -15,10 +15,13 @@ How the work is kept small
   first dropout acts on the input, as in the book MLP) runs ``full`` at batch T.
 - The interpreter keeps its allocation between calls with the same batch size; a new batch size
   costs one resize (measured: no visible cost for the book MLP).
+- With a fixed T, the inputs of a batch share head invokes (up to 1024 rows per invoke).
 - Under a budget, a latency model ``cost(T) = fixed + per_sample * T`` (calibrated on load for the
-  thread count in use, refitted online from every invoke) picks the largest T whose predicted p99
-  fits what is left of the budget. With a ``tolerance``, sampling goes in growing chunks and stops
-  when the standard error of the top class's mean probability falls below it.
+  thread count in use, refitted online from every invoke) plus a p99 margin learnt per size range
+  picks the largest T whose predicted p99 fits what is left of the budget. The first time a
+  thread needs more rows than it has allocated, it grows to twice that (one slow call, once).
+  With a ``tolerance``, sampling goes in growing chunks and stops when the standard error of the
+  top class's mean probability falls below it.
 
 Randomness
 ----------
