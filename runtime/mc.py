@@ -172,19 +172,21 @@ class LatencyModel:
 
     ``fixed`` and ``per_sample`` come from a relative-error least-squares fit on calibration
     anchors and recent invokes. The margin is the 99th percentile of recent residuals (observed -
-    fitted, in seconds), kept **per size bucket** (T in [1], [2, 3], [4, 7], ...): OS delays add
-    time rather than scale it, but a large invoke also suffers more from a busy memory bus than a
-    one-sample invoke, so each size range gets the margin it has shown. A bucket with fewer than
-    20 residuals borrows the margin of all residuals; with fewer than 20 in all, the margin is half
-    the fitted cost. Thread-safe.
+    fitted, in seconds) over the last 256 invokes, **per size bucket** (T in [1], [2, 3], [4, 7],
+    ...): OS delays add time rather than scale it, but a large invoke also suffers more from a busy
+    memory bus than a one-sample invoke, so each size range gets the margin it has shown. A bucket
+    with fewer than 20 recent residuals borrows the margin of all of them (so a range that was
+    slow once is tried again later instead of being avoided for ever); with fewer than 20 in all,
+    the margin is half the fitted cost. Thread-safe.
     """
 
     _MIN_RESIDUALS = 20
 
     def __init__(self, window: int = 256):
         self._obs: deque[tuple[int, float]] = deque(maxlen=window)
-        self._residuals: dict[int, deque[float]] = {}
-        self._all_residuals: deque[float] = deque(maxlen=window)
+        # (size bucket, residual) of the most recent invokes: one window for all sizes, so a size
+        # range not tried for `window` invokes forgets its old delays and gets explored again.
+        self._residuals: deque[tuple[int, float]] = deque(maxlen=window)
         self._lock = threading.Lock()
         self.fixed_s = 0.0
         self.per_sample_s = 0.0
@@ -207,8 +209,7 @@ class LatencyModel:
         with self._lock:
             if residual and self.per_sample_s > 0:
                 r = seconds - (self.fixed_s + self.per_sample_s * samples)
-                self._all_residuals.append(r)
-                self._residuals.setdefault(self._bucket(samples), deque(maxlen=128)).append(r)
+                self._residuals.append((self._bucket(samples), r))
             self._obs.append((samples, seconds))
             self._seen += 1
             # Refitting costs ~0.1 ms (polyfit + quantiles); do it every 8th invoke once warmed up.
@@ -216,12 +217,14 @@ class LatencyModel:
                 self._refit()
 
     def _refit(self) -> None:
-        if len(self._all_residuals) >= self._MIN_RESIDUALS:
-            self.margin_s = max(0.0, float(np.quantile(tuple(self._all_residuals), 0.99)))
+        window = tuple(self._residuals)
+        if len(window) >= self._MIN_RESIDUALS:
+            self.margin_s = max(0.0, float(np.quantile([r for _, r in window], 0.99)))
+        by_bucket: dict[int, list[float]] = {}
+        for b, r in window:
+            by_bucket.setdefault(b, []).append(r)
         self._bucket_margin = {
-            b: max(0.0, float(np.quantile(tuple(r), 0.99)))
-            for b, r in self._residuals.items()
-            if len(r) >= self._MIN_RESIDUALS
+            b: max(0.0, float(np.quantile(rs, 0.99))) for b, rs in by_bucket.items() if len(rs) >= self._MIN_RESIDUALS
         }
         points = self._anchors + list(self._obs)
         if len(points) < 2:
