@@ -109,12 +109,13 @@ def _fit_shape(x, shape):
               help="MC samples T per test input in the report.")
 @click.option("--class-names", default=None, help="Comma-separated class names [default: from the data].")
 @click.option("--sparse", is_flag=True, help="Sparse flatbuffer encoding of weights (float32 only).")
-@click.option("--per-tensor-dense", is_flag=True,
-              help="One quantization scale per Dense kernel instead of per unit (smaller int8 file).")
+@click.option("--per-channel-dense/--per-tensor-dense", "per_channel_dense", default=None,
+              help="Dense kernels: one quantization scale per unit, or one per kernel (smaller file) "
+                   "[default: per kernel for int8, per unit otherwise].")
 @json_option
 @library_errors
 def convert(model_path, output, quantize, int8_io, device, calibration_samples, no_fold_bn, seed, stochastic,
-            report_path, data, eval_samples, mc_samples, class_names, sparse, per_tensor_dense, as_json):
+            report_path, data, eval_samples, mc_samples, class_names, sparse, per_channel_dense, as_json):
     """Convert a Keras MC-dropout model to one .tflite whose dropout stays random.
 
     The file runs on the stock LiteRT interpreter, has signatures full, trunk and head, carries
@@ -186,7 +187,7 @@ def convert(model_path, output, quantize, int8_io, device, calibration_samples, 
         result = convert_model(
             model, quantize=quantize, representative_data=rep, fold_batchnorm=not no_fold_bn, device=profile,
             stochastic=stochastic, seed=seed, class_names=names, input_image=image, int8_io=int8_io, sparse=sparse,
-            dense_per_channel=not per_tensor_dense,
+            dense_per_channel=per_channel_dense,
         )
         report = result.report
         if need_test:
