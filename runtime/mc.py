@@ -496,6 +496,7 @@ class MCModel:
             for m in self._mc_layers
             if m.get("mask_input")
         ]
+        self._int8_masks = {name: s_in[name] for name, _, _ in self._masks if name in s_in and s_in[name].dtype == np.int8}
         for name, _shape, _rate in self._masks:
             if name not in s_in:
                 raise ModelLoadError(f"{self.source}: mask input {name!r} is missing. Received: {sorted(s_in)}")
@@ -592,6 +593,8 @@ class MCModel:
             for name, shape, rate in self._masks:
                 u = self._rng.random((batch, *shape), dtype=np.float32)
                 out[name] = (u >= rate).astype(np.float32)
+        for name, t in self._int8_masks.items():  # int8 models quantize their mask inputs too
+            out[name] = np.round(out[name] / t.scale + t.zero_point).clip(-128, 127).astype(np.int8)
         return out
 
     def _draw(self, feature: np.ndarray, batch: int, *, observe: bool = True) -> np.ndarray:

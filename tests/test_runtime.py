@@ -100,6 +100,16 @@ def test_int8_io_model_matches_float_reference():
     assert np.all(np.abs(pred.mean[0] - ref.mean(0)) < 4 * se + 0.01), (pred.mean[0], ref.mean(0))
 
 
+def test_int8_mask_input_model_gets_quantized_masks():
+    model = MCModel(FIX / "mlp_int8mask.tflite", seed=0)
+    x = _x(model)
+    pred = model.predict(x, samples=2000)
+    ref = _numpy_mlp_mc(x, 20000)
+    se = np.sqrt(pred.std[0] ** 2 / 2000 + ref.std(0) ** 2 / 20000)
+    # + 0.01: int8 steps, as in the int8 I/O test above.
+    assert np.all(np.abs(pred.mean[0] - ref.mean(0)) < 4 * se + 0.01), (pred.mean[0], ref.mean(0))
+
+
 def test_int8_input_out_of_range_names_scale_and_zero_point():
     model = MCModel(FIX / "mlp_int8io.tflite")
     with pytest.raises(ValueError, match=r"int8 \(scale=[0-9.e-]+, zero_point=-?\d+\).*Received: min=5, max=5"):
