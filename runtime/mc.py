@@ -863,6 +863,36 @@ class MCModel:
         probs = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
         return probs, cut
 
+    def warmup(self, *, budget_ms: float | None = None, samples: int | None = None) -> int:
+        """Allocate (on the calling thread) for the samples a budget or a fixed T will need.
+
+        The first time a thread needs more rows than it has allocated, the allocation and the
+        first touch of the new memory cost a few invokes, inside that call. Call this once before
+        latency-critical use (``edgekit predict --budget-ms`` does) so no budgeted call pays it.
+        Also adds the grown size as a calibration point. Returns the rows now allocated.
+        """
+        self._check_options(samples, budget_ms, None)
+        if budget_ms is not None:
+            cap = int(samples or DEFAULT_MAX_SAMPLES)
+            need = self.latency.largest_fitting(budget_ms / 1e3, min(cap, self.max_batch))
+        else:
+            need = int(samples or DEFAULT_SAMPLES)
+        need = max(1, min(need, self.max_batch))
+        feat = np.zeros(self._feed.shape, dtype=self._feed.dtype)
+        if self.seeded:
+            need = _ladder_floor(need)
+            self._draw(feat, need, observe=False)
+            return need
+        target = min(self.max_batch, 2 * need) if budget_ms is not None else need
+        self._grow(feat, target)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            self._draw(feat, need, observe=False)
+            times.append(time.perf_counter() - start)
+        self.latency.anchor(need, float(np.median(times)))
+        return self._local.high_water
+
     def time_parts(self, *, samples: int = DEFAULT_SAMPLES, repeats: int = 20) -> dict[str, float]:
         """Median milliseconds of the parts of one prediction, for profiling.
 

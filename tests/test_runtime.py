@@ -256,6 +256,14 @@ def test_budget_uses_samples_and_reports(mlp):
     assert 1 <= pred.samples[0] <= 300 and pred.elapsed_ms[0] > 0
 
 
+def test_warmup_allocates_ahead():
+    model = MCModel(FIX / "mlp_mask.tflite", seed=0)
+    assert model.warmup(samples=300) >= 300
+    assert model.warmup(budget_ms=50) >= 300  # never shrinks
+    with pytest.raises(ValueError, match="Received: budget_ms=-1"):
+        model.warmup(budget_ms=-1)
+
+
 def test_budget_below_one_sample_is_an_error(mlp):
     with pytest.raises(BudgetError, match=r"Expected budget_ms >= [0-9.]+ .*Received: budget_ms=1e-06"):
         mlp.predict(_x(mlp), budget_ms=1e-6)

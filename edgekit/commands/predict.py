@@ -110,6 +110,8 @@ def predict(model_path, input_path, samples, budget_ms, tolerance, seed, threads
     if budget_ms is None and samples is None and model.profile is not None:
         budget_ms = model.profile.default_budget_ms
     x = _load_input(Path(input_path), model.metadata)
+    if budget_ms is not None and budget_ms > 0:
+        model.warmup(budget_ms=budget_ms, samples=samples)  # allocate now, outside the budget
     pred = model.predict(x, samples=samples, budget_ms=budget_ms, tolerance=tolerance)
     if as_json:
         echo_json({"model": str(model_path), "stochastic": model.stochastic, "verified": model.verified, **pred.to_dict()})
