@@ -207,13 +207,13 @@ def _load_private_copy(data: bytes, where: str) -> keras.Model:
         try:
             model = keras.saving.load_model(copy, compile=False, safe_mode=True)
         except Exception as e:  # Keras raises bare TypeError/ValueError/KeyError/OSError for broken archives
-            raise KerasFileError(f"{_explain(e)} Received: {where}") from None
+            raise KerasFileError(_explain(e, where)) from None
     if not isinstance(model, keras.Model):
         raise KerasFileError(f"Expected a Keras model. Received: a {type(model).__name__} in {where}")
     return model
 
 
-def _explain(error: BaseException) -> str:
+def _explain(error: BaseException, where: str) -> str:
     """One sentence for a Keras loading error (Keras' own messages span many lines and dump configs)."""
     chain, seen = [], error
     while seen is not None and len(chain) < 10:  # Sequential/Functional wrap the layer's own error
@@ -226,16 +226,16 @@ def _explain(error: BaseException) -> str:
     if found:
         return (
             f"Unsupported layer or object {found.group(1)!r}. Expected Keras built-in layers or edgekit's MC layers "
-            "(custom classes must be registered with keras.saving.register_keras_serializable)."
+            f"(custom classes must be registered with keras.saving.register_keras_serializable). Received: {where}"
         )
     found = re.search(r"Layer '([^']+)' expected (\d+) variables, but received (\d+)", text)
     if found:
         name, want, got = found.groups()
         return (
             f"The weights do not match the architecture. Expected {want} variables for layer {name!r} in "
-            f"the weights file. Received: {got}, in"
+            f"the weights file. Received: {got} variables, in {where}"
         )
-    return f"Cannot load the Keras model ({_first_line(error)}). Expected a model saved by Keras 3 model.save."
+    return f"Cannot load the Keras model ({_first_line(error)}). Expected a model saved by Keras 3 model.save. Received: {where}"
 
 
 def _first_line(error: BaseException) -> str:

@@ -28,7 +28,12 @@ from edgekit.layers import MCDropout  # noqa: E402
 def _mlp(seed: int = 0) -> keras.Model:
     keras.utils.set_random_seed(seed)
     return keras.Sequential(
-        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), MCDropout(0.2), keras.layers.Dense(3, activation="softmax")]
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu", name="hidden"),
+            MCDropout(0.2, name="mc"),
+            keras.layers.Dense(3, activation="softmax", name="out"),
+        ]
     )
 
 
@@ -40,7 +45,7 @@ def saved(tmp_path_factory) -> dict:
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")  # so compile=False is observable
     model.save(ok)
     small = root / "small.keras"
-    keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), MCDropout(0.2)]).save(small)
+    keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="hidden"), MCDropout(0.2, name="mc")]).save(small)
     return {"root": root, "ok": ok, "small": small}
 
 
@@ -150,7 +155,7 @@ def test_weights_of_another_model(saved, tmp_path):
     path = tmp_path / "mismatch.keras"
     _write_zip(path, members)
     # Keras would otherwise keep the random initial weights of the last Dense layer.
-    _fails(path, "weights do not match", "dense_1")
+    _fails(path, "weights do not match", "'out'", "Received: 0 variables")
 
 
 def _rename_class(saved, tmp_path, layer_index: int, **fields) -> os.PathLike:
