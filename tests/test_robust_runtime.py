@@ -180,3 +180,18 @@ def test_mc_outputs_are_valid_distributions(models, case):
     assert np.all(pred.samples == samples)
     if samples == 1:
         assert np.all(pred.std == 0) and np.all(pred.mutual_information <= tiny)
+
+
+def test_int8_io_input_out_of_range_names_scale_and_zero_point():
+    model = MCModel(FIXTURES / "mlp_int8io.tflite")
+    with pytest.raises(ValueError) as info:
+        model.predict(np.full(20, 1e6, np.float32), samples=4)
+    message = str(info.value)
+    for fragment in ("int8", "scale=", "zero_point=", "Expected", "Received: min=1e+06"):
+        assert fragment in message, message
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        model.predict(np.full(20, np.nan, np.float32), samples=4)
+    # In range, the int8 output dequantizes to probabilities: sums within half a step per class.
+    pred = model.predict(np.full(20, 0.5, np.float32), samples=16)
+    step = 1 / 256  # the output scale LiteRT gives an int8 softmax (0.00390625 in this file)
+    assert abs(float(pred.mean.sum()) - 1) <= step * 5 / 2 + 1e-6
