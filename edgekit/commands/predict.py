@@ -21,8 +21,10 @@ def _load_input(path: Path, meta: dict):
     if suffix == ".npy":
         try:
             return np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise ValueError(f"Cannot read {str(path)!r} as a .npy array: {e}") from None
+        except (ValueError, EOFError, MemoryError) as e:
+            # EOFError: an empty file (click would print a bare "Aborted!"); MemoryError: a header
+            # declaring an array far larger than the file.
+            raise ValueError(f"Cannot read {str(path)!r} as a .npy array: {str(e) or type(e).__name__}") from None
     if suffix in _IMAGE_SUFFIXES:
         from edgekit.runtime.images import load_image
 
