@@ -2,7 +2,8 @@
 
 The corpus is ``tests/fuzz/arrays.py``; each file goes through ``edgekit predict`` on the MLP
 fixture in a worker process. A pickled payload must never run (it would create a marker file).
-Two known gaps in ``edgekit/commands/predict.py`` are ``xfail(strict=True)`` with their reproducer.
+An empty file and a header declaring a 728 TiB array used to escape as "Aborted!" and a
+traceback; both now give one line.
 """
 
 from __future__ import annotations
@@ -50,18 +51,16 @@ def test_pickle_payload_never_runs(outcomes):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="edgekit predict: an empty .npy raises EOFError in numpy, which click "
-                   "reports as 'Aborted!' instead of an Error line (catch EOFError with ValueError in _load_input).")
 def test_empty_file_gives_an_error_line(outcomes):
+    # numpy raises EOFError here, which click alone would report as a bare "Aborted!".
     _, cases = outcomes
     _, r = cases["npy:empty-file"]
     assert _clean_error(r), r
 
 
-@pytest.mark.xfail(strict=True, reason="edgekit predict: a 200-byte .npy whose header declares (9999999999999, 20) "
-                   "makes np.load allocate 728 TiB: MemoryError escapes as a traceback (check the header's "
-                   "shape against the file size before loading).")
 def test_header_declaring_a_huge_array_gives_an_error_line(outcomes):
+    # A 200-byte file whose header declares (9999999999999, 20): np.load's MemoryError (728 TiB)
+    # used to escape as a traceback.
     _, cases = outcomes
     _, r = cases["npy:huge-shape"]
     assert _clean_error(r), r

@@ -61,7 +61,7 @@ def make_npy_corpus(marker: str) -> list[Case]:
             "scalar": _npy(np.float32(1)),
         }
     )
-    # Known gaps (see tests/test_robust_npy.py): kept apart so their tests can be marked.
+    # Once gaps (see tests/test_robust_npy.py), kept apart so each has its own test.
     gaps = {
         "empty-file": b"",  # numpy raises EOFError, which click reports as "Aborted!"
         "huge-shape": good.replace(b"(1, 20)", b"(9999999999999, 20)"),  # 10**13 rows in 200 bytes
