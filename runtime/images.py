@@ -47,11 +47,18 @@ def decode_png(data: bytes) -> np.ndarray:
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         body = data[pos + 8 : pos + 8 + length]
-        if len(body) != length:
+        crc = data[pos + 8 + length : pos + 12 + length]
+        if len(body) != length or len(crc) != 4:
             raise ImageError("Truncated PNG file.")
+        if struct.unpack(">I", crc)[0] != zlib.crc32(kind + body) & 0xFFFFFFFF:  # a changed byte
+            raise ImageError(f"Corrupted PNG file: the {kind.decode('latin-1')!r} chunk fails its CRC check.")
         if kind == b"IHDR":
+            if length != 13:
+                raise ImageError(f"Corrupted PNG file. Expected a 13-byte IHDR chunk. Received: {length} bytes")
             header = struct.unpack(">IIBBBBB", body)
         elif kind == b"PLTE":
+            if length == 0 or length % 3 or length > 3 * 256:
+                raise ImageError(f"Corrupted PNG palette. Expected 1 to 256 RGB entries. Received: {length} bytes")
             palette = np.frombuffer(body, np.uint8).reshape(-1, 3)
         elif kind == b"IDAT":
             idat.append(body)
@@ -66,11 +73,11 @@ def decode_png(data: bytes) -> np.ndarray:
             "Unsupported PNG. Expected 8-bit, non-interlaced grayscale/RGB/RGBA/palette. Received: "
             f"bit depth {depth}, colour type {color}, interlace {interlace} (install Pillow for other PNGs)"
         )
-    if width * height > 64 * 2**20:
-        raise ImageError(f"PNG too large. Expected at most 64 Mpixel. Received: {width}x{height}")
+    if width * height > 64 * 2**20 or width == 0 or height == 0:
+        raise ImageError(f"Unsupported PNG size. Expected 1 to 64 Mpixel. Received: {width}x{height}")
     bpp = _CHANNELS[color]
-    try:
-        raw = zlib.decompress(b"".join(idat))
+    try:  # inflate no more than the image needs (+1 to notice extra data): a zlib bomb stops here
+        raw = zlib.decompressobj().decompress(b"".join(idat), height * (width * bpp + 1) + 1)
     except zlib.error as e:
         raise ImageError(f"Corrupted PNG data: {e}") from None
     stride = width * bpp
