@@ -122,7 +122,7 @@ def test_decoding_time_bomb_fails_fast(outcomes):
 @pytest.mark.xfail(
     strict=True,
     reason="decode_png now checks chunk CRCs, but runtime/images.py falls back to Pillow on any ImageError "
-    "and Pillow accepts 5 of these one-byte flips (it does not check every CRC); a device without Pillow "
+    "and Pillow accepts a few of these one-byte flips (4 of 80 here; it does not check every CRC); a device without Pillow "
     "refuses them all. Fall back to Pillow only for PNG variants decode_png does not support.",
 )
 def test_every_changed_byte_is_detected(outcomes):
