@@ -33,6 +33,10 @@ class ImageError(ValueError):
     """The image cannot be read or does not fit the model."""
 
 
+class _UnsupportedPNG(ImageError):
+    """A well-formed PNG variant this decoder does not handle (Pillow may)."""
+
+
 def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     p = a.astype(np.int16) + b - c
     pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
@@ -69,7 +73,7 @@ def decode_png(data: bytes) -> np.ndarray:
         raise ImageError("PNG file has no IHDR chunk.")
     width, height, depth, color, _comp, _filter, interlace = header
     if depth != 8 or interlace != 0 or color not in _CHANNELS:
-        raise ImageError(
+        raise _UnsupportedPNG(
             "Unsupported PNG. Expected 8-bit, non-interlaced grayscale/RGB/RGBA/palette. Received: "
             f"bit depth {depth}, colour type {color}, interlace {interlace} (install Pillow for other PNGs)"
         )
@@ -119,8 +123,10 @@ def _read_any(path: Path) -> np.ndarray:
     if data.startswith(_PNG_SIG):
         try:
             return decode_png(data)
-        except ImageError:
+        except _UnsupportedPNG:
             pass  # let Pillow try the PNG variants we do not decode, if it is installed
+        # A damaged PNG (bad CRC, truncated, malformed) is refused here, not handed to Pillow,
+        # which does not check every CRC.
     try:
         from PIL import Image
     except ImportError:

@@ -6,9 +6,10 @@ file goes through ``edgekit predict`` on the committed CNN fixture (which has ``
 metadata) in a worker process, with a timeout. Valid images must run; damaged ones must end in one
 "Error:" line or run; nothing may crash, hang or print a traceback.
 
-Two tests are marked ``xfail(strict=True)``: they document gaps found here in ``runtime/images.py``
-(reproducers in the reasons). Remove a mark when its gap is closed. Malformed headers and palettes,
-the zlib bomb and unchecked CRCs were fixed in the decoder as this suite found them.
+One test is marked ``xfail(strict=True)``: it documents a gap found here in ``runtime/images.py``
+(reproducer in the reason). Remove the mark when the gap is closed. Malformed headers and palettes,
+the zlib bomb, unchecked CRCs and the fallback to Pillow for damaged files were fixed as this suite
+found them.
 """
 
 from __future__ import annotations
@@ -119,13 +120,9 @@ def test_decoding_time_bomb_fails_fast(outcomes):
     assert r["status"] in ("error", "ran"), r
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decode_png now checks chunk CRCs, but runtime/images.py falls back to Pillow on any ImageError "
-    "and Pillow accepts a few of these one-byte flips (4 of 80 here; it does not check every CRC); a device without Pillow "
-    "refuses them all. Fall back to Pillow only for PNG variants decode_png does not support.",
-)
 def test_every_changed_byte_is_detected(outcomes):
+    # Through edgekit predict, with Pillow installed: a damaged PNG must not be handed to Pillow
+    # (which accepted 4 of these 80 flips: it does not check every CRC).
     ran = [case.name for case, r in _select(outcomes, "png-flip") if r["status"] == "ran"]
     assert not ran, f"{len(ran)} PNGs with a changed byte were used silently: {ran[:5]}"
 
