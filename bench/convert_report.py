@@ -65,11 +65,16 @@ def _median_ms(fn, repeats=15):
     return 1e3 * float(np.median(times))
 
 
-def _head_ms(tflite: bytes, x1: np.ndarray, samples: int) -> float | None:
+def _head_ms(tflite: bytes, x1: np.ndarray, samples: int) -> float | str:
+    """Median ms of one batch-T invoke of ``head`` (or of ``full`` when the file has no split)."""
     from ai_edge_litert.interpreter import Interpreter
 
     try:
         it = Interpreter(model_content=tflite, num_threads=1)
+        if "head" not in it.get_signature_list():
+            full = it.get_signature_runner("full")
+            xs = np.repeat(x1, samples, axis=0)
+            return _median_ms(lambda: full(x=xs))
         trunk, head = it.get_signature_runner("trunk"), it.get_signature_runner("head")
         feats = np.repeat(trunk(x=x1)["features"], samples, axis=0)
         return _median_ms(lambda: head(features=feats))
