@@ -140,3 +140,16 @@ def test_converts_with_builtin_ops_only(tmp_path):
     x = np.random.default_rng(0).random((1, 8, 8, 3), dtype=np.float32)
     outs = [next(iter(runner(**{name: x}).values())) for _ in range(2)]
     assert not np.array_equal(outs[0], outs[1])
+
+
+def test_keep_decisions_are_independent_and_at_the_rate():
+    """Each unit draws its own decision: columns do not correlate, and each drops at the rate."""
+    n, width, rate = 4000, 128, 0.3
+    keep = np.asarray(MCDropout(rate)(np.ones((n, width), np.float32))) > 0
+    # Pairs of units j, j + 64. For independent Bernoulli columns the sample correlation
+    # has standard error 1/sqrt(n) ~ 0.016; 5 SE = 0.08 bounds every one of the 64 pairs.
+    a, b = keep[:, :64].astype(float), keep[:, 64:].astype(float)
+    corr = ((a - a.mean(0)) * (b - b.mean(0))).mean(0) / (a.std(0) * b.std(0))
+    assert np.all(np.abs(corr) < 0.08)
+    # The drop rate holds per column too (SE sqrt(0.21 / 4000) ~ 0.007; 5 SE = 0.036).
+    assert np.all(np.abs((~keep).mean(0) - rate) < 0.036)
