@@ -6,10 +6,9 @@ file goes through ``edgekit predict`` on the committed CNN fixture (which has ``
 metadata) in a worker process, with a timeout. Valid images must run; damaged ones must end in one
 "Error:" line or run; nothing may crash, hang or print a traceback.
 
-One test is marked ``xfail(strict=True)``: it documents a gap found here in ``runtime/images.py``
-(reproducer in the reason). Remove the mark when the gap is closed. Malformed headers and palettes,
-the zlib bomb, unchecked CRCs and the fallback to Pillow for damaged files were fixed as this suite
-found them.
+No test is marked ``xfail`` any more. Malformed headers and palettes, the zlib bomb, unchecked
+CRCs, the fallback to Pillow for damaged files and the Paeth decoding-time bomb were fixed in
+``runtime/images.py`` as this suite found them.
 """
 
 from __future__ import annotations
@@ -109,13 +108,9 @@ def test_zlib_bomb_is_not_inflated():
     assert peak < 64 * 2**20, f"decoding peaked at {peak / 2**20:.0f} MB"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/images.py: a 3000x3000 PNG whose rows use the Paeth filter (13 KB file) decodes in a "
-    "per-byte Python loop for minutes (a hang for edgekit predict); needs a vectorized Paeth/Average or a "
-    "much smaller pixel limit for those filters.",
-)
 def test_decoding_time_bomb_fails_fast(outcomes):
+    # A 3000x3000 PNG whose rows all use the Paeth filter (13 KB file) used to decode in a per-byte
+    # Python loop for minutes; the decoder now unfilters along anti-diagonals with numpy.
     _, r = outcomes["png:paeth-3000x3000"]
     assert r["status"] in ("error", "ran"), r
 
