@@ -22,7 +22,7 @@ An image file is untrusted input, so the decoder is strict and bounded:
 - every ``IHDR`` field is validated (13 bytes; width and height 1 to :data:`MAX_SIDE`, at most
   :data:`MAX_PIXELS` pixels; a bit depth allowed for the colour type; compression, filter and
   interlace methods), as are the chunk order and the palette (1 to ``2**depth`` RGB entries, present
-  for palette images, every index within it);
+  for palette images; an index past its end reads as black, as in libpng);
 - the compressed data is inflated to at most the exact size the header implies (+1 byte, to notice
   extra data), so a small file that inflates to gigabytes (a zlib bomb) costs no memory;
 - scanlines are unfiltered with numpy: Sub and Up rows whole, Average and Paeth rows (sequential
@@ -178,7 +178,7 @@ def _inflate(compressed: bytes, size: int) -> bytes:
     try:
         raw = inflater.decompress(compressed, size + 1)
     except zlib.error as e:
-        raise ImageError(f"Corrupted PNG data: {e}") from None
+        raise ImageError(f"Corrupted PNG data. Expected a zlib stream. Received: bytes zlib refuses ({e})") from None
     if len(raw) != size or not inflater.eof:
         got = f"{len(raw)}" if len(raw) <= size else "more"
         raise ImageError(
@@ -281,13 +281,10 @@ def decode_png(data: bytes) -> np.ndarray:
     raw = _inflate(compressed, height * (stride + 1))
     rows = np.frombuffer(raw, np.uint8).reshape(height, stride + 1)
     img = _samples(_unfilter(rows, max(1, bits_per_pixel // 8)), width, channels, depth, color)
-    if color == 3:
-        top = int(img.max())
-        if top >= len(palette):
-            raise ImageError(
-                f"Corrupted PNG data. Expected palette indices below {len(palette)}. Received: index {top}"
-            )
-        img = palette[img[..., 0]]
+    if color == 3:  # an index past the palette is black, as in libpng and Pillow (which write such files)
+        full = np.zeros((256, 3), np.uint8)
+        full[: len(palette)] = palette
+        img = full[img[..., 0]]
     return np.ascontiguousarray(img)
 
 
