@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["convert", "ConvertedModel", "fold_batchnorm", "FoldReport", "evaluate", "ConversionReport"]
+__all__ = ["convert", "ConvertedModel", "fold_batchnorm", "FoldReport", "evaluate", "keras_reference",
+           "ConversionReport"]
 
 _WHERE = {
     "convert": "export",
@@ -28,6 +29,7 @@ _WHERE = {
     "fold_batchnorm": "fold",
     "FoldReport": "fold",
     "evaluate": "report",
+    "keras_reference": "report",
     "ConversionReport": "report",
 }
 

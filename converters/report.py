@@ -372,7 +372,17 @@ def _tflite_probs(tflite: bytes, meta: dict, x, samples: int, rows: int, seed: i
     return np.concatenate(mc), det
 
 
-def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows: int = 5000) -> ConversionReport:
+def keras_reference(model, x, *, samples: int = 100, rows: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """The float Keras model's MC-mean and dropout-off probabilities on ``x``, for :func:`evaluate`.
+
+    Compute it once and pass it as ``reference=`` when one model is converted in several modes:
+    the Keras side of the comparison is the same for all of them.
+    """
+    return _keras_probs(model, np.asarray(x, dtype=np.float32), samples, rows)
+
+
+def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows: int = 5000,
+             reference: tuple[np.ndarray, np.ndarray] | None = None) -> ConversionReport:
     """Return ``converted.report`` with ``accuracy`` filled in (and a collapse warning if any).
 
     Args:
@@ -382,6 +392,8 @@ def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows:
         samples: MC samples per input (T).
         seed: seeds the numpy generator that fills mask inputs (mask-input files only).
         rows: inputs x samples evaluated per batch (memory bound).
+        reference: :func:`keras_reference` of ``model`` on ``x`` with the same ``samples``
+            (computed here when None).
     """
     from edgekit.converters.export import check_representative_data
 
@@ -392,7 +404,11 @@ def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows:
         raise ValueError(f"Expected one label per input. Received: {len(x)} inputs and {len(y)} labels")
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"Expected `samples` to be a positive int. Received: samples={samples!r}")
-    k_mc, k_det = _keras_probs(model, x, samples, rows)
+    if reference is None:
+        reference = _keras_probs(model, x, samples, rows)
+    k_mc, k_det = reference
+    if k_mc.shape[0] != len(x):
+        raise ValueError(f"Expected a reference for {len(x)} inputs. Received: {k_mc.shape[0]} rows")
     t_mc, t_det = _tflite_probs(converted.tflite, converted.metadata, x, samples, rows, seed)
     keras_m, tfl_m = _metrics(k_mc, y, k_det), _metrics(t_mc, y, t_det)
     delta = 100.0 * (tfl_m["mc_accuracy"] - keras_m["mc_accuracy"])

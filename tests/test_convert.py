@@ -176,6 +176,20 @@ def test_int8_mc_accuracy_is_close_to_keras(converted, tiny_mlp, mlp_data):
     assert "accuracy" in report.to_table() and report.to_dict()["accuracy"]["n"] == 300
 
 
+def test_a_shared_keras_reference_is_used_as_given(converted, tiny_mlp, mlp_data):
+    from edgekit.converters import keras_reference
+
+    _, _, xt, yt = mlp_data
+    reference = keras_reference(tiny_mlp, xt[:50], samples=10)
+    mc_mean, det = reference
+    acc = evaluate(converted("mlp", "float16"), tiny_mlp, xt[:50], yt[:50], samples=10, reference=reference).accuracy
+    # The Keras side comes from the reference itself (a fresh MC run would differ by sampling).
+    assert acc["keras"]["mc_accuracy"] == float((mc_mean.argmax(1) == yt[:50]).mean())
+    assert acc["keras"]["deterministic_accuracy"] == float((det.argmax(1) == yt[:50]).mean())
+    with pytest.raises(ValueError, match="Expected a reference for 40 inputs. Received: 50 rows"):
+        evaluate(converted("mlp", "float16"), tiny_mlp, xt[:40], yt[:40], samples=10, reference=reference)
+
+
 def test_int16x8_is_not_split_and_stays_accurate(converted, tiny_mlp, mlp_data):
     # TF 2.21 mis-quantizes weights shared by several 16x8 signatures (book MLP: 64% instead of
     # 83% MC accuracy, bench/convert_report.py), so int16x8 files carry `full` only.
