@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgekit.runtime.metrics import ece, nll
+
 __all__ = [
     "ConversionReport",
     "AccuracyCollapseWarning",
@@ -53,7 +55,6 @@ __all__ = [
 ]
 
 COLLAPSE_POINTS = 2.0  # MC accuracy drop (percentage points) that counts as a collapse
-ECE_BINS = 15
 _BORDER_OPS = {"QUANTIZE", "DEQUANTIZE"}
 # Tensor types that are not "float islands": indices, shapes, masks and comparison results.
 _INDEX_TYPES = {"INT32", "INT64", "BOOL", "STRING", "UINT32", "UINT64"}
@@ -247,26 +248,6 @@ def check_device(report: ConversionReport, device, metadata: dict) -> Conversion
 
 
 # --------------------------------------------------------------------------- accuracy
-
-
-def nll(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true labels (probabilities clipped at 1e-12)."""
-    p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
-    return float(-np.mean(np.log(p)))
-
-
-def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Expected calibration error with ``bins`` equal-width bins of the top-class confidence."""
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        sel = idx == b
-        if sel.any():
-            total += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    return float(total)
 
 
 def _metrics(probs: np.ndarray, labels: np.ndarray, det: np.ndarray | None) -> dict:

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.runtime.metrics import ECE_BINS, ece, nll
+
 from edgekit.runtime.metadata import read_metadata
 
 __all__ = [
@@ -57,7 +59,6 @@ __all__ = [
     "ECE_BINS",
 ]
 
-ECE_BINS = 15
 
 
 def _interpreter_class():
@@ -441,19 +442,8 @@ def accuracy_curve(probs: np.ndarray, y: np.ndarray, samples: Sequence[int], *, 
         if not 1 <= t <= probs.shape[1]:
             raise ValueError(f"Expected 1 <= T <= {probs.shape[1]}. Received: T={t}")
         mean = probs[:, :t].mean(axis=1)
-        pred = mean.argmax(axis=1)
-        correct = pred == y
-        # Clip before the log: a single zero probability would make the NLL infinite.
-        nll = float(-np.log(np.clip(mean[np.arange(len(y)), y], 1e-12, 1.0)).mean())
-        conf = mean.max(axis=1)
-        edges = np.linspace(0.0, 1.0, bins + 1)
-        which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-        ece = 0.0
-        for b in range(bins):
-            sel = which == b
-            if sel.any():
-                ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-        out.append(AccuracyPoint(int(t), int(len(y)), float(correct.mean()), nll, float(ece)))
+        accuracy = float((mean.argmax(axis=1) == y).mean())
+        out.append(AccuracyPoint(int(t), int(len(y)), accuracy, nll(mean, y), ece(mean, y, bins)))
     return out
 
 
