@@ -259,3 +259,16 @@ def test_predict_prints_one_error_line_for_a_malformed_png(tmp_path):
     res = CliRunner().invoke(cli, ["predict", str(FIXTURES / "cnn_ingraph.tflite"), str(path)])
     assert res.exit_code == 1, res.output
     assert res.output.strip().count("\n") == 0 and res.output.startswith("Error: Unsupported PNG size."), res.output
+
+
+def test_jpeg_declaring_too_many_pixels_is_refused_before_decoding(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.find(b"\xff\xc0")  # baseline frame header: length, precision, height, width
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 5000, 5000)  # 25 Mpixel: under Pillow's own bomb limit, over ours
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=f"at most {MAX_PIXELS} pixels"):
+        load_image(path, {"height": 8, "width": 8, "channels": 1, "scale": 1.0})

@@ -90,14 +90,14 @@ def test_malformed_headers_and_palettes_fail_cleanly(outcomes):
     assert not _broken(pairs)
 
 
-def test_zlib_bomb_is_not_inflated():
+def test_zlib_bomb_is_not_inflated(corpus):
     # A 1x1 PNG (510 KB) whose IDAT inflates to 512 MiB: the decoder must stop inflating at the
     # size the header allows. tracemalloc sees the bytes zlib returns; 64 MB is far below 512 MiB.
     import tracemalloc
 
     from edgekit.runtime.images import ImageError, decode_png
 
-    bomb = next(c.data for c in make_png_corpus(0) if c.name == "png:zlib-bomb-512MiB")
+    bomb = next(c.data for c in corpus if c.name == "png:zlib-bomb-512MiB")
     tracemalloc.start()
     try:
         with pytest.raises(ImageError, match="Corrupted PNG data"):
@@ -122,11 +122,11 @@ def test_every_changed_byte_is_detected(outcomes):
     assert not ran, f"{len(ran)} PNGs with a changed byte were used silently: {ran[:5]}"
 
 
-def test_decoder_itself_refuses_every_changed_byte():
+def test_decoder_itself_refuses_every_changed_byte(corpus):
     # Without the Pillow fallback (a device's base install), every one-byte flip is refused.
     from edgekit.runtime.images import ImageError, decode_png
 
-    flips = [c for c in make_png_corpus(0) if c.kind == "png-flip"]
+    flips = [c for c in corpus if c.kind == "png-flip"]
     accepted = []
     for case in flips:
         try:
