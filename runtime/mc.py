@@ -591,8 +591,11 @@ class MCModel:
         out = {}
         with self._rng_lock:  # one generator, never reset: masks never repeat across calls/sizes
             for name, shape, rate in self._masks:
-                u = self._rng.random((batch, *shape), dtype=np.float32)
-                out[name] = (u >= rate).astype(np.float32)
+                # 16 random bits per unit, thresholded: ~1.5x faster than uniform floats, and the
+                # rate is resolved to 1/65536. Bytes are drawn from the one generator, in order.
+                size = batch * int(np.prod(shape, dtype=np.int64))
+                bits = np.frombuffer(self._rng.bytes(2 * size), dtype=np.uint16).reshape(batch, *shape)
+                out[name] = (bits >= round(rate * 65536)).astype(np.float32)
         for name, t in self._int8_masks.items():  # int8 models quantize their mask inputs too
             out[name] = np.round(out[name] / t.scale + t.zero_point).clip(-128, 127).astype(np.int8)
         return out
