@@ -36,23 +36,9 @@ def _book(ds):
 
 
 def _cnn():
-    import keras
+    from edgekit.recipes import small_cnn
 
-    from edgekit.layers import MCDropout
-
-    inputs = keras.Input((28, 28, 1), name="x")
-    h = inputs
-    for i, filters in enumerate((16, 32)):
-        h = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv_{i}")(h)
-        h = keras.layers.BatchNormalization(name=f"bn_{i}")(h)
-        h = keras.layers.ReLU(name=f"relu_{i}")(h)
-        h = keras.layers.MaxPooling2D(2, name=f"pool_{i}")(h)
-    h = keras.layers.Flatten(name="flatten")(h)
-    h = MCDropout(0.3, name="mc_0")(h)
-    h = keras.layers.Dense(128, activation="relu", name="dense_0")(h)
-    h = MCDropout(0.3, name="mc_1")(h)
-    outputs = keras.layers.Dense(10, activation="softmax", name="probs")(h)
-    return keras.Model(inputs, outputs, name="small_cnn")
+    return small_cnn()
 
 
 def _median_ms(fn, repeats=15):

@@ -8,6 +8,8 @@ Three model builders and one way to train them:
   (and ℓ1 for sparsity), MC dropout in the top layers, optional max-norm.
 - :func:`self_normalizing`: Table 11-4. LeCun initialization, SELU, no Batch Norm, MC alpha
   dropout in the top layers, standardized inputs.
+- :func:`small_cnn`: (Conv+BN+ReLU, max-pool) x2, then MC dropout in the top two layers: the
+  conv net the converter's BatchNorm folding and prefix caching are measured on.
 
 Every builder starts with a fixed ``Rescaling`` layer that standardizes the inputs with the
 training set's mean and std ("Don't forget to normalize the input features!"), so the exported
@@ -39,6 +41,7 @@ __all__ = [
     "compile_model",
     "default_dnn",
     "self_normalizing",
+    "small_cnn",
     "train",
 ]
 
@@ -140,6 +143,29 @@ def self_normalizing(input_shape=(28, 28), n_classes: int = 10, *, hidden: Seque
             x = MCAlphaDropout(rate, name=f"mc_alpha_dropout_{i}")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="probs")(x)
     return keras.Model(inputs, outputs, name="self_normalizing")
+
+
+def small_cnn(input_shape=(28, 28, 1), n_classes: int = 10, *, filters: Sequence[int] = (16, 32),
+              units: int = 128, rate: float = 0.3) -> keras.Model:
+    """(Conv2D + BatchNorm + ReLU + max-pool) per entry of ``filters``, then Flatten, MC dropout,
+    Dense(``units``, ReLU), MC dropout, softmax: MC dropout in the top two layers only.
+
+    The convolutions have no bias (BatchNorm follows), so the converter folds each BatchNorm into
+    its convolution; everything before the first MC layer is the deterministic trunk.
+    """
+    inputs = keras.Input(shape=tuple(input_shape), name="x")
+    h = inputs
+    for i, n in enumerate(filters):
+        h = keras.layers.Conv2D(n, 3, padding="same", use_bias=False, name=f"conv_{i}")(h)
+        h = keras.layers.BatchNormalization(name=f"bn_{i}")(h)
+        h = keras.layers.ReLU(name=f"relu_{i}")(h)
+        h = keras.layers.MaxPooling2D(2, name=f"pool_{i}")(h)
+    h = keras.layers.Flatten(name="flatten")(h)
+    h = MCDropout(rate, name="mc_0")(h)
+    h = keras.layers.Dense(units, activation="relu", name="dense_0")(h)
+    h = MCDropout(rate, name="mc_1")(h)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probs")(h)
+    return keras.Model(inputs, outputs, name="small_cnn")
 
 
 def build(recipe: str, **kwargs) -> keras.Model:

@@ -83,22 +83,10 @@ def tiny_cnn(cnn_data):
     """(Conv+BN+ReLU) x2 -> Flatten -> MC -> Dense(64) -> MC -> Dense(10): MC in the top two layers."""
     import keras
 
-    from edgekit.layers import MCDropout
+    from edgekit.recipes import small_cnn
 
     keras.utils.set_random_seed(0)
-    inputs = keras.Input(IMG, name="x")
-    h = inputs
-    for i, filters in enumerate((8, 8)):
-        h = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv_{i}")(h)
-        h = keras.layers.BatchNormalization(name=f"bn_{i}")(h)
-        h = keras.layers.ReLU(name=f"relu_{i}")(h)
-        h = keras.layers.MaxPooling2D(2, name=f"pool_{i}")(h)
-    h = keras.layers.Flatten(name="flatten")(h)
-    h = MCDropout(0.2, name="mc_0")(h)
-    h = keras.layers.Dense(64, activation="relu", name="dense_0")(h)
-    h = MCDropout(0.2, name="mc_1")(h)
-    outputs = keras.layers.Dense(N_CLASSES, activation="softmax", name="probs")(h)
-    model = keras.Model(inputs, outputs, name="tiny_cnn")
+    model = small_cnn(IMG, N_CLASSES, filters=(8, 8), units=64, rate=0.2)
     x, y, _, _ = cnn_data
     return _fit(model, x, y, epochs=3)
 

@@ -103,3 +103,14 @@ def test_train_learns_a_tiny_task():
     assert result.epochs_run == 3
     # Three well-separated prototypes: chance is 0.33; anything learning reaches > 0.9.
     assert result.val_accuracy > 0.9
+
+
+def test_small_cnn_has_mc_dropout_in_its_top_two_layers_only():
+    model = recipes.small_cnn((16, 16, 1), 4, filters=(8, 8), units=32, rate=0.25)
+    kinds = _kinds(model)
+    assert kinds.count("Conv2D") == 2 and kinds.count("BatchNormalization") == 2
+    assert not any(layer.use_bias for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    # Everything up to Flatten is deterministic; the two MC layers sit before the last two Dense layers.
+    assert kinds[-5:] == ["Flatten", "MCDropout", "Dense", "MCDropout", "Dense"]
+    assert [layer.rate for layer in model.layers if isinstance(layer, MCDropout)] == [0.25, 0.25]
+    assert model.output_shape == (None, 4)
