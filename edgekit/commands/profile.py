@@ -177,6 +177,14 @@ def _print_human(models, report) -> None:
             click.echo(_table(rows))
 
 
+def _t_axis(ax, samples) -> None:
+    """A log-scale x axis of MC sample counts, ticked at the T values measured."""
+    ax.set_xscale("log")
+    ax.set_xticks(samples, [str(t) for t in samples])
+    ax.minorticks_off()
+    ax.set_xlabel("MC samples T (log scale)")
+
+
 def render_plot(models, budget_ms: float, device_name: str) -> bytes:
     """PNG bytes: latency vs T with the budget line, accuracy vs T (with data), a latency histogram."""
     import matplotlib
@@ -208,11 +216,8 @@ def render_plot(models, budget_ms: float, device_name: str) -> bytes:
                         label=f"recommended T={r.samples} ({names[i]})" if len(models) > 1 else f"recommended T={r.samples}")
     ax_lat.axhline(budget_ms, color="red", linewidth=2, label=f"budget {budget_ms:g} ms")
     all_t = sorted({p.samples for m in models for p in m.latency})
-    ax_lat.set_xscale("log")
-    ax_lat.set_yscale("log")
-    ax_lat.set_xticks(all_t, [str(t) for t in all_t])
-    ax_lat.minorticks_off()
-    ax_lat.set_xlabel("MC samples T (log scale)")
+    ax_lat.set_yscale("log")  # before _t_axis, whose minorticks_off() covers both axes
+    _t_axis(ax_lat, all_t)
     ax_lat.set_ylabel("latency of one MC prediction (ms, log scale)")
     ax_lat.set_title(f"Latency vs T ({device_name} profile, measured here)")
     ax_lat.grid(True, which="both", alpha=0.3)
@@ -229,10 +234,7 @@ def render_plot(models, budget_ms: float, device_name: str) -> bytes:
                 acc = {a.samples: a.accuracy for a in m.accuracy}
                 ax_acc.plot([m.recommended.samples], [acc[m.recommended.samples]], "*", color="black", markersize=14)
         n = next(m.accuracy[0].examples for m in models if m.accuracy)
-        ax_acc.set_xscale("log")
-        ax_acc.set_xticks(all_t, [str(t) for t in all_t])
-        ax_acc.minorticks_off()
-        ax_acc.set_xlabel("MC samples T (log scale)")
+        _t_axis(ax_acc, all_t)
         ax_acc.set_ylabel("MC accuracy")
         ax_acc.set_title(f"Accuracy vs T ({n} labelled examples)")
         ax_acc.grid(True, which="both", alpha=0.3)
