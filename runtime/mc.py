@@ -510,6 +510,17 @@ class MCModel:
         self._out = s_out[out_name]
         num_classes = self._out.shape[-1] if self._out.shape else 1
         self.num_classes = int(num_classes)
+        # Per-value slack of the probability check (a sum may miss 1 by C times it): float32
+        # softmax rounding (1e-4), plus half a quantization step where the softmax runs quantized.
+        # An int8 model computes it in int8 (steps of 1/256) even when its output tensor is float.
+        # Without edgekit metadata the file's quantization is unknown: allow the int8 step too.
+        if self._out.dtype == np.int8:
+            step = self._out.scale
+        elif (meta.get("quantization") or {}).get("mode", "int8") in ("int8", "int16x8"):
+            step = 1 / 256
+        else:
+            step = 0.0
+        self._prob_slack = 1e-4 + step / 2
         names_ = meta.get("class_names")
         self.class_names = tuple(str(c) for c in names_) if names_ and len(names_) == self.num_classes else tuple(
             str(i) for i in range(self.num_classes)
@@ -634,7 +645,7 @@ class MCModel:
                 f"{self.source}: the model's output has the wrong shape. Expected [samples, {self.num_classes}]. "
                 f"Received: shape={probs.shape}"
             )
-        slack = 1e-4 + (self._out.scale * self.num_classes / 2 if self._out.dtype == np.int8 else 0.0)
+        slack = self._prob_slack
         sums = probs.sum(axis=1)
         lo, hi = float(probs.min()), float(probs.max())
         if not (np.isfinite(sums).all() and lo >= -slack and hi <= 1 + slack and np.abs(sums - 1).max() <= slack * max(1, self.num_classes)):
