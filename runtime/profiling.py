@@ -497,10 +497,15 @@ def recommend(latency: Sequence[LatencyPoint], budget_ms: float,
 
 def _time_runtime(cache: dict, data: bytes, threads: int, samples: int, x1: np.ndarray, runs: int, warmup: int,
                   seed: int) -> tuple[float, float] | None:
-    """(p50, p99) ms of ``MCModel.predict(x1, samples=T)``, or None if the runtime cannot run it."""
+    """(p50, p99) ms of ``MCModel.predict(x1, samples=T)``, or None if T exceeds what the runtime allows.
+
+    A model the runtime refuses (its output, its load or its digest) raises: hiding that in a
+    profile is how an int8 model that `predict` could not run once went unnoticed.
+    """
     import warnings
 
-    from edgekit.runtime.mc import MCModel
+    from edgekit.runtime.mc import MCModel, ModelLoadError, OutputError
+    from edgekit.runtime.metadata import IntegrityError
 
     key = threads
     try:
@@ -516,6 +521,8 @@ def _time_runtime(cache: dict, data: bytes, threads: int, samples: int, x1: np.n
                 t0 = time.perf_counter()
                 model.predict(x1, samples=samples)
                 lat.append((time.perf_counter() - t0) * 1e3)
+    except (OutputError, ModelLoadError, IntegrityError):
+        raise  # the runtime refuses this model: a profile must say so, not hide it
     except (ValueError, RuntimeError, OSError):
         return None  # e.g. T above the runtime's memory budget; the interpreter timing stands
     p50, p99 = np.percentile(lat, [50, 99])
