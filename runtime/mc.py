@@ -552,12 +552,7 @@ class MCModel:
         feat = np.zeros(self._feed.shape, dtype=self._feed.dtype)
         for t in sorted({min(t, self.max_batch) for t in (1, 16, 128)}):
             self._draw(feat, t, observe=False)
-            times = []
-            for _ in range(5):
-                start = time.perf_counter()
-                self._draw(feat, t, observe=False)
-                times.append(time.perf_counter() - start)
-            self.latency.anchor(t, float(np.median(times)))
+            self._anchor(feat, t, repeats=5)
 
     # ------------------------------------------------------------------ running
 
@@ -899,13 +894,17 @@ class MCModel:
             return need
         target = min(self.max_batch, 2 * need) if budget_ms is not None else need
         self._grow(feat, target)
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            self._draw(feat, need, observe=False)
-            times.append(time.perf_counter() - start)
-        self.latency.anchor(need, float(np.median(times)))
+        self._anchor(feat, need, repeats=3)
         return self._local.high_water
+
+    def _anchor(self, feat: np.ndarray, samples: int, *, repeats: int) -> None:
+        """Time ``repeats`` draws of ``samples`` and keep their median as a latency-model anchor."""
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self._draw(feat, samples, observe=False)
+            times.append(time.perf_counter() - start)
+        self.latency.anchor(samples, float(np.median(times)))
 
     def time_parts(self, *, samples: int = DEFAULT_SAMPLES, repeats: int = 20) -> dict[str, float]:
         """Median milliseconds of the parts of one prediction, for profiling.

@@ -91,8 +91,12 @@ def test_mc_mean_matches_numpy_reference(fixture):
 def test_int8_io_model_matches_float_reference():
     model = MCModel(FIX / "mlp_int8io.tflite")
     assert model.input.dtype == np.int8 and model.input.scale > 0
+    _assert_int8_matches_float_reference(model)  # float input, quantized with the input's scale/zero point
+
+
+def _assert_int8_matches_float_reference(model) -> None:
     x = _x(model)
-    pred = model.predict(x, samples=2000)  # float input, quantized with the input's scale/zero point
+    pred = model.predict(x, samples=2000)
     ref = _numpy_mlp_mc(x, 20000)
     se = np.sqrt(pred.std[0] ** 2 / 2000 + ref.std(0) ** 2 / 20000)
     # + 0.01: the int8 output step is 1/256 ~ 0.004 and int8 weights/activations move each mean
@@ -107,22 +111,12 @@ def test_int8_model_with_float_io_loads_and_matches_float_reference():
     """
     model = MCModel(FIX / "mlp_int8.tflite")
     assert model.input.dtype == np.float32
-    x = _x(model)
-    pred = model.predict(x, samples=2000)
-    ref = _numpy_mlp_mc(x, 20000)
-    se = np.sqrt(pred.std[0] ** 2 / 2000 + ref.std(0) ** 2 / 20000)
-    # + 0.01: int8 steps, as in the int8 I/O test above.
-    assert np.all(np.abs(pred.mean[0] - ref.mean(0)) < 4 * se + 0.01), (pred.mean[0], ref.mean(0))
+    _assert_int8_matches_float_reference(model)
 
 
 def test_int8_mask_input_model_gets_quantized_masks():
     model = MCModel(FIX / "mlp_int8mask.tflite", seed=0)
-    x = _x(model)
-    pred = model.predict(x, samples=2000)
-    ref = _numpy_mlp_mc(x, 20000)
-    se = np.sqrt(pred.std[0] ** 2 / 2000 + ref.std(0) ** 2 / 20000)
-    # + 0.01: int8 steps, as in the int8 I/O test above.
-    assert np.all(np.abs(pred.mean[0] - ref.mean(0)) < 4 * se + 0.01), (pred.mean[0], ref.mean(0))
+    _assert_int8_matches_float_reference(model)
 
 
 def test_int8_input_out_of_range_names_scale_and_zero_point():
