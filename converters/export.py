@@ -273,14 +273,21 @@ def _mc_layer_meta(layers, stochastic: str) -> list[dict]:
     return out
 
 
-def _write_saved_model(model, trunk, head, mc_meta, in_shape, folder: str) -> list[str]:
-    """Write a SavedModel with the endpoints ``full`` (+ ``trunk`` and ``head``); return their names."""
+def _fed_masks(mc_meta) -> list[tuple[str, dict]]:
+    """(input name, layer) of the keep-masks the ``masked`` signature takes: ``mask_i`` for the
+    i-th MC layer, rate 0 layers skipped (they are the identity and draw nothing)."""
+    return [(f"mask_{i}", m) for i, m in enumerate(mc_meta) if m["rate"] > 0]
+
+
+def _write_saved_model(model, trunk, head, mc_meta, in_shape, folder: str, masked_twin: bool = False) -> list[str]:
+    """Write a SavedModel with the endpoints ``full`` (+ ``trunk`` and ``head``, + ``masked``);
+    return their names."""
     masked = [m for m in mc_meta if m["mask_input"]]
     mask_specs = [tf.TensorSpec([None, *m["mask_shape"]], tf.float32, name=m["mask_input"]) for m in masked]
     x_spec = tf.TensorSpec([None, *in_shape], tf.float32, name="x")
 
-    def with_masks(fn, first, masks):
-        with mask_inputs({m["name"]: t for m, t in zip(masked, masks)}):
+    def with_masks(fn, first, masks, layers=masked):
+        with mask_inputs({m["name"]: t for m, t in zip(layers, masks)}):
             return {"probs": fn(first)}
 
     archive = keras.export.ExportArchive()
@@ -294,6 +301,21 @@ def _write_saved_model(model, trunk, head, mc_meta, in_shape, folder: str) -> li
             "head", lambda f, *masks: with_masks(head, f, masks), input_signature=[f_spec, *mask_specs]
         )
         names += ["trunk", "head"]
+    if masked_twin:
+        # The stochastic part again, with every keep-mask an input: a runtime with a fast random
+        # generator (numpy) feeds masks instead of paying for RANDOM_UNIFORM, the slowest op of
+        # the book MLP's head. Same weights, so it costs only its ops (~2-4 KB).
+        fed = _fed_masks(mc_meta)
+        specs = [tf.TensorSpec([None, *m["mask_shape"]], tf.float32, name=name) for name, m in fed]
+        layers = [m for _, m in fed]
+        if trunk is not None:
+            first_spec, net = f_spec, head
+        else:
+            first_spec, net = x_spec, model
+        archive.add_endpoint(
+            "masked", lambda first, *masks: with_masks(net, first, masks, layers), input_signature=[first_spec, *specs]
+        )
+        names.append("masked")
     archive.write_out(folder, verbose=False)
     return names
 
@@ -321,6 +343,10 @@ def _calibration(model, trunk, head, mc_meta, data: np.ndarray, names, rng_seed:
             if trunk is not None:
                 yield "trunk", {"x": x}
                 yield "head", {"features": features[i : i + 1], **masks(1)}
+            if "masked" in names:
+                first = {"features": features[i : i + 1]} if trunk is not None else {"x": x}
+                fed = {name: (rng.random((1, *m["mask_shape"])) >= m["rate"]).astype(np.float32) for name, m in _fed_masks(mc_meta)}
+                yield "masked", {**first, **fed}
 
     return gen
 
@@ -486,10 +512,15 @@ def convert(
         trunk = head = None
         no_split = "int16x8 with trunk/head signatures mis-quantizes shared weights in TF 2.21"
 
+    # In-graph files also carry `masked` (docs/format.md), except when seeded (the seed promises
+    # the file's own mask sequence) or int16x8 (TF 2.21 mis-quantizes weights shared by 16x8
+    # signatures, see above).
+    masked_twin = (stochastic == "in-graph" and seed is None and quantize != "int16x8"
+                   and any(m["rate"] > 0 for m in mc_meta))
     folder = tempfile.mkdtemp(prefix="edgekit-export-")
     try:
         with _tracing_seed(seed):
-            names = _write_saved_model(work, trunk, head, mc_meta, in_shape, folder)
+            names = _write_saved_model(work, trunk, head, mc_meta, in_shape, folder, masked_twin)
         calibration = _calibration(work, trunk, head, mc_meta, data, names) if quantize in _CALIBRATED else None
         raw = _tflite_convert(folder, names, quantize, int8_io, calibration, sparse, dense_per_channel)
     finally:
@@ -502,7 +533,7 @@ def convert(
         "seed": seed,
         "mc_layers": mc_meta,
         "signatures": {"full": "full", "trunk": "trunk" if trunk is not None else None,
-                       "head": "head" if trunk is not None else None},
+                       "head": "head" if trunk is not None else None, "masked": "masked" if masked_twin else None},
         "input": {
             "name": "x",
             "shape": [int(d) for d in in_shape],

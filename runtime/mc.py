@@ -333,6 +333,37 @@ class _Runner:
         w.Invoke(sg)
         return {name: w.GetTensor(index, sg) for name, index in self._outputs}
 
+    def inputs(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+        """Writable input arrays of these shapes for the next :meth:`invoke`.
+
+        They are views of the interpreter's own input buffers, so filling them is the only copy
+        (no temporary array, no ``SetTensor`` copy: ~0.1 ms of a T=100 book-MLP draw). A view
+        is valid until the next call here (which may re-allocate): callers fill, invoke and drop
+        them within one function, never keep them.
+        """
+        if self._wrapper is None:  # pragma: no cover - another interpreter build
+            details = self._public.get_input_details()
+            self._pending = {n: np.empty(shape, dtype=details[n]["dtype"]) for n, shape in shapes.items()}
+            return self._pending
+        w, sg = self._wrapper, self._subgraph
+        resized = False
+        for name, shape in shapes.items():
+            if self._shapes.get(name) != shape:
+                w.ResizeInputTensor(self._inputs[name], np.array(shape, dtype=np.int32), False, sg)
+                self._shapes[name] = shape
+                resized = True
+        if resized:
+            w.AllocateTensors(sg)
+        return {name: w.tensor(w, self._inputs[name], sg) for name in shapes}
+
+    def invoke(self) -> dict[str, np.ndarray]:
+        """Run on what :meth:`inputs` handed out; the outputs are copies."""
+        if self._wrapper is None:  # pragma: no cover
+            return self._public(**self._pending)
+        w, sg = self._wrapper, self._subgraph
+        w.Invoke(sg)
+        return {name: w.GetTensor(index, sg) for name, index in self._outputs}
+
 
 class _Local(threading.local):
     def __init__(self):
@@ -353,8 +384,13 @@ class MCModel:
             predictable latency, and concurrent ``predict`` calls scale across cores).
         device: A device profile name or TOML path (``edgekit.devices``); gives default threads,
             the memory budget (``ram_bytes``) and the default latency budget.
-        seed: Seed for mask-input masks. In-graph files draw their own masks (their seeding is
-            fixed in the file) and ignore it.
+        seed: Seed for the masks the runtime draws (see ``rng``), for reproducible predictions.
+            Ignored when the file draws its own masks (its seeding is fixed in the file).
+        rng: Who draws the keep-masks. ``"auto"`` (default): the runtime, with numpy, whenever
+            the file allows it: mask-input files, and in-graph files that carry the ``masked``
+            signature (unseeded in-graph exports do; the book MLP's prediction is ~2x faster
+            that way, bench/mc_speed.py). Otherwise the file's own ``RANDOM_UNIFORM``.
+            ``"graph"``: always the file's ``RANDOM_UNIFORM`` (in-graph files only).
         probe: Load the model in a child process first (cached by content hash). Set False only for
             models you already trust.
         memory_bytes: Largest total of declared tensor bytes a subgraph may allocate (default
@@ -373,6 +409,7 @@ class MCModel:
         threads: int | None = None,
         device: str | None = None,
         seed: int | None = None,
+        rng: str = "auto",
         probe: bool = True,
         memory_bytes: int | None = None,
     ):
@@ -396,8 +433,13 @@ class MCModel:
             raise ValueError(f"Expected `threads` to be an integer >= 1. Received: threads={threads!r}")
         if memory_bytes is None:
             memory_bytes = self.profile.ram_bytes if self.profile else DEFAULT_MEMORY_BYTES
+        if rng not in ("auto", "graph"):
+            raise ValueError(f"Expected `rng` to be 'auto' or 'graph'. Received: rng={rng!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"Expected `seed` to be a non-negative integer or None. Received: seed={seed!r}")
         self.threads = threads
         self.memory_bytes = int(memory_bytes)
+        self._rng_choice = rng
         self._data = data
 
         # 1. Integrity: the digest covers every byte.
@@ -425,7 +467,10 @@ class MCModel:
         self._Interpreter = _interpreter_class()
         self._local = _Local()
         self._plan(self._interpreter())
-        self._rng = np.random.default_rng(seed)
+        # SFC64: a small, fast generator of good statistical quality; its raw 64-bit output is
+        # 1.4x faster to draw than PCG64's (the default) here. One generator, never reset, so
+        # masks never repeat across calls, threads or batch sizes.
+        self._bits = np.random.SFC64(seed)
         self._rng_lock = threading.Lock()
         self.latency = LatencyModel()
         # p99 of the time a budgeted input needs after sampling (statistics, bookkeeping), kept
@@ -460,8 +505,24 @@ class MCModel:
         self._sampler_key = head if self.has_trunk else full
         self._full_key = full
         self.stochastic = meta.get("stochastic", "in-graph")
-        self.seeded = self.stochastic == "in-graph" and meta.get("seed") is not None
         self._mc_layers = list(meta.get("mc_layers") or [])
+        # Mask inputs of the sampler: (input name, layer). In mask-input files `full`/`head` take
+        # them; an in-graph file's `masked` twin takes `mask_i` for each MC layer i with rate > 0.
+        fed = [(m["mask_input"], m) for m in self._mc_layers if m.get("mask_input")]
+        masked = names.get("masked")
+        if self._rng_choice == "graph" and self.stochastic == "mask-input":
+            raise ValueError(
+                f"{self.source} is a mask-input model: it has no random op of its own. Expected rng='auto' "
+                f"for it. Received: rng='graph'"
+            )
+        if (self.stochastic == "in-graph" and self._rng_choice == "auto" and masked in sigs
+                and meta.get("seed") is None):
+            self._sampler_key = masked
+            fed = [(f"mask_{i}", m) for i, m in enumerate(self._mc_layers) if float(m.get("rate", 0)) > 0]
+        self._full_fed = fed if self._sampler_key in (full, head) else []
+        self.masks_from = "numpy" if fed else ("file" if self.stochastic == "in-graph" else "none")
+        # A seeded file restarts its sequence on re-prepare: see the module docstring.
+        self.seeded = self.masks_from == "file" and meta.get("seed") is not None
 
         def details(runner, which):
             get = runner.get_input_details if which == "in" else runner.get_output_details
@@ -478,7 +539,7 @@ class MCModel:
 
         full_runner = interp.get_signature_runner(full)
         full_in = details(full_runner, "in")
-        mask_names = {m.get("mask_input") for m in self._mc_layers if m.get("mask_input")}
+        mask_names = {name for name, _ in fed} | {m.get("mask_input") for m in self._mc_layers if m.get("mask_input")}
         x_name = (meta.get("input") or {}).get("name", "x")
         if x_name not in full_in:
             candidates = [n for n in full_in if n not in mask_names]
@@ -491,15 +552,12 @@ class MCModel:
         self.input = full_in[x_name]
         sampler = interp.get_signature_runner(self._sampler_key)
         s_in, s_out = details(sampler, "in"), details(sampler, "out")
-        self._masks = [
-            (m["mask_input"], tuple(m.get("mask_shape") or s_in[m["mask_input"]].shape), float(m["rate"]))
-            for m in self._mc_layers
-            if m.get("mask_input")
-        ]
-        self._int8_masks = {name: s_in[name] for name, _, _ in self._masks if name in s_in and s_in[name].dtype == np.int8}
-        for name, _shape, _rate in self._masks:
+        for name, _ in fed:
             if name not in s_in:
                 raise ModelLoadError(f"{self.source}: mask input {name!r} is missing. Received: {sorted(s_in)}")
+        # (name, shape, 16-bit threshold, int8 (keep, drop) codes or None) per mask input.
+        self._masks = [self._mask_plan(s_in[name], m) for name, m in fed]
+        self._full_masks = [self._mask_plan(full_in[name], m) for name, m in self._full_fed]
         feeds = [n for n in s_in if n not in mask_names]
         if len(feeds) != 1:
             raise ModelLoadError(f"{self.source}: the stochastic signature has inputs {sorted(s_in)}; expected one data input.")
@@ -536,6 +594,17 @@ class MCModel:
                 f"budget of {self.memory_bytes} bytes. Received: {fixed + per}"
             )
         self._local.main = interp
+
+    @staticmethod
+    def _mask_plan(t: _Tensor, layer: dict) -> tuple:
+        shape = tuple(int(d) for d in (layer.get("mask_shape") or t.shape))
+        # 16 random bits per unit, kept when >= rate * 2**16: the rate is resolved to 1/65536.
+        threshold = round(float(layer["rate"]) * 65536)
+        codes = None
+        if t.dtype == np.int8:  # int8 I/O models quantize their mask inputs too
+            q = lambda v: int(np.clip(round(v / t.scale + t.zero_point), -128, 127))  # noqa: E731
+            codes = (q(1.0), q(0.0))
+        return t.name, shape, threshold, codes
 
     @staticmethod
     def _subgraph_of(interp, key) -> int:
@@ -593,36 +662,56 @@ class MCModel:
             return y
         return (y.astype(np.float32) - t.zero_point) * t.scale
 
-    def _masks_for(self, batch: int) -> dict[str, np.ndarray]:
-        out = {}
+    def _fill_masks(self, arrays: dict[str, np.ndarray], plans: list, batch: int) -> None:
+        """Write fresh keep-masks for ``batch`` samples into ``arrays`` (by input name), in place."""
+        sizes = [batch * math.prod(shape) for _, shape, _, _ in plans]
         with self._rng_lock:  # one generator, never reset: masks never repeat across calls/sizes
-            for name, shape, rate in self._masks:
-                # 16 random bits per unit, thresholded: ~1.5x faster than uniform floats, and the
-                # rate is resolved to 1/65536. Bytes are drawn from the one generator, in order.
-                size = batch * int(np.prod(shape, dtype=np.int64))
-                bits = np.frombuffer(self._rng.bytes(2 * size), dtype=np.uint16).reshape(batch, *shape)
-                out[name] = (bits >= round(rate * 65536)).astype(np.float32)
-        for name, t in self._int8_masks.items():  # int8 models quantize their mask inputs too
-            out[name] = np.round(out[name] / t.scale + t.zero_point).clip(-128, 127).astype(np.int8)
+            raw = self._bits.random_raw((sum(sizes) + 3) // 4)
+        bits = raw.view(np.uint16)  # 4 x 16 random bits per 64-bit draw
+        offset = 0
+        for (name, _shape, threshold, codes), size in zip(plans, sizes):
+            chunk = bits[offset : offset + size]
+            offset += size
+            out = arrays[name].reshape(-1)
+            if codes is None:  # float32 keep-mask: 1.0 keeps, 0.0 drops
+                np.greater_equal(chunk, threshold, out=out, casting="unsafe")
+            else:
+                out[...] = codes[1]
+                out[chunk >= threshold] = codes[0]
+
+    def _masks_for(self, batch: int, plans: list | None = None) -> dict[str, np.ndarray]:
+        """Fresh keep-masks for ``batch`` samples as new arrays (default: the sampler's inputs)."""
+        plans = self._masks if plans is None else plans
+        out = {name: np.empty((batch, *shape), dtype=np.float32 if codes is None else np.int8)
+               for name, shape, _, codes in plans}
+        self._fill_masks(out, plans, batch)
         return out
 
     def _draw(self, feature: np.ndarray, batch: int, *, observe: bool = True) -> np.ndarray:
         """``batch`` MC samples for one input's features (or raw input): probs ``[batch, C]``."""
-        feed = np.empty((batch, *feature.shape), dtype=feature.dtype)
-        feed[...] = feature
-        return self._invoke_rows(feed, observe=observe)
+        return self._invoke_rows(feature[None], batch, observe=observe)
 
-    def _invoke_rows(self, feed: np.ndarray, *, observe: bool = True) -> np.ndarray:
-        """One stochastic invoke on prepared rows ``[B, *feature]``: probs ``[B, C]``."""
+    def _invoke_rows(self, feats: np.ndarray, per: int, *, observe: bool = True) -> np.ndarray:
+        """One stochastic invoke of ``per`` samples for each of the K rows of ``feats``
+        ``[K, *feature]``: probs ``[K * per, C]``, input-major.
+
+        The repeated rows and the masks are written straight into the interpreter's input
+        buffers (no repeated copy of the features in between).
+        """
         start = time.perf_counter()
-        batch = feed.shape[0]
+        batch = feats.shape[0] * per
         local = self._local
         grew = batch > local.high_water or (self.seeded and batch not in local.by_size)
         runner = self._runner(self._sampler_key, batch)
-        feeds = {self._feed.name: feed}
+        shapes = {self._feed.name: (batch, *self._feed.shape)}
+        for name, shape, _, _ in self._masks:
+            shapes[name] = (batch, *shape)
+        arrays = runner.inputs(shapes)
+        arrays[self._feed.name].reshape(feats.shape[0], per, *self._feed.shape)[...] = feats[:, None]
         if self._masks:
-            feeds.update(self._masks_for(batch))
-        out = runner(**feeds)[self._out.name]
+            self._fill_masks(arrays, self._masks, batch)
+        del arrays  # views into the interpreter: never kept past this invoke
+        out = runner.invoke()[self._out.name]
         probs = self._dequantize(self._out, out)
         self._check_probs(probs)
         if grew:
@@ -775,7 +864,7 @@ class MCModel:
                 hi = min(n, lo + group)
                 t0 = time.perf_counter()
                 feats = self._features(x[lo:hi])
-                probs = self._invoke_rows(np.repeat(feats, cap, axis=0)).reshape(hi - lo, cap, -1)
+                probs = self._invoke_rows(feats, cap).reshape(hi - lo, cap, -1)
                 for j in range(hi - lo):
                     means[lo + j], stds[lo + j], ent[lo + j], mi[lo + j] = summarize(probs[j])
                 used[lo:hi] = cap
@@ -931,8 +1020,8 @@ class MCModel:
         return {
             "trunk_ms": med(lambda: self._features(x)) if self.has_trunk else 0.0,
             "head_ms": med(lambda: self._draw(feat, samples, observe=False)),
-            "full_ms": med(lambda: full(**{self.input.name: xq}, **self._masks_for(1))),
-            "full_batch_ms": med(lambda: full(**{self.input.name: xb}, **self._masks_for(samples))),
+            "full_ms": med(lambda: full(**{self.input.name: xq}, **self._masks_for(1, self._full_masks))),
+            "full_batch_ms": med(lambda: full(**{self.input.name: xb}, **self._masks_for(samples, self._full_masks))),
         }
 
     def __repr__(self) -> str:

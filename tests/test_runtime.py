@@ -71,9 +71,18 @@ def test_summarize_definitions():
     np.testing.assert_allclose(std, [0.5, 0.5])
 
 
-@pytest.mark.parametrize("fixture", ["mlp_ingraph", "mlp_mask"])
-def test_mc_mean_matches_numpy_reference(fixture):
-    model = MCModel(FIX / f"{fixture}.tflite", seed=1)
+@pytest.mark.parametrize(
+    "fixture, rng, masks_from",
+    [
+        ("mlp_ingraph", "auto", "file"),  # no `masked` twin: the file's RANDOM_UNIFORM
+        ("mlp_mask", "auto", "numpy"),
+        ("mlp_twin", "auto", "numpy"),  # in-graph file whose `masked` twin gets numpy masks
+        ("mlp_twin", "graph", "file"),  # the same file, its own RANDOM_UNIFORM
+    ],
+)
+def test_mc_mean_matches_numpy_reference(fixture, rng, masks_from):
+    model = MCModel(FIX / f"{fixture}.tflite", seed=1, rng=rng)
+    assert model.masks_from == masks_from
     x = _x(model)
     pred = model.predict(x, samples=2000)
     ref = _numpy_mlp_mc(x, 20000)
@@ -91,6 +100,7 @@ def test_mc_mean_matches_numpy_reference(fixture):
 def test_int8_io_model_matches_float_reference():
     model = MCModel(FIX / "mlp_int8io.tflite")
     assert model.input.dtype == np.int8 and model.input.scale > 0
+    assert model.masks_from == "numpy"  # its `masked` twin takes int8 masks: quantized codes
     _assert_int8_matches_float_reference(model)  # float input, quantized with the input's scale/zero point
 
 
@@ -184,16 +194,65 @@ def test_seeded_file_under_a_budget_uses_few_batch_sizes():
     assert all(_ladder_floor(s) == s for s in sizes - {1, 16, 128})
 
 
-def test_mask_input_seed_reproducible_and_generator_never_reset():
-    a, b = MCModel(FIX / "mlp_mask.tflite", seed=3), MCModel(FIX / "mlp_mask.tflite", seed=3)
+@pytest.mark.parametrize("fixture", ["mlp_mask", "mlp_twin"])
+def test_numpy_masks_seed_reproducible_and_generator_never_reset(fixture):
+    a, b = MCModel(FIX / f"{fixture}.tflite", seed=3), MCModel(FIX / f"{fixture}.tflite", seed=3)
     x = _x(a)
     ra = [a.predict(x, samples=s).mean for s in (40, 9, 40)]
     rb = [b.predict(x, samples=s).mean for s in (40, 9, 40)]
     for p, q in zip(ra, rb):
         np.testing.assert_array_equal(p, q)
     assert not np.array_equal(ra[0], ra[2])
-    c = MCModel(FIX / "mlp_mask.tflite", seed=4)
+    c = MCModel(FIX / f"{fixture}.tflite", seed=4)
     assert not np.array_equal(c.predict(x, samples=40).mean, ra[0])
+
+
+def _numpy_book_mc(x, samples, seed=0):
+    """The book fixture (Flatten -> MCDropout 0.2 -> Dense 32 elu -> MCDropout 0.2 -> Dense 10) in numpy."""
+    rng = np.random.default_rng(seed)
+    h = x.reshape(1, -1) * ((rng.random((samples, 784)) >= 0.2) / 0.8)
+    h = h @ W["book_0"] + W["book_1"]
+    h = np.where(h > 0, h, np.expm1(np.minimum(h, 0)))
+    h = h * ((rng.random((samples, 32)) >= 0.2) / 0.8)
+    z = h @ W["book_2"] + W["book_3"]
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_book_twin_feeds_two_masks():
+    # Flatten is the trunk; `masked` is the head with two mask inputs (784 and 32 units). The
+    # numpy masks must give the MC mean of numpy dropout.
+    model = MCModel(FIX / "book_twin.tflite", seed=2)
+    assert model.has_trunk and model.masks_from == "numpy" and len(model._masks) == 2
+    x = np.random.default_rng(6).random((1, 28, 28)).astype(np.float32)
+    pred = model.predict(x, samples=2000)
+    ref = _numpy_book_mc(x, 20000)
+    se = np.sqrt(pred.std[0] ** 2 / 2000 + ref.std(0) ** 2 / 20000)
+    assert np.all(np.abs(pred.mean[0] - ref.mean(0)) < 4 * se + 1e-6), (pred.mean[0], ref.mean(0), se)
+    assert pred.std[0].max() > 0.01
+
+
+def test_twin_without_trunk_feeds_masks_to_the_full_graph():
+    model = MCModel(FIX / "input_mc_twin.tflite", seed=5)
+    assert not model.has_trunk and model.masks_from == "numpy"
+    x = np.random.default_rng(7).standard_normal((1, 64)).astype(np.float32)
+    pred = model.predict(x, samples=2000)
+    rng = np.random.default_rng(0)
+    z = (x * ((rng.random((20000, 64)) >= 0.25) / 0.75)) @ W["input_mc_0"] + W["input_mc_1"]
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    ref = e / e.sum(axis=1, keepdims=True)
+    se = np.sqrt(pred.std[0] ** 2 / 2000 + ref.std(0) ** 2 / 20000)
+    assert np.all(np.abs(pred.mean[0] - ref.mean(0)) < 4 * se + 1e-6), (pred.mean[0], ref.mean(0), se)
+    assert pred.std[0].max() > 0.01
+
+
+def test_rng_option_is_checked():
+    with pytest.raises(ValueError, match="Expected `rng` to be 'auto' or 'graph'. Received: rng='numpy'"):
+        MCModel(FIX / "mlp_twin.tflite", rng="numpy")
+    with pytest.raises(ValueError, match="mask-input model.*Received: rng='graph'"):
+        MCModel(FIX / "mlp_mask.tflite", rng="graph")
+    # A seeded file promises its own mask sequence: the runtime does not swap in numpy masks.
+    assert MCModel(FIX / "mlp_seeded.tflite").masks_from == "file"
 
 
 @pytest.mark.parametrize("name", ["cnn_ingraph", "cnn_mask"])
