@@ -16,10 +16,12 @@ What happens, in order:
 3. **Split.** ``trunk`` is everything before the input of the first MC layer and ``head`` the
    rest, so the runtime computes the trunk once and the head at batch T. No split (``trunk``
    absent) when the first MC layer acts on the model input or the cut does not separate the graph.
-4. **Export** through ``keras.export.ExportArchive`` (three endpoints sharing the tracked weights)
+4. **Export** through ``keras.export.ExportArchive`` (endpoints sharing the tracked weights)
    and ``tf.lite.TFLiteConverter.from_saved_model`` with builtin ops only. Masks are drawn by the
    builtin ``RANDOM_UNIFORM`` op (``stochastic="in-graph"``) or are named inputs ``mask_0..``
-   (``stochastic="mask-input"``).
+   (``stochastic="mask-input"``). Unseeded in-graph files (not ``int16x8``) also get ``masked``:
+   ``head`` (or ``full`` without a trunk) with its keep-masks as inputs ``mask_i``, which the
+   edgekit runtime fills from numpy instead of paying for the slow ``RANDOM_UNIFORM`` kernel.
 5. **Seeds.** TensorFlow bakes op seeds into the file when a global seed is set, and
    ``keras.utils.set_random_seed`` sets one. The export traces with the global seed cleared, so
    every ``RANDOM_UNIFORM`` op has seed 0/seed2 0 and every interpreter draws its own masks; the
@@ -432,9 +434,12 @@ def convert(
         device: a device profile (``edgekit.devices.load_profile`` result) or its name; the
             result is checked against its ops, dtypes and size (``ValueError`` if it does not fit).
         stochastic: ``"in-graph"`` (``RANDOM_UNIFORM`` draws the masks) or ``"mask-input"``
-            (masks are inputs ``mask_0..``; no random op).
+            (masks are inputs ``mask_0..``; no random op). Unseeded in-graph files also carry the
+            ``masked`` signature (keep-masks as inputs, for the edgekit runtime; docs/format.md),
+            except with ``int16x8``.
         seed: bake this seed into the random ops (reproducible masks, identical on every device).
-            ``None`` (default) leaves the ops unseeded, whatever global seed is set.
+            ``None`` (default) leaves the ops unseeded, whatever global seed is set. A seeded file
+            has no ``masked`` signature (its masks must come from its own seeded ops).
         class_names: names of the output classes, stored in the metadata.
         input_image: how an 8-bit image becomes the input, ``{"height", "width", "channels",
             "scale", "offset"}`` (``x = pixel * scale + offset``), stored in the metadata.

@@ -16,7 +16,8 @@ the benchmark), against the float Keras model:
 
 - **MC accuracy** (T samples, default 100), **NLL** and **ECE** (15 equal-width confidence bins)
   of the mean MC prediction, for the Keras model and for the ``.tflite`` file run by the stock
-  LiteRT interpreter (``trunk`` once, ``head`` at batch T).
+  LiteRT interpreter (``trunk`` once, ``head`` at batch T: the file's own ``RANDOM_UNIFORM``, as a
+  stock-interpreter user runs it; the ``masked`` twin the edgekit runtime feeds is not used here).
 - **Deterministic accuracy** means "dropout off": every MC layer is the identity, which is what
   Keras' own ``Dropout`` does at inference. For the Keras model it is measured with
   :func:`edgekit.layers.dropout_off`. An in-graph ``.tflite`` has no dropout-off path, so its

@@ -10,8 +10,10 @@ and cost more. This module measures both sides so you can pick T for a latency b
 
 For each (threads, T) it runs ``warmup`` unmeasured predictions, then ``runs`` measured ones, each
 one MC prediction of a single input the way the runtime does it (docs/format.md): ``trunk`` once,
-then ``head`` on T copies of the features (plus T fresh keep-masks in mask-input mode), then the
-mean of the T probability vectors. A model without ``trunk``/``head`` runs ``full`` on T copies.
+then ``head`` on T copies of the features (plus T fresh numpy keep-masks in mask-input mode), then
+the mean of the T probability vectors. A model without ``trunk``/``head`` runs ``full`` on T copies.
+Like ``MCModel`` (``rng="auto"``), an unseeded in-graph file with a ``masked`` signature runs
+``masked`` instead of ``head`` (or ``full``), fed T fresh numpy keep-masks, not its ``RANDOM_UNIFORM``.
 It reports p50/p90/p99/max, the trunk and head parts, the process's peak RSS, the file size and an
 estimate of the tensor arena (:func:`estimate_arena_bytes`).
 
@@ -287,18 +289,35 @@ class _Runner:
         full_key = "full" if "full" in self.signatures else next(iter(self.signatures))
         self.full = interp.get_signature_runner(full_key)
         self.trunk = interp.get_signature_runner("trunk") if self.strategy == "trunk+head" else None
-        self.head = interp.get_signature_runner("head") if self.strategy == "trunk+head" else self.full
-        head_inputs = self.head.get_input_details()
         self.head_input_name = "features" if self.strategy == "trunk+head" else "x"
+        # The sampler: `head` (or `full`), or, as MCModel(rng="auto") does, the `masked` twin of an
+        # unseeded in-graph file, fed numpy keep-masks `mask_i` (MC layer i, rate > 0).
+        meta = meta or {}
+        layers = meta.get("mc_layers") or []
+        masked_key = (meta.get("signatures") or {}).get("masked")
+        twin = (meta.get("stochastic") == "in-graph" and meta.get("seed") is None and isinstance(masked_key, str)
+                and masked_key in self.signatures and self.head_input_name in self.signatures[masked_key]["inputs"])
+        self.sampler_key = masked_key if twin else ("head" if self.strategy == "trunk+head" else full_key)
+        self.head = interp.get_signature_runner(self.sampler_key) if self.sampler_key != full_key else self.full
+        head_inputs = self.head.get_input_details()
         self.head_details = head_inputs
         self.x_details = self.full.get_input_details()["x"] if "x" in self.full.get_input_details() else None
         if self.x_details is None:
             names = sorted(self.full.get_input_details())
             raise ValueError(f"Expected a model input named `x` (docs/format.md). Received: inputs {names}")
         self.masks: list[tuple[str, tuple[int, ...], float]] = []
-        mask_names = sorted(n for n in head_inputs if n.startswith("mask_"))
+        if twin:
+            for i, info in enumerate(layers):
+                if float(info.get("rate", 0)) > 0:
+                    name = f"mask_{i}"
+                    if name not in head_inputs:
+                        raise ValueError(
+                            f"Expected the `{masked_key}` signature to take mask input `{name}` (docs/format.md). "
+                            f"Received: inputs {sorted(head_inputs)}"
+                        )
+                    self.masks.append((name, tuple(int(d) for d in info["mask_shape"]), float(info["rate"])))
+        mask_names = [] if twin else sorted(n for n in head_inputs if n.startswith("mask_"))
         if mask_names:
-            layers = (meta or {}).get("mc_layers") or []
             by_input = {m.get("mask_input"): m for m in layers}
             for name in mask_names:
                 info = by_input.get(name)
@@ -629,7 +648,7 @@ def profile_model(
         if progress is not None:
             progress(len(x))
 
-    arena_sig = "head" if first.strategy == "trunk+head" else ("full" if "full" in first.signatures else next(iter(first.signatures)))
+    arena_sig = first.sampler_key  # the signature that runs at batch T (`masked` when the runtime feeds it)
     arena = {}
     for s in samples:
         arena[s] = estimate_arena_bytes(data, arena_sig, s)

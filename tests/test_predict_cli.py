@@ -109,6 +109,24 @@ def test_predict_batch_json(tmp_path):
     assert abs(sum(out["predictions"][0]["mean"]) - 1) < 1e-5  # float32 softmax rounding
 
 
+@pytest.mark.parametrize("name, warned", [
+    ("mlp_twin", False),  # in-graph with a `masked` signature: the runtime draws the masks
+    ("mlp_mask", False),  # mask-input: the runtime draws the masks
+    ("mlp_ingraph", True),  # in-graph without `masked`: the file's RANDOM_UNIFORM draws them
+    ("mlp_seeded", True),  # seeded in-graph: the file's seed decides
+])
+def test_seed_warns_only_when_the_file_draws_its_own_masks(tmp_path, name, warned):
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).random((2, 20)).astype(np.float32))
+    res = _run(FIX / f"{name}.tflite", x, "--samples", "20", "--seed", "3", "--json")
+    assert res.exit_code == 0, res.output
+    assert ("--seed only affects models whose masks the runtime draws" in res.stderr) == warned, res.stderr
+    if not warned:  # the seed reaches the numpy generator: the same masks again
+        again = _run(FIX / f"{name}.tflite", x, "--samples", "20", "--seed", "3", "--json")
+        means = [[p["mean"] for p in json.loads(r.stdout)["predictions"]] for r in (res, again)]
+        assert means[0] == means[1]
+
+
 def test_predict_png_on_image_model(tmp_path):
     path = tmp_path / "img.png"
     path.write_bytes(_png(np.random.default_rng(1).integers(0, 256, (20, 20, 3), dtype=np.uint8), [1, 4], color=2))

@@ -37,6 +37,7 @@ from edgekit.runtime.profiling import (
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"
 MLP, MLP_MASK, BOOK = FIX / "mlp_ingraph.tflite", FIX / "mlp_mask.tflite", FIX / "book_ingraph.tflite"
+MLP_TWIN, INPUT_TWIN = FIX / "mlp_twin.tflite", FIX / "input_mc_twin.tflite"
 
 
 # ------------------------------------------------------------------ JSON schema from the doc
@@ -284,6 +285,37 @@ def test_mc_probabilities_mask_mode_is_seeded_and_stochastic():
     np.testing.assert_array_equal(a, b)  # masks come from the seeded numpy generator
     # 64 dropout units at rate 0.3: two masks agree by chance with probability ~0.58**64.
     assert np.ptp(a[0], axis=0).max() > 1e-4
+
+
+@pytest.mark.parametrize("twin, plain_sig, feed", [
+    (MLP_TWIN, "head", "features"),  # trunk + `masked` (the head's twin)
+    (INPUT_TWIN, "full", "x"),  # no trunk: `masked` is the full graph's twin
+])
+def test_masked_twin_is_run_with_seeded_numpy_masks(twin, plain_sig, feed):
+    from ai_edge_litert.interpreter import Interpreter
+
+    data = twin.read_bytes()
+    x = np.random.default_rng(1).random((2, 20 if feed == "features" else 64), dtype=np.float32)
+    n = 3000
+    a = mc_probabilities(twin, x, n, seed=5)
+    # Masks from the seeded numpy generator, as MCModel(rng="auto") draws them: the file's own
+    # unseeded RANDOM_UNIFORM would never repeat.
+    np.testing.assert_array_equal(a, mc_probabilities(twin, x, n, seed=5))
+    assert not np.array_equal(a, mc_probabilities(twin, x, n, seed=6))
+    # Same distribution as the file's own RANDOM_UNIFORM path (head or full, stock interpreter).
+    it = Interpreter(model_content=data)
+    first = it.get_signature_runner("trunk")(x=x)["features"] if feed == "features" else x
+    b = it.get_signature_runner(plain_sig)(**{feed: np.repeat(first, n, axis=0)})["probs"].reshape(2, n, -1)
+    se = np.sqrt(a.var(axis=1) / n + b.var(axis=1) / n)
+    # 5 standard errors of the difference of two independent 3000-sample means: ~6e-7 two-sided
+    # per class (normal), so a false failure over these 10 classes is ~6e-6; the 1e-6 floor is for
+    # classes whose probability barely moves. A wrong rate or scale shifts the mean by far more.
+    assert np.all(np.abs(a.mean(axis=1) - b.mean(axis=1)) <= 5 * se + 1e-6)
+    # The arena is the one of the signature run at batch T: `masked`, mask inputs included.
+    rep = profile_model(twin, threads=(1,), samples=(1, 3), runs=2, warmup=0, runtime=False)
+    trunk = estimate_arena_bytes(data, "trunk", 1) if feed == "features" else 0
+    assert rep.arena_bytes[3] == max(estimate_arena_bytes(data, "masked", 3), trunk)
+    assert rep.strategy == ("trunk+head" if feed == "features" else "full")
 
 
 def test_profile_model_points_and_ordering():

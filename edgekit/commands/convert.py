@@ -118,7 +118,8 @@ def convert(model_path, output, quantize, int8_io, device, calibration_samples, 
             report_path, data, eval_samples, mc_samples, class_names, sparse, per_channel_dense, as_json):
     """Convert a Keras MC-dropout model to one .tflite whose dropout stays random.
 
-    The file runs on the stock LiteRT interpreter, has signatures full, trunk and head, carries
+    The file runs on the stock LiteRT interpreter, has signatures full, trunk and head (and
+    masked, the head with keep-masks as inputs, for edgekit's runtime), carries
     edgekit metadata with a SHA-256 digest, and is written atomically. The report (a table, or
     JSON with --json) gives sizes, ops, float islands and, on the test set, deterministic and MC
     accuracy, NLL and ECE against the float Keras model.

@@ -81,7 +81,8 @@ def _table(pred, model) -> str:
               help="Latency budget per input in ms: as many samples as fit (at p99).")
 @click.option("--tolerance", type=float, default=None,
               help="Stop once the top class's standard error is below this (e.g. 0.01).")
-@click.option("--seed", type=int, default=None, help="Seed for the masks of mask-input models.")
+@click.option("--seed", type=int, default=None,
+              help="Seed for the masks the runtime draws (mask-input models, in-graph models with `masked`).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default 1).")
 @click.option("--device", default=None, help="Device profile (threads, memory budget, default budget).")
 @click.option("--no-probe", is_flag=True, help="Skip the child-process load probe (trusted models only).")
@@ -107,8 +108,10 @@ def predict(model_path, input_path, samples, budget_ms, tolerance, seed, threads
         model = MCModel(model_path, threads=threads, device=device, seed=seed, probe=not no_probe)
     for w in caught:
         warn(str(w.message))
-    if seed is not None and model.stochastic != "mask-input":
-        warn(f"--seed only affects mask-input models; this {model.stochastic} model draws its own masks.")
+    if seed is not None and model.masks_from != "numpy":
+        why = "it draws its own masks" if model.masks_from == "file" else "it has no dropout masks"
+        warn(f"--seed only affects models whose masks the runtime draws (mask-input models and in-graph models "
+             f"with a `masked` signature); this {model.stochastic} model is not one: {why}.")
     if budget_ms is None and samples is None and model.profile is not None:
         budget_ms = model.profile.default_budget_ms
     x = _load_input(Path(input_path), model.metadata)
