@@ -50,6 +50,7 @@ entropy (BALD: the part due to the model's uncertainty, 0 when all samples agree
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import threading
@@ -73,6 +74,13 @@ DEFAULT_MEMORY_BYTES = 512 * 2**20
 # Rows per head invoke when several inputs share one (fixed T): large enough to amortize the
 # per-invoke overhead, small enough to stay in cache-friendly, modest arenas.
 _ROWS_PER_INVOKE = 1024
+# Budgeted sampling goes in chunks of at most 1/_BUDGET_CHUNKS of the budget, none shorter than
+# _MIN_CHUNK_S (each invoke has a fixed cost: ~0.1 ms for the book MLP here).
+_BUDGET_CHUNKS = 3
+_MIN_CHUNK_S = 0.002
+# Under a budget, at least this share of the samples that fit at the typical cost is drawn, however
+# large the learnt tail margins grow (see MCModel._sample).
+_MIN_SHARE = 0.75
 
 
 class BudgetError(ValueError):
@@ -167,91 +175,131 @@ def summarize(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
     return mean, std, entropy, max(0.0, entropy - expected)
 
 
+def _quantile(ordered: list[float], q: float) -> float:
+    """numpy's default (linear) quantile of an already sorted, non-empty list, in pure Python."""
+    h = (len(ordered) - 1) * q
+    lo = int(h)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (h - lo) * (ordered[hi] - ordered[lo])
+
+
 class LatencyModel:
     """``cost(T) = fixed + per_sample * T`` for one stochastic invoke, plus a p99 margin.
 
-    ``fixed`` and ``per_sample`` come from a relative-error least-squares fit on calibration
-    anchors and recent invokes. The margin is the 99th percentile of recent residuals (observed -
-    fitted, in seconds) over the last 256 invokes, **per size bucket** (T in [1], [2, 3], [4, 7],
-    ...): OS delays add time rather than scale it, but a large invoke also suffers more from a busy
+    ``fixed`` and ``per_sample`` are a relative-error least-squares fit (weights ``1/cost**2``,
+    so a one-sample invoke counts as much as a 1000-sample one) on calibration anchors and the
+    last 256 invokes. The margin is the 99.5th percentile of recent residuals (observed - fitted,
+    in seconds) over the last 256 invokes, **per size bucket** (T in [1], [2, 3], [4, 7], ...):
+    OS delays add time rather than scale it, but a large invoke also suffers more from a busy
     memory bus than a one-sample invoke, so each size range gets the margin it has shown. A bucket
     with fewer than 20 recent residuals borrows the margin of all of them (so a range that was
     slow once is tried again later instead of being avoided for ever); with fewer than 20 in all,
-    the margin is half the fitted cost. Thread-safe.
+    the margin is half the fitted cost.
+
+    Every update is O(window) at worst and a few microseconds in practice (running sums for the
+    fit, sorted lists for the quantiles): it runs inside budgeted calls, so it must never be the
+    delay it is meant to predict (an earlier numpy refit took 0.2-1 ms every 8th invoke).
+    Thread-safe.
     """
 
     _MIN_RESIDUALS = 20
+    # The quantile of the residuals used as the margin. Above 0.99 on purpose: a budgeted call is
+    # late if its last chunk *or* the work after sampling runs late, so each gets less than 1%.
+    _QUANTILE = 0.995
 
     def __init__(self, window: int = 256):
-        self._obs: deque[tuple[int, float]] = deque(maxlen=window)
+        self._window = window
+        self._lock = threading.Lock()
+        self._obs: deque[tuple[int, float]] = deque()
+        self._sums = [0.0] * 5  # over the window: w, w*t, w*t*t, w*s, w*t*s with w = 1/s**2
+        self._anchor_sums = [0.0] * 5
+        self._n_anchors = 0
         # (size bucket, residual) of the most recent invokes: one window for all sizes, so a size
         # range not tried for `window` invokes forgets its old delays and gets explored again.
-        self._residuals: deque[tuple[int, float]] = deque(maxlen=window)
-        self._lock = threading.Lock()
+        self._residuals: deque[tuple[int, float]] = deque()
+        self._sorted_all: list[float] = []
+        self._sorted_by: dict[int, list[float]] = {}
+        self._since_exact = 0
         self.fixed_s = 0.0
         self.per_sample_s = 0.0
-        self.margin_s: float | None = None  # over all sizes; None: not enough residuals yet
-        self._bucket_margin: dict[int, float] = {}
-        self._seen = 0
-        self._anchors: list[tuple[int, float]] = []
 
     @staticmethod
     def _bucket(samples: int) -> int:
         return max(1, int(samples)).bit_length()
 
+    @staticmethod
+    def _terms(samples: int, seconds: float) -> tuple[float, ...]:
+        w = 1.0 / max(seconds, 1e-9) ** 2
+        return w, w * samples, w * samples * samples, w * seconds, w * samples * seconds
+
     def anchor(self, samples: int, seconds: float) -> None:
         """A calibration point kept in every fit (the online window may hold only one T)."""
         with self._lock:
-            self._anchors.append((samples, seconds))
+            for i, v in enumerate(self._terms(samples, seconds)):
+                self._anchor_sums[i] += v
+            self._n_anchors += 1
             self._refit()
 
     def observe(self, samples: int, seconds: float, *, residual: bool = True) -> None:
         with self._lock:
             if residual and self.per_sample_s > 0:
-                r = seconds - (self.fixed_s + self.per_sample_s * samples)
-                self._residuals.append((self._bucket(samples), r))
+                self._add_residual(self._bucket(samples), seconds - (self.fixed_s + self.per_sample_s * samples))
             self._obs.append((samples, seconds))
-            self._seen += 1
-            # Refitting costs ~0.1 ms (polyfit + quantiles); do it every 8th invoke once warmed up.
-            if self._seen <= 16 or self._seen % 8 == 0:
-                self._refit()
+            for i, v in enumerate(self._terms(samples, seconds)):
+                self._sums[i] += v
+            if len(self._obs) > self._window:
+                old = self._obs.popleft()
+                for i, v in enumerate(self._terms(*old)):
+                    self._sums[i] -= v
+            self._since_exact += 1
+            if self._since_exact >= self._window:  # running sums drift: recompute now and then
+                self._since_exact = 0
+                self._sums = [sum(col) for col in zip(*(self._terms(*o) for o in self._obs))]
+            self._refit()
+
+    def _add_residual(self, bucket: int, r: float) -> None:
+        self._residuals.append((bucket, r))
+        bisect.insort(self._sorted_all, r)
+        bisect.insort(self._sorted_by.setdefault(bucket, []), r)
+        if len(self._residuals) > self._window:
+            b, old = self._residuals.popleft()
+            for ordered in (self._sorted_all, self._sorted_by[b]):
+                del ordered[bisect.bisect_left(ordered, old)]
 
     def _refit(self) -> None:
-        window = tuple(self._residuals)
-        if len(window) >= self._MIN_RESIDUALS:
-            self.margin_s = max(0.0, float(np.quantile([r for _, r in window], 0.99)))
-        by_bucket: dict[int, list[float]] = {}
-        for b, r in window:
-            by_bucket.setdefault(b, []).append(r)
-        self._bucket_margin = {
-            b: max(0.0, float(np.quantile(rs, 0.99))) for b, rs in by_bucket.items() if len(rs) >= self._MIN_RESIDUALS
-        }
-        points = self._anchors + list(self._obs)
-        if len(points) < 2:
+        w, wt, wtt, ws, wts = (a + b for a, b in zip(self._sums, self._anchor_sums))
+        if len(self._obs) + self._n_anchors < 2 or w <= 0:
             return
-        t = np.array([o[0] for o in points], dtype=np.float64)
-        s = np.array([o[1] for o in points], dtype=np.float64)
-        if np.ptp(t) == 0:  # one batch size only: keep the slope, move the intercept
-            self.fixed_s = max(0.0, float(np.median(s)) - self.per_sample_s * t[0])
+        det = w * wtt - wt * wt
+        if det <= 1e-9 * w * wtt:  # one batch size only: keep the slope, move the intercept
+            self.fixed_s = max(0.0, (ws - self.per_sample_s * wt) / w)
             return
-        # Relative-error fit (weights 1/s): small batches matter as much as large ones, so the
-        # one-sample cost is not swamped by the large-T points.
-        b, a = np.polyfit(t, s, 1, w=1.0 / np.maximum(s, 1e-9))
+        b = (w * wts - wt * ws) / det
         # Costs can't be negative; a negative intercept just means noise at small T.
-        self.per_sample_s = max(float(b), 1e-9)
-        self.fixed_s = max(float(a), 0.0)
+        self.per_sample_s = max(b, 1e-9)
+        self.fixed_s = max((ws - b * wt) / w, 0.0)
+
+    @property
+    def margin_s(self) -> float | None:
+        """The margin over all sizes (None: fewer than 20 residuals yet)."""
+        with self._lock:
+            return self._margin_all()
+
+    def _margin_all(self) -> float | None:
+        if len(self._sorted_all) < self._MIN_RESIDUALS:
+            return None
+        return max(0.0, _quantile(self._sorted_all, self._QUANTILE))
 
     def typical(self, samples: int) -> float:
         """Fitted (not p99) cost of one invoke of ``samples`` samples, in seconds."""
         return self.fixed_s + self.per_sample_s * samples
 
     def _margin(self, samples: int) -> float:
-        m = self._bucket_margin.get(self._bucket(samples))
-        if m is not None:
-            return m
-        if self.margin_s is not None:
-            return self.margin_s
-        return 0.5 * self.typical(samples)
+        ordered = self._sorted_by.get(self._bucket(samples))
+        if ordered is not None and len(ordered) >= self._MIN_RESIDUALS:
+            return max(0.0, _quantile(ordered, self._QUANTILE))
+        m = self._margin_all()
+        return m if m is not None else 0.5 * self.typical(samples)
 
     def p99(self, samples: int) -> float:
         with self._lock:
@@ -263,18 +311,14 @@ class LatencyModel:
             if self.per_sample_s <= 0:
                 return cap
             # Each size bucket has its own margin: take the best T over the buckets.
-            best = 0
+            blind = self._margin_all() is None  # no residuals yet: margin = half the cost itself
             for b in range(self._bucket(cap), 0, -1):
                 lo, hi = 1 << (b - 1), min(cap, (1 << b) - 1)
-                if self._bucket_margin.get(b) is None and self.margin_s is None:
-                    t = math.floor((seconds / 1.5 - self.fixed_s) / self.per_sample_s)
-                else:
-                    t = math.floor((seconds - self._margin(lo) - self.fixed_s) / self.per_sample_s)
-                t = min(t, hi)
-                if t >= lo:
-                    best = t
-                    break
-            return int(max(0, min(cap, best)))
+                room = seconds / 1.5 if blind else seconds - self._margin(lo)
+                t = math.floor((room - self.fixed_s) / self.per_sample_s)
+                if min(t, hi) >= lo:
+                    return int(min(t, hi))
+            return 0
 
 
 def _ladder_floor(n: int) -> int:
@@ -473,10 +517,13 @@ class MCModel:
         self._bits = np.random.SFC64(seed)
         self._rng_lock = threading.Lock()
         self.latency = LatencyModel()
-        # p99 of the time a budgeted input needs after sampling (statistics, bookkeeping), kept
-        # free at the end of the budget.
+        # Time a budgeted input needs after sampling (statistics, bookkeeping, and for the last
+        # input of a call the result's assembly). Sampling aims to end its 99.5th percentile
+        # before the budget does. (Not a reserve learnt from how late whole calls end: that
+        # depends on the reserve itself and ran away in tests: a larger reserve made calls end
+        # later relative to their aim, which raised the reserve further.)
         self._after_s: deque[float] = deque([1e-4], maxlen=256)
-        self._after_n, self._after_p99 = 0, 1e-4
+        self._after_n, self._reserve_s, self._after_med = 0, 1e-4, 1e-4
         self._calibrate()
 
     # ------------------------------------------------------------------ setup
@@ -732,7 +779,8 @@ class MCModel:
         slack = self._prob_slack
         sums = probs.sum(axis=1)
         lo, hi = float(probs.min()), float(probs.max())
-        if not (np.isfinite(sums).all() and lo >= -slack and hi <= 1 + slack and np.abs(sums - 1).max() <= slack * max(1, self.num_classes)):
+        # NaN fails every comparison and Inf fails the range: no separate finiteness pass needed.
+        if not (lo >= -slack and hi <= 1 + slack and float(np.abs(sums - 1).max()) <= slack * max(1, self.num_classes)):
             raise OutputError(
                 f"{self.source}: the model's output is not class probabilities. Expected values in [0, 1] "
                 f"summing to 1 per sample. Received: min={lo:g}, max={hi:g}, sums in "
@@ -835,6 +883,7 @@ class MCModel:
             TypeError: wrong dtype.
             BudgetError: the budget is below the cost of one sample.
         """
+        t_call = time.perf_counter()  # a budget counts from here: the checks are part of the call
         self._check_options(samples, budget_ms, tolerance)
         x = self._check_input(x)
         if budget_ms is None and tolerance is None:
@@ -872,9 +921,16 @@ class MCModel:
             n_done = n
         else:
             n_done = 0
+        budget_s = budget_ms / 1e3 if budget_ms is not None else None
+        reserve = self._reserve_s
+        if budget_s is not None and self._after_n % 8 == 0:
+            # tuple() copies a deque in one C call: safe while other threads append.
+            after = sorted(tuple(self._after_s))
+            reserve = self._reserve_s = _quantile(after, LatencyModel._QUANTILE)
+            self._after_med = _quantile(after, 0.5)
         for i in range(n_done, n):
-            t0 = time.perf_counter()
-            deadline = t0 + budget_ms / 1e3 if budget_ms is not None else None
+            t0 = t_call if i == 0 else time.perf_counter()
+            deadline = t0 + budget_s - reserve if budget_s is not None else None
             if deadline is not None and self.latency.typical(1) > budget_ms / 1e3:
                 raise BudgetError(
                     f"The latency budget is smaller than one MC sample on this machine. Expected budget_ms >= "
@@ -882,23 +938,19 @@ class MCModel:
                     f"thread(s)). Received: budget_ms={budget_ms}"
                 )
             feat = self._features(x[i : i + 1])[0]
-            if deadline is not None:
-                if self._after_n % 16 == 0:
-                    # tuple() copies the deque in one C call: safe while other threads append.
-                    self._after_p99 = float(np.quantile(tuple(self._after_s), 0.99))
-                deadline -= self._after_p99
-            probs, was_cut = self._sample(feat, cap, deadline, tolerance)
+            hard = t0 + budget_s - self._after_med if budget_s is not None else None
+            probs, was_cut = self._sample(feat, cap, deadline, tolerance, hard)
             t_after = time.perf_counter()
             means[i], stds[i], ent[i], mi[i] = summarize(probs)
             used[i] = probs.shape[0]
             cut[i] = was_cut
             t_end = time.perf_counter()
             elapsed[i] = (t_end - t0) * 1e3
-            if deadline is not None:
+            if budget_s is not None and i < n - 1:
                 self._after_s.append(t_end - t_after)
                 self._after_n += 1
         predicted = means.argmax(axis=1)
-        return MCPrediction(
+        result = MCPrediction(
             mean=means.astype(np.float32),
             std=stds.astype(np.float32),
             predicted=predicted,
@@ -910,23 +962,43 @@ class MCModel:
             budget_cut=cut,
             class_names=self.class_names,
         )
+        if budget_s is not None:  # the last input's "after" lasts until its result is assembled
+            self._after_s.append(time.perf_counter() - t_after)
+            self._after_n += 1
+        return result
 
-    def _sample(self, feat, cap, deadline, tolerance) -> tuple[np.ndarray, bool]:
+    def _sample(self, feat, cap, deadline, tolerance, hard=None) -> tuple[np.ndarray, bool]:
+        """Samples for one input: ``cap`` of them, or fewer if ``tolerance`` is met or the budget
+        ends. ``deadline`` is when sampling should be done (the budget minus the learnt reserve);
+        ``hard`` is when it must be done for the call to end on budget at its typical cost."""
         if deadline is None and tolerance is None:
             return self._draw(feat, cap), False
         chunks: list[np.ndarray] = []
         done = 0
-        # Without a tolerance, one invoke of the largest T that fits. With one, growing chunks
-        # (16, 32, 64, ...) so the standard error can be checked between them.
+        # With a tolerance: growing chunks (16, 32, 64, ...) so the standard error can be checked
+        # between them. Under a budget: chunks of at most a third of the budget (and no less than
+        # _MIN_CHUNK_S, where the per-invoke cost would eat the samples), so a delay in an early
+        # chunk is absorbed by sizing the later ones to what is left; only the last chunk is sized
+        # by the p99 margin, and a delay there is the only one that can break the budget.
         chunk = cap if tolerance is None else min(16, cap)
+        limit = cap
+        if deadline is not None:
+            chunk_s = max((deadline - time.perf_counter()) / _BUDGET_CHUNKS, _MIN_CHUNK_S)
+            per = max(self.latency.per_sample_s, 1e-9)
+            limit = max(1, int((chunk_s - self.latency.fixed_s) / per))
         cut = False
         while done < cap:
-            want = min(chunk, cap - done)
+            want = min(chunk, limit, cap - done)
             if deadline is not None:
-                room = deadline - time.perf_counter()
-                fit = self.latency.largest_fitting(room, want)
+                now = time.perf_counter()
+                fit = self.latency.largest_fitting(deadline - now, want)
+                # Tail protection never costs more than (1 - _MIN_SHARE) of the samples that fit
+                # at the typical cost: delays bigger than that hit one sample as hard as fifty,
+                # so giving up more samples would cost the answer's quality and buy no latency.
+                typical = (hard - now - self.latency.fixed_s) / max(self.latency.per_sample_s, 1e-9)
+                fit = max(fit, min(want, int(_MIN_SHARE * typical)))
                 if fit < want:
-                    cut = True
+                    cut = done + fit < cap
                 if fit < 1:
                     if done == 0:
                         fit = 1  # a prediction needs one sample; budget_cut says it was tight
@@ -945,10 +1017,11 @@ class MCModel:
                     if fit < 1:
                         cut = True
                         break
+                last = fit < want
                 want = fit
             chunks.append(self._draw(feat, want))
             done += want
-            if cut:
+            if deadline is not None and last:
                 break
             if tolerance is not None:
                 probs = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
