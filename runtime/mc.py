@@ -12,26 +12,36 @@ How the work is kept small
 - An edgekit file has a deterministic ``trunk`` (everything before the first MC layer) and a
   stochastic ``head`` (docs/format.md). The trunk runs once per input; the head runs at batch T in
   **one** invoke, so T samples cost one interpreter call instead of T. A file without a trunk (the
-  first dropout acts on the input, as in the book MLP) runs ``full`` at batch T.
-- The interpreter keeps its allocation between calls with the same batch size; a new batch size
-  costs one resize (measured: no visible cost for the book MLP).
+  first MC layer acts on the model input) runs ``full`` at batch T.
+- The masks are drawn here, not in the graph, whenever the file allows it (see Randomness): LiteRT's
+  ``RANDOM_UNIFORM`` kernel is scalar and cost half of the book MLP's T=100 head.
+- The repeated features and the masks are written straight into the interpreter's input buffers.
+  The interpreter keeps its allocation between calls with the same batch size; a new batch size
+  costs one resize (~30-50 us for the book MLP).
 - With a fixed T, the inputs of a batch share head invokes (up to 1024 rows per invoke).
 - Under a budget, a latency model ``cost(T) = fixed + per_sample * T`` (calibrated on load for the
-  thread count in use, refitted online from every invoke) plus a p99 margin learnt per size range
-  picks the largest T whose predicted p99 fits what is left of the budget. The first time a
-  thread needs more rows than it has allocated, it grows to twice that (one slow call, once).
-  With a ``tolerance``, sampling goes in growing chunks and stops when the standard error of the
-  top class's mean probability falls below it.
+  thread count in use, updated from every invoke in O(1)) plus a tail margin learnt per size range
+  sizes the work. Sampling goes in chunks of at most a third of the budget, so a delay in an early
+  chunk is absorbed by the later ones; the last chunk is the largest whose predicted 99.5th
+  percentile fits what is left, minus the time the statistics after sampling take. Protection is
+  capped: at least 75% of the samples that fit at the typical cost are always drawn, since delays
+  larger than that hit one sample as hard as many. The first time a thread needs more rows than
+  it has allocated, it grows to twice that (one slow call, once; :meth:`MCModel.warmup` pays it
+  ahead). With a ``tolerance``, sampling goes in growing chunks and stops when the standard error
+  of the top class's mean probability falls below it.
 
 Randomness
 ----------
-- ``in-graph`` files draw masks with LiteRT's ``RANDOM_UNIFORM``. Unseeded files (the default) are
-  re-seeded from ``/dev/urandom`` whenever the kernel is prepared, so a resize never repeats masks.
-  A *seeded* file restarts its sequence on every re-prepare; for those the runtime keeps one
+- Masks drawn here (``masks_from == "numpy"``): ``mask-input`` files, and unseeded ``in-graph``
+  files that carry the ``masked`` twin (every file ``convert()`` writes in-graph without a seed).
+  One SFC64 generator per model (``seed`` makes it reproducible), never reset, gives 16 random
+  bits per unit (the rate is resolved to 1/65536), so masks never repeat across calls, threads or
+  batch sizes. ``rng="graph"`` uses an in-graph file's own op instead.
+- Masks drawn by the file (``masks_from == "file"``): LiteRT's ``RANDOM_UNIFORM``. Unseeded files
+  are re-seeded from ``/dev/urandom`` whenever the kernel is prepared, so a resize never repeats
+  masks. A *seeded* file restarts its sequence on every re-prepare; for those the runtime keeps one
   interpreter per batch size, so a sequence is never restarted and masks never repeat. Under a
   budget, T is then rounded down to 1, 2, 3, 4, 6, 8, 12, ... so the interpreters stay few.
-- ``mask-input`` files take their keep-masks as inputs; they are drawn here from one
-  ``numpy.random.Generator`` (``seed`` makes them reproducible), which is never reset.
 
 Safety
 ------
