@@ -526,7 +526,9 @@ class MCModel:
         # masks never repeat across calls, threads or batch sizes.
         self._bits = np.random.SFC64(seed)
         self._rng_lock = threading.Lock()
-        self.latency = LatencyModel()
+        self._latency = LatencyModel()
+        self._calibrated = False
+        self._calibrate_lock = threading.Lock()
         # Time a budgeted input needs after sampling (statistics, bookkeeping, and for the last
         # input of a call the result's assembly). Sampling aims to end its 99.5th percentile
         # before the budget does. (Not a reserve learnt from how late whole calls end: that
@@ -534,7 +536,8 @@ class MCModel:
         # later relative to their aim, which raised the reserve further.)
         self._after_s: deque[float] = deque([1e-4], maxlen=256)
         self._after_n, self._reserve_s, self._after_med = 0, 1e-4, 1e-4
-        self._calibrate()
+        # One sample now, so a file whose output is not probabilities is refused at load.
+        self._draw(np.zeros(self._feed.shape, dtype=self._feed.dtype), 1, observe=False)
 
     # ------------------------------------------------------------------ setup
 
@@ -670,11 +673,21 @@ class MCModel:
         except AttributeError:  # pragma: no cover - other interpreter builds
             return 0
 
+    @property
+    def latency(self) -> LatencyModel:
+        """The latency model behind budgets, calibrated on first use (not at load: a fixed-T
+        caller never needs it, and calibrating costs ~25 ms of start-up for the book MLP)."""
+        if not self._calibrated:
+            with self._calibrate_lock:
+                if not self._calibrated:
+                    self._calibrate()
+                    self._calibrated = True
+        return self._latency
+
     def _calibrate(self) -> None:
         # Fit the latency model for the thread count in use from the median of 5 invokes at batch
         # 1, 16 and 128 (after one untimed invoke each, which pays for allocation). Medians, so a
-        # noisy neighbour during loading cannot skew the fit. Batch 128 also allocates room for
-        # the book's T=100, so the first real call does not pay for it.
+        # noisy neighbour during calibration cannot skew the fit.
         feat = np.zeros(self._feed.shape, dtype=self._feed.dtype)
         for t in sorted({min(t, self.max_batch) for t in (1, 16, 128)}):
             self._draw(feat, t, observe=False)
@@ -774,7 +787,7 @@ class MCModel:
         if grew:
             local.high_water = max(local.high_water, batch)  # this invoke paid for allocation: no latency sample
         elif observe:
-            self.latency.observe(batch, time.perf_counter() - start)
+            self._latency.observe(batch, time.perf_counter() - start)  # no calibration from here
         return probs
 
     def _check_probs(self, probs: np.ndarray) -> None:
@@ -991,22 +1004,22 @@ class MCModel:
         # chunk is absorbed by sizing the later ones to what is left; only the last chunk is sized
         # by the p99 margin, and a delay there is the only one that can break the budget.
         chunk = cap if tolerance is None else min(16, cap)
-        limit = cap
+        limit = floor = cap
         if deadline is not None:
-            chunk_s = max((deadline - time.perf_counter()) / _BUDGET_CHUNKS, _MIN_CHUNK_S)
+            now = time.perf_counter()
+            chunk_s = max((deadline - now) / _BUDGET_CHUNKS, _MIN_CHUNK_S)
             per = max(self.latency.per_sample_s, 1e-9)
             limit = max(1, int((chunk_s - self.latency.fixed_s) / per))
+            # Tail protection never costs more than (1 - _MIN_SHARE) of the samples that fit in
+            # the whole budget at the typical cost: delays bigger than that hit one sample as hard
+            # as fifty, so giving up more samples would cost the answer's quality and buy no latency.
+            floor = int(_MIN_SHARE * (hard - now - self.latency.fixed_s) / per)
         cut = False
         while done < cap:
             want = min(chunk, limit, cap - done)
             if deadline is not None:
-                now = time.perf_counter()
-                fit = self.latency.largest_fitting(deadline - now, want)
-                # Tail protection never costs more than (1 - _MIN_SHARE) of the samples that fit
-                # at the typical cost: delays bigger than that hit one sample as hard as fifty,
-                # so giving up more samples would cost the answer's quality and buy no latency.
-                typical = (hard - now - self.latency.fixed_s) / max(self.latency.per_sample_s, 1e-9)
-                fit = max(fit, min(want, int(_MIN_SHARE * typical)))
+                fit = self.latency.largest_fitting(deadline - time.perf_counter(), want)
+                fit = max(fit, min(want, floor - done))
                 if fit < want:
                     cut = done + fit < cap
                 if fit < 1:
@@ -1076,7 +1089,7 @@ class MCModel:
             start = time.perf_counter()
             self._draw(feat, samples, observe=False)
             times.append(time.perf_counter() - start)
-        self.latency.anchor(samples, float(np.median(times)))
+        self._latency.anchor(samples, _quantile(sorted(times), 0.5))  # not np.median: it imports numpy.ma (~50 ms at start-up)
 
     def time_parts(self, *, samples: int = DEFAULT_SAMPLES, repeats: int = 20) -> dict[str, float]:
         """Median milliseconds of the parts of one prediction, for profiling.
