@@ -536,6 +536,7 @@ class MCModel:
         # later relative to their aim, which raised the reserve further.)
         self._after_s: deque[float] = deque([1e-4], maxlen=256)
         self._after_n, self._reserve_s, self._after_med = 0, 1e-4, 1e-4
+        self._broadcast = self._feed_broadcasts()
         # One sample now, so a file whose output is not probabilities is refused at load.
         self._draw(np.zeros(self._feed.shape, dtype=self._feed.dtype), 1, observe=False)
 
@@ -761,23 +762,46 @@ class MCModel:
         """``batch`` MC samples for one input's features (or raw input): probs ``[batch, C]``."""
         return self._invoke_rows(feature[None], batch, observe=observe)
 
+    def _feed_broadcasts(self) -> bool:
+        """Whether the sampler takes one feature row for T masks (its first op multiplies the
+        features by the first mask, which broadcasts): then the T copies of the features are
+        never written (314 KB per T=100 book-MLP prediction). Tried once on load."""
+        if not self._masks:
+            return False
+        runner = self._runner(self._sampler_key)
+        shapes = {self._feed.name: (1, *self._feed.shape), **{name: (2, *shape) for name, shape, _, _ in self._masks}}
+        try:
+            arrays = runner.inputs(shapes)
+            arrays[self._feed.name][...] = 0
+            self._fill_masks(arrays, self._masks, 2)
+            del arrays
+            out = runner.invoke()[self._out.name]
+        except (RuntimeError, ValueError):
+            return False
+        return out.shape[0] == 2
+
     def _invoke_rows(self, feats: np.ndarray, per: int, *, observe: bool = True) -> np.ndarray:
         """One stochastic invoke of ``per`` samples for each of the K rows of ``feats``
         ``[K, *feature]``: probs ``[K * per, C]``, input-major.
 
         The repeated rows and the masks are written straight into the interpreter's input
-        buffers (no repeated copy of the features in between).
+        buffers (no repeated copy of the features in between); with one input and a sampler that
+        broadcasts, its features are written once.
         """
         start = time.perf_counter()
         batch = feats.shape[0] * per
         local = self._local
         grew = batch > local.high_water or (self.seeded and batch not in local.by_size)
         runner = self._runner(self._sampler_key, batch)
-        shapes = {self._feed.name: (batch, *self._feed.shape)}
+        one = self._broadcast and feats.shape[0] == 1
+        shapes = {self._feed.name: (1 if one else batch, *self._feed.shape)}
         for name, shape, _, _ in self._masks:
             shapes[name] = (batch, *shape)
         arrays = runner.inputs(shapes)
-        arrays[self._feed.name].reshape(feats.shape[0], per, *self._feed.shape)[...] = feats[:, None]
+        if one:
+            arrays[self._feed.name][...] = feats
+        else:
+            arrays[self._feed.name].reshape(feats.shape[0], per, *self._feed.shape)[...] = feats[:, None]
         if self._masks:
             self._fill_masks(arrays, self._masks, batch)
         del arrays  # views into the interpreter: never kept past this invoke

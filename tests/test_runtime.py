@@ -151,9 +151,14 @@ def test_batch_gives_one_row_per_input(mlp):
     assert single.mean.shape == (1, 5)
 
 
-def test_inputs_sharing_one_head_invoke_keep_their_own_rows(mlp):
+@pytest.mark.parametrize("fixture", ["mlp_ingraph", "mlp_twin"])
+def test_inputs_sharing_one_head_invoke_keep_their_own_rows(fixture):
     # T=300 and 3 inputs: all 900 rows go through one head invoke; each input's mean must match
-    # its own numpy reference (a row-order mix-up would pull the means together).
+    # its own numpy reference (a row-order mix-up would pull the means together). With numpy
+    # masks (mlp_twin) single inputs send one feature row that the graph broadcasts; a group
+    # sends every row, and must still pair each row with its own masks.
+    mlp = MCModel(FIX / f"{fixture}.tflite", seed=9)
+    assert mlp._broadcast == (fixture == "mlp_twin")
     x = _x(mlp, 3, seed=5) * np.array([[1.0], [4.0], [-3.0]], np.float32)
     pred = mlp.predict(x, samples=300)
     for i in range(3):
