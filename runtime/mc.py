@@ -19,8 +19,8 @@ How the work is kept small
   The interpreter keeps its allocation between calls with the same batch size; a new batch size
   costs one resize (~30-50 us for the book MLP).
 - With a fixed T, the inputs of a batch share head invokes (up to 1024 rows per invoke).
-- Under a budget, a latency model ``cost(T) = fixed + per_sample * T`` (calibrated on load for the
-  thread count in use, updated from every invoke in O(1)) plus a tail margin learnt per size range
+- Under a budget, a latency model ``cost(T) = fixed + per_sample * T`` (calibrated on first
+  budgeted use for the thread count in use, updated from every invoke in O(1)) plus a tail margin learnt per size range
   sizes the work. Sampling goes in chunks of at most a third of the budget, so a delay in an early
   chunk is absorbed by the later ones; the last chunk is the largest whose predicted 99.5th
   percentile fits what is left, minus the time the statistics after sampling take. Protection is
@@ -407,7 +407,11 @@ class _Runner:
                 self._shapes[name] = shape
                 resized = True
         if resized:
-            w.AllocateTensors(sg)
+            try:
+                w.AllocateTensors(sg)
+            except Exception:
+                self._shapes.clear()  # nothing is allocated: the next call must resize again
+                raise
         return {name: w.tensor(w, self._inputs[name], sg) for name in shapes}
 
     def invoke(self) -> dict[str, np.ndarray]:
@@ -442,7 +446,7 @@ class MCModel:
             Ignored when the file draws its own masks (its seeding is fixed in the file).
         rng: Who draws the keep-masks. ``"auto"`` (default): the runtime, with numpy, whenever
             the file allows it: mask-input files, and in-graph files that carry the ``masked``
-            signature (unseeded in-graph exports do; the book MLP's prediction is ~2x faster
+            signature (unseeded in-graph exports do; the book MLP's prediction is ~1.5x faster
             that way, bench/mc_speed.py). Otherwise the file's own ``RANDOM_UNIFORM``.
             ``"graph"``: always the file's ``RANDOM_UNIFORM`` (in-graph files only).
         probe: Load the model in a child process first (cached by content hash). Set False only for
@@ -765,20 +769,29 @@ class MCModel:
     def _feed_broadcasts(self) -> bool:
         """Whether the sampler takes one feature row for T masks (its first op multiplies the
         features by the first mask, which broadcasts): then the T copies of the features are
-        never written (314 KB per T=100 book-MLP prediction). Tried once on load."""
+        never written (314 KB per T=100 book-MLP prediction). Tried once on load: one row and two
+        rows of the same features, with the same two masks, must give the same two outputs."""
         if not self._masks:
             return False
         runner = self._runner(self._sampler_key)
-        shapes = {self._feed.name: (1, *self._feed.shape), **{name: (2, *shape) for name, shape, _, _ in self._masks}}
-        try:
-            arrays = runner.inputs(shapes)
-            arrays[self._feed.name][...] = 0
-            self._fill_masks(arrays, self._masks, 2)
-            del arrays
-            out = runner.invoke()[self._out.name]
-        except (RuntimeError, ValueError):
-            return False
-        return out.shape[0] == 2
+        masks = self._masks_for(2)
+        # Not zeros: a zero feature row would hide masks paired with the wrong rows.
+        n = math.prod(self._feed.shape)
+        ramp = np.linspace(-1.0, 1.0, n) if self._feed.dtype == np.float32 else np.linspace(-100, 100, n).round()
+        feature = ramp.astype(self._feed.dtype).reshape(1, *self._feed.shape)
+        outs = []
+        for rows in (1, 2):
+            shapes = {self._feed.name: (rows, *self._feed.shape), **{k: v.shape for k, v in masks.items()}}
+            try:
+                arrays = runner.inputs(shapes)
+                arrays[self._feed.name][...] = feature
+                for name, value in masks.items():
+                    arrays[name][...] = value
+                del arrays
+                outs.append(runner.invoke()[self._out.name])
+            except (RuntimeError, ValueError):
+                return False
+        return outs[0].shape == outs[1].shape == (2, self.num_classes) and bool(np.array_equal(outs[0], outs[1]))
 
     def _invoke_rows(self, feats: np.ndarray, per: int, *, observe: bool = True) -> np.ndarray:
         """One stochastic invoke of ``per`` samples for each of the K rows of ``feats``
