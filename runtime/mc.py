@@ -1055,8 +1055,12 @@ class MCModel:
         while done < cap:
             want = min(chunk, limit, cap - done)
             if deadline is not None:
-                fit = self.latency.largest_fitting(deadline - time.perf_counter(), want)
-                fit = max(fit, min(want, floor - done))
+                now = time.perf_counter()
+                fit = self.latency.largest_fitting(deadline - now, want)
+                # The floor never plans past the budget at the typical cost: when earlier chunks
+                # ran slow (a slow phase of the machine), what is left is what fits.
+                left = int((hard - now - self.latency.fixed_s) / per)
+                fit = max(fit, min(want, floor - done, left))
                 if fit < want:
                     cut = done + fit < cap
                 if fit < 1:
