@@ -53,6 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from edgekit.layers import MC_LAYERS, MCAlphaDropout, MCDropout, MCSpatialDropout2D, mask_inputs
+from edgekit.runtime.metadata import twin_mask_inputs
 
 __all__ = [
     "ConvertedModel",
@@ -277,12 +278,6 @@ def _mc_layer_meta(layers, stochastic: str) -> list[dict]:
     return out
 
 
-def _fed_masks(mc_meta) -> list[tuple[str, dict]]:
-    """(input name, layer) of the keep-masks the ``masked`` signature takes: ``mask_i`` for the
-    i-th MC layer, rate 0 layers skipped (they are the identity and draw nothing)."""
-    return [(f"mask_{i}", m) for i, m in enumerate(mc_meta) if m["rate"] > 0]
-
-
 def _write_saved_model(model, trunk, head, mc_meta, in_shape, folder: str, masked_twin: bool = False) -> list[str]:
     """Write a SavedModel with the endpoints ``full`` (+ ``trunk`` and ``head``, + ``masked``);
     return their names."""
@@ -309,7 +304,7 @@ def _write_saved_model(model, trunk, head, mc_meta, in_shape, folder: str, maske
         # The stochastic part again, with every keep-mask an input: a runtime with a fast random
         # generator (numpy) feeds masks instead of paying for RANDOM_UNIFORM, the slowest op of
         # the book MLP's head. Same weights, so it costs only its ops (~2-4 KB).
-        fed = _fed_masks(mc_meta)
+        fed = twin_mask_inputs(mc_meta)
         specs = [tf.TensorSpec([None, *m["mask_shape"]], tf.float32, name=name) for name, m in fed]
         layers = [m for _, m in fed]
         if trunk is not None:
@@ -349,7 +344,7 @@ def _calibration(model, trunk, head, mc_meta, data: np.ndarray, names, rng_seed:
                 yield "head", {"features": features[i : i + 1], **masks(1)}
             if "masked" in names:
                 first = {"features": features[i : i + 1]} if trunk is not None else {"x": x}
-                fed = {name: (rng.random((1, *m["mask_shape"])) >= m["rate"]).astype(np.float32) for name, m in _fed_masks(mc_meta)}
+                fed = {name: (rng.random((1, *m["mask_shape"])) >= m["rate"]).astype(np.float32) for name, m in twin_mask_inputs(mc_meta)}
                 yield "masked", {**first, **fed}
 
     return gen

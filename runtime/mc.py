@@ -73,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.runtime.metadata import read_metadata, verify_integrity
+from edgekit.runtime.metadata import masked_twin, read_metadata, twin_mask_inputs, verify_integrity
 from edgekit.runtime.safety import ModelLoadError, declared_tensors, probe_model
 
 __all__ = ["MCModel", "MCPrediction", "BudgetError", "OutputError", "UnverifiedModelWarning", "LatencyModel"]
@@ -368,37 +368,8 @@ class _Runner:
         except AttributeError:  # pragma: no cover - another interpreter build
             self._wrapper = None
 
-    def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
-        if self._wrapper is None:  # pragma: no cover
-            return self._public(**feeds)
-        w, sg = self._wrapper, self._subgraph
-        if len(feeds) != len(self._inputs):
-            return self._public(**feeds)  # let LiteRT raise its own message
-        resized = False
-        for name, value in feeds.items():
-            if self._shapes.get(name) != value.shape:
-                w.ResizeInputTensor(self._inputs[name], np.array(value.shape, dtype=np.int32), False, sg)
-                self._shapes[name] = value.shape
-                resized = True
-        if resized:
-            w.AllocateTensors(sg)
-        for name, value in feeds.items():
-            w.SetTensor(self._inputs[name], value, sg)
-        w.Invoke(sg)
-        return {name: w.GetTensor(index, sg) for name, index in self._outputs}
-
-    def inputs(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-        """Writable input arrays of these shapes for the next :meth:`invoke`.
-
-        They are views of the interpreter's own input buffers, so filling them is the only copy
-        (no temporary array, no ``SetTensor`` copy: ~0.1 ms of a T=100 book-MLP draw). A view
-        is valid until the next call here (which may re-allocate): callers fill, invoke and drop
-        them within one function, never keep them.
-        """
-        if self._wrapper is None:  # pragma: no cover - another interpreter build
-            details = self._public.get_input_details()
-            self._pending = {n: np.empty(shape, dtype=details[n]["dtype"]) for n, shape in shapes.items()}
-            return self._pending
+    def _resize(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Resize the inputs whose shape changed, then re-allocate (only then)."""
         w, sg = self._wrapper, self._subgraph
         resized = False
         for name, shape in shapes.items():
@@ -412,6 +383,31 @@ class _Runner:
             except Exception:
                 self._shapes.clear()  # nothing is allocated: the next call must resize again
                 raise
+
+    def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+        if self._wrapper is None:  # pragma: no cover
+            return self._public(**feeds)
+        if len(feeds) != len(self._inputs):
+            return self._public(**feeds)  # let LiteRT raise its own message
+        self._resize({name: value.shape for name, value in feeds.items()})
+        for name, value in feeds.items():
+            self._wrapper.SetTensor(self._inputs[name], value, self._subgraph)  # checks dtypes too
+        return self.invoke()
+
+    def inputs(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+        """Writable input arrays of these shapes for the next :meth:`invoke`.
+
+        They are views of the interpreter's own input buffers, so filling them is the only copy
+        (no temporary array, no ``SetTensor`` copy: ~0.1 ms of a T=100 book-MLP draw). A view
+        is valid until the next call here (which may re-allocate): callers fill, invoke and drop
+        them within one function, never keep them.
+        """
+        if self._wrapper is None:  # pragma: no cover - another interpreter build
+            details = self._public.get_input_details()
+            self._pending = {n: np.empty(shape, dtype=details[n]["dtype"]) for n, shape in shapes.items()}
+            return self._pending
+        self._resize(shapes)
+        w, sg = self._wrapper, self._subgraph
         return {name: w.tensor(w, self._inputs[name], sg) for name in shapes}
 
     def invoke(self) -> dict[str, np.ndarray]:
@@ -574,16 +570,15 @@ class MCModel:
         # Mask inputs of the sampler: (input name, layer). In mask-input files `full`/`head` take
         # them; an in-graph file's `masked` twin takes `mask_i` for each MC layer i with rate > 0.
         fed = [(m["mask_input"], m) for m in self._mc_layers if m.get("mask_input")]
-        masked = names.get("masked")
         if self._rng_choice == "graph" and self.stochastic == "mask-input":
             raise ValueError(
                 f"{self.source} is a mask-input model: it has no random op of its own. Expected rng='auto' "
                 f"for it. Received: rng='graph'"
             )
-        if (self.stochastic == "in-graph" and self._rng_choice == "auto" and masked in sigs
-                and meta.get("seed") is None):
+        masked = masked_twin(meta, sigs) if self._rng_choice == "auto" else None
+        if masked is not None:
             self._sampler_key = masked
-            fed = [(f"mask_{i}", m) for i, m in enumerate(self._mc_layers) if float(m.get("rate", 0)) > 0]
+            fed = twin_mask_inputs(self._mc_layers)
         self._full_fed = fed if self._sampler_key in (full, head) else []
         self.masks_from = "numpy" if fed else ("file" if self.stochastic == "in-graph" else "none")
         # A seeded file restarts its sequence on re-prepare: see the module docstring.

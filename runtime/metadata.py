@@ -47,6 +47,8 @@ __all__ = [
     "read_metadata",
     "verify_integrity",
     "content_digest",
+    "twin_mask_inputs",
+    "masked_twin",
 ]
 
 METADATA_NAME = "edgekit"
@@ -228,6 +230,23 @@ def _find_entry(data: bytes) -> tuple[dict, int, int] | None:
                 raise MetadataError("Malformed edgekit metadata: the file holds more than one edgekit entry.")
             found = (meta, start, length)
     return found
+
+
+def twin_mask_inputs(mc_layers: list[dict]) -> list[tuple[str, dict]]:
+    """(input name, ``mc_layers`` entry) of the keep-masks the ``masked`` signature takes:
+    ``mask_i`` for the i-th MC layer, layers of rate 0 skipped (they are the identity and draw
+    nothing). One rule for the converter that writes the twin and the runtimes that feed it."""
+    return [(f"mask_{i}", m) for i, m in enumerate(mc_layers) if float(m.get("rate", 0)) > 0]
+
+
+def masked_twin(meta: dict, signatures) -> str | None:
+    """The ``masked`` signature a runtime should feed its own masks to, or None (docs/format.md):
+    present in ``signatures`` and the file in-graph and unseeded (a seed promises the file's own
+    mask sequence)."""
+    key = (meta.get("signatures") or {}).get("masked")
+    if meta.get("stochastic") != "in-graph" or meta.get("seed") is not None:
+        return None
+    return key if isinstance(key, str) and key in signatures else None
 
 
 def read_metadata(tflite: bytes) -> dict | None:

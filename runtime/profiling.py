@@ -43,7 +43,7 @@ import numpy as np
 
 from edgekit.runtime.metrics import ECE_BINS, ece, nll
 
-from edgekit.runtime.metadata import read_metadata
+from edgekit.runtime.metadata import masked_twin, read_metadata, twin_mask_inputs
 
 __all__ = [
     "LatencyPoint",
@@ -294,9 +294,8 @@ class _Runner:
         # unseeded in-graph file, fed numpy keep-masks `mask_i` (MC layer i, rate > 0).
         meta = meta or {}
         layers = meta.get("mc_layers") or []
-        masked_key = (meta.get("signatures") or {}).get("masked")
-        twin = (meta.get("stochastic") == "in-graph" and meta.get("seed") is None and isinstance(masked_key, str)
-                and masked_key in self.signatures and self.head_input_name in self.signatures[masked_key]["inputs"])
+        masked_key = masked_twin(meta, self.signatures)
+        twin = masked_key is not None and self.head_input_name in self.signatures[masked_key]["inputs"]
         self.sampler_key = masked_key if twin else ("head" if self.strategy == "trunk+head" else full_key)
         self.head = interp.get_signature_runner(self.sampler_key) if self.sampler_key != full_key else self.full
         head_inputs = self.head.get_input_details()
@@ -307,15 +306,13 @@ class _Runner:
             raise ValueError(f"Expected a model input named `x` (docs/format.md). Received: inputs {names}")
         self.masks: list[tuple[str, tuple[int, ...], float]] = []
         if twin:
-            for i, info in enumerate(layers):
-                if float(info.get("rate", 0)) > 0:
-                    name = f"mask_{i}"
-                    if name not in head_inputs:
-                        raise ValueError(
-                            f"Expected the `{masked_key}` signature to take mask input `{name}` (docs/format.md). "
-                            f"Received: inputs {sorted(head_inputs)}"
-                        )
-                    self.masks.append((name, tuple(int(d) for d in info["mask_shape"]), float(info["rate"])))
+            for name, info in twin_mask_inputs(layers):
+                if name not in head_inputs:
+                    raise ValueError(
+                        f"Expected the `{masked_key}` signature to take mask input `{name}` (docs/format.md). "
+                        f"Received: inputs {sorted(head_inputs)}"
+                    )
+                self.masks.append((name, tuple(int(d) for d in info["mask_shape"]), float(info["rate"])))
         mask_names = [] if twin else sorted(n for n in head_inputs if n.startswith("mask_"))
         if mask_names:
             by_input = {m.get("mask_input"): m for m in layers}
