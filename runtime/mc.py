@@ -20,15 +20,18 @@ How the work is kept small
   costs one resize (~30-50 us for the book MLP).
 - With a fixed T, the inputs of a batch share head invokes (up to 1024 rows per invoke).
 - Under a budget, a latency model ``cost(T) = fixed + per_sample * T`` (calibrated on first
-  budgeted use for the thread count in use, updated from every invoke in O(1)) plus a tail margin learnt per size range
-  sizes the work. Sampling goes in chunks of at most a third of the budget, so a delay in an early
-  chunk is absorbed by the later ones; the last chunk is the largest whose predicted 99.5th
-  percentile fits what is left, minus the time the statistics after sampling take. Protection is
-  capped: at least 75% of the samples that fit at the typical cost are always drawn, since delays
-  larger than that hit one sample as hard as many. The first time a thread needs more rows than
-  it has allocated, it grows to twice that (one slow call, once; :meth:`MCModel.warmup` pays it
-  ahead). With a ``tolerance``, sampling goes in growing chunks and stops when the standard error
-  of the top class's mean probability falls below it.
+  budgeted use for the thread count in use, updated from every invoke in O(1)) plus a tail margin
+  learnt per size range sizes the work. Sampling goes in chunks of at most a third of the budget,
+  so a delay in an early chunk is absorbed by the later ones, and the later chunks are planned at
+  the speed the earlier ones ran (a slow phase of the machine lasts longer than a call). The last
+  chunk is the largest whose predicted 99.5th percentile fits what is left, minus the time the
+  statistics after sampling take, minus a slack learnt from how often calls end late (about 1 in
+  200; :class:`_SlackTracker`). Protection against the margins is capped: at least 75% of the
+  samples that fit at the typical cost are drawn, unless this call's own chunks show they would
+  end past the budget (the share of samples that counts is a median over calls). The first time a
+  thread needs more rows than it has allocated, it grows to twice that (one slow call, once;
+  :meth:`MCModel.warmup` pays it ahead). With a ``tolerance``, sampling goes in growing chunks
+  and stops when the standard error of the top class's mean probability falls below it.
 
 Randomness
 ----------
@@ -331,6 +334,85 @@ class LatencyModel:
             return 0
 
 
+class _SlackTracker:
+    """A slack per budget, learnt from how often budgeted calls actually end late.
+
+    The latency model's margins and the reserve for the work after sampling cover delays they
+    have seen in their own part of a call; what they miss (a delay in the checks before
+    sampling, several small delays in one call, a slow phase of the machine starting) shows up
+    only as calls ending late. So sampling aims to end ``slack(budget) * budget`` before the
+    budget, and each call's outcome moves the slack: a late call adds ``step``, an on-time one
+    takes off ``step * q / (1 - q)``. That settles where P(late) = q (a stochastic-approximation
+    quantile tracker), with ``q`` half the 1% a p99 allows. It cannot run away: a shorter aim
+    makes calls end earlier, never later, and it stays within [0, ``maximum``] (at 0.2 the aim
+    is already near the ``_MIN_SHARE`` floor of samples; more would cost the share of samples a
+    budget should buy, for delays that hit one sample as hard as many). It starts cautious at
+    ``start`` and relaxes by ``step * q / (1 - q)`` (1.5e-4 of the budget) per on-time call:
+    ~1000 calls from 15% to 0. (Simulated with lognormal call times of sigma 0.05-0.08, a start
+    of 5% ended more than 5 of the first 500 calls late in 17-100% of runs, 15% in 0-11%: the
+    learning itself must not cost the p99.)
+
+    Budgets are keyed by half-octaves: a 0.3 ms delay is a third of a 1 ms call and nothing to
+    a 20 ms one. Thread-safe.
+    """
+
+    def __init__(self, *, q: float = 0.005, step: float = 0.03, start: float = 0.15, maximum: float = 0.2):
+        self.q, self.step, self.start, self.maximum = q, step, start, maximum
+        self._by_key: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(budget_s: float) -> int:
+        return round(2 * math.log2(budget_s * 1e3))
+
+    def slack(self, budget_s: float) -> float:
+        """The fraction of ``budget_s`` to keep free at the end of sampling."""
+        return self._by_key.get(self._key(budget_s), self.start)
+
+    def update(self, budget_s: float, elapsed_s: float) -> None:
+        key = self._key(budget_s)
+        with self._lock:
+            slack = self._by_key.get(key, self.start)
+            slack += self.step if elapsed_s > budget_s else -self.step * self.q / (1 - self.q)
+            self._by_key[key] = min(self.maximum, max(0.0, slack))
+
+
+def mask_plan(name: str, shape: tuple[int, ...], rate: float, dtype=np.float32, scale: float = 0.0,
+              zero_point: int = 0) -> tuple:
+    """How keep-masks for one mask input are drawn: ``(name, shape, threshold, codes)``.
+
+    16 random bits per unit, kept when >= ``rate * 2**16``: the rate is resolved to 1/65536.
+    ``codes`` is None for a float32 input (1.0 keeps, 0.0 drops), else the int8 codes of 1.0 and
+    0.0 (int8 I/O models quantize their mask inputs too).
+    """
+    codes = None
+    if np.dtype(dtype) == np.int8:
+        q = lambda v: int(np.clip(round(v / scale + zero_point), -128, 127))  # noqa: E731
+        codes = (q(1.0), q(0.0))
+    return name, tuple(int(d) for d in shape), round(float(rate) * 65536), codes
+
+
+def fill_keep_masks(random_raw, arrays: dict[str, np.ndarray], plans: list, batch: int) -> None:
+    """Write fresh keep-masks for ``batch`` samples into ``arrays`` (by input name), in place.
+
+    ``random_raw(n)`` returns ``n`` random uint64 (a numpy bit generator's ``random_raw``; SFC64
+    draws them 1.4x faster than PCG64 here). Shared by :class:`MCModel` and ``edgekit profile``,
+    so the profiler times the masks the runtime pays for.
+    """
+    sizes = [batch * math.prod(shape) for _, shape, _, _ in plans]
+    bits = random_raw((sum(sizes) + 3) // 4).view(np.uint16)  # 4 x 16 random bits per draw
+    offset = 0
+    for (name, _shape, threshold, codes), size in zip(plans, sizes):
+        chunk = bits[offset : offset + size]
+        offset += size
+        out = arrays[name].reshape(-1)
+        if codes is None:  # float32 keep-mask: 1.0 keeps, 0.0 drops
+            np.greater_equal(chunk, threshold, out=out, casting="unsafe")
+        else:
+            out[...] = codes[1]
+            out[chunk >= threshold] = codes[0]
+
+
 def _ladder_floor(n: int) -> int:
     """Largest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and 1.5x them) <= n."""
     if n < 1:
@@ -531,11 +613,12 @@ class MCModel:
         self._calibrate_lock = threading.Lock()
         # Time a budgeted input needs after sampling (statistics, bookkeeping, and for the last
         # input of a call the result's assembly). Sampling aims to end its 99.5th percentile
-        # before the budget does. (Not a reserve learnt from how late whole calls end: that
-        # depends on the reserve itself and ran away in tests: a larger reserve made calls end
-        # later relative to their aim, which raised the reserve further.)
+        # before the budget does. (Not a reserve sized by how late whole calls end relative to
+        # their aim: that ran away in tests, a larger reserve made calls end later relative to
+        # their aim. The slack below only counts calls that end past the budget itself.)
         self._after_s: deque[float] = deque([1e-4], maxlen=256)
         self._after_n, self._reserve_s, self._after_med = 0, 1e-4, 1e-4
+        self._slack = _SlackTracker()
         self._broadcast = self._feed_broadcasts()
         # One sample now, so a file whose output is not probabilities is refused at load.
         self._draw(np.zeros(self._feed.shape, dtype=self._feed.dtype), 1, observe=False)
@@ -657,14 +740,8 @@ class MCModel:
 
     @staticmethod
     def _mask_plan(t: _Tensor, layer: dict) -> tuple:
-        shape = tuple(int(d) for d in (layer.get("mask_shape") or t.shape))
-        # 16 random bits per unit, kept when >= rate * 2**16: the rate is resolved to 1/65536.
-        threshold = round(float(layer["rate"]) * 65536)
-        codes = None
-        if t.dtype == np.int8:  # int8 I/O models quantize their mask inputs too
-            q = lambda v: int(np.clip(round(v / t.scale + t.zero_point), -128, 127))  # noqa: E731
-            codes = (q(1.0), q(0.0))
-        return t.name, shape, threshold, codes
+        shape = layer.get("mask_shape") or t.shape
+        return mask_plan(t.name, shape, float(layer["rate"]), t.dtype, t.scale, t.zero_point)
 
     @staticmethod
     def _subgraph_of(interp, key) -> int:
@@ -734,20 +811,11 @@ class MCModel:
 
     def _fill_masks(self, arrays: dict[str, np.ndarray], plans: list, batch: int) -> None:
         """Write fresh keep-masks for ``batch`` samples into ``arrays`` (by input name), in place."""
-        sizes = [batch * math.prod(shape) for _, shape, _, _ in plans]
+        fill_keep_masks(self._random_raw, arrays, plans, batch)
+
+    def _random_raw(self, n: int) -> np.ndarray:
         with self._rng_lock:  # one generator, never reset: masks never repeat across calls/sizes
-            raw = self._bits.random_raw((sum(sizes) + 3) // 4)
-        bits = raw.view(np.uint16)  # 4 x 16 random bits per 64-bit draw
-        offset = 0
-        for (name, _shape, threshold, codes), size in zip(plans, sizes):
-            chunk = bits[offset : offset + size]
-            offset += size
-            out = arrays[name].reshape(-1)
-            if codes is None:  # float32 keep-mask: 1.0 keeps, 0.0 drops
-                np.greater_equal(chunk, threshold, out=out, casting="unsafe")
-            else:
-                out[...] = codes[1]
-                out[chunk >= threshold] = codes[0]
+            return self._bits.random_raw(n)
 
     def _masks_for(self, batch: int, plans: list | None = None) -> dict[str, np.ndarray]:
         """Fresh keep-masks for ``batch`` samples as new arrays (default: the sampler's inputs)."""
@@ -983,9 +1051,10 @@ class MCModel:
             after = sorted(tuple(self._after_s))
             reserve = self._reserve_s = _quantile(after, LatencyModel._QUANTILE)
             self._after_med = _quantile(after, 0.5)
+        slack_s = self._slack.slack(budget_s) * budget_s if budget_s is not None else 0.0
         for i in range(n_done, n):
             t0 = t_call if i == 0 else time.perf_counter()
-            deadline = t0 + budget_s - reserve if budget_s is not None else None
+            deadline = t0 + budget_s - reserve - slack_s if budget_s is not None else None
             if deadline is not None and self.latency.typical(1) > budget_ms / 1e3:
                 raise BudgetError(
                     f"The latency budget is smaller than one MC sample on this machine. Expected budget_ms >= "
@@ -1004,6 +1073,7 @@ class MCModel:
             if budget_s is not None and i < n - 1:
                 self._after_s.append(t_end - t_after)
                 self._after_n += 1
+                self._slack.update(budget_s, t_end - t0)
         predicted = means.argmax(axis=1)
         result = MCPrediction(
             mean=means.astype(np.float32),
@@ -1018,14 +1088,17 @@ class MCModel:
             class_names=self.class_names,
         )
         if budget_s is not None:  # the last input's "after" lasts until its result is assembled
-            self._after_s.append(time.perf_counter() - t_after)
+            t_end = time.perf_counter()
+            self._after_s.append(t_end - t_after)
             self._after_n += 1
+            self._slack.update(budget_s, t_end - t0)
         return result
 
     def _sample(self, feat, cap, deadline, tolerance, hard=None) -> tuple[np.ndarray, bool]:
         """Samples for one input: ``cap`` of them, or fewer if ``tolerance`` is met or the budget
-        ends. ``deadline`` is when sampling should be done (the budget minus the learnt reserve);
-        ``hard`` is when it must be done for the call to end on budget at its typical cost."""
+        ends. ``deadline`` is when sampling should be done (the budget minus the reserve for the
+        work after it and the learnt slack); ``hard`` (the budget minus the typical time after
+        sampling) sizes the floor of samples."""
         if deadline is None and tolerance is None:
             return self._draw(feat, cap), False
         chunks: list[np.ndarray] = []
@@ -1047,14 +1120,20 @@ class MCModel:
             # as fifty, so giving up more samples would cost the answer's quality and buy no latency.
             floor = int(_MIN_SHARE * (hard - now - self.latency.fixed_s) / per)
         cut = False
+        # This call's own speed so far: the chunks' actual time over their fitted time. A slow
+        # phase of the machine lasts seconds, so a call whose first chunk ran 1.5x slow will run
+        # its last one slow too; the latency model's window learns that only after many calls.
+        spent = fitted = 0.0
         while done < cap:
             want = min(chunk, limit, cap - done)
             if deadline is not None:
                 now = time.perf_counter()
-                fit = self.latency.largest_fitting(deadline - now, want)
-                # The floor never plans past the budget at the typical cost: when earlier chunks
-                # ran slow (a slow phase of the machine), what is left is what fits.
-                left = int((hard - now - self.latency.fixed_s) / per)
+                slow = max(1.0, spent / fitted) if fitted > 0 else 1.0
+                fit = self.latency.largest_fitting((deadline - now) / slow, want)
+                # The floor overrides the p99 margins, never this call's evidence: it plans no
+                # sample past the deadline at the speed the earlier chunks ran. (The share of
+                # samples is a median over calls: a call in a slow phase may fall short of it.)
+                left = int(((deadline - now) / slow - self.latency.fixed_s) / per)
                 fit = max(fit, min(want, floor - done, left))
                 if fit < want:
                     cut = done + fit < cap
@@ -1070,7 +1149,7 @@ class MCModel:
                     # re-plan with what is left. Grow to twice what is needed, so that the
                     # call-to-call wobble of T does not make every call pay for a few more rows.
                     self._grow(feat, min(cap, self.max_batch, 2 * fit))
-                    fit = max(1 if done == 0 else 0, self.latency.largest_fitting(deadline - time.perf_counter(), fit))
+                    fit = max(1 if done == 0 else 0, self.latency.largest_fitting((deadline - time.perf_counter()) / slow, fit))
                     if self.seeded:
                         fit = _ladder_floor(fit)
                     if fit < 1:
@@ -1078,7 +1157,10 @@ class MCModel:
                         break
                 last = fit < want
                 want = fit
+            start = time.perf_counter()
             chunks.append(self._draw(feat, want))
+            spent += time.perf_counter() - start
+            fitted += self.latency.typical(want)
             done += want
             if deadline is not None and last:
                 break

@@ -43,6 +43,7 @@ import numpy as np
 
 from edgekit.runtime.metrics import ECE_BINS, ece, nll
 
+from edgekit.runtime.mc import fill_keep_masks, mask_plan
 from edgekit.runtime.metadata import masked_twin, read_metadata, twin_mask_inputs
 
 __all__ = [
@@ -324,7 +325,16 @@ class _Runner:
                         "Received: a model without it"
                     )
                 self.masks.append((name, tuple(int(d) for d in info["mask_shape"]), float(info["rate"])))
-        self.rng = np.random.default_rng(seed)
+        # Drawn as the runtime draws them (MCModel): SFC64, 16 bits per unit, written as the input's
+        # dtype, so the timings include the mask cost a prediction pays. Other dtypes than float32
+        # and int8 (none that convert() writes) are drawn as float32 and converted.
+        self._bits = np.random.SFC64(seed)
+        self.mask_plans = []
+        for name, shape, rate in self.masks:
+            d = head_inputs[name]
+            scale, zero = d["quantization"]
+            kind = d["dtype"] if d["dtype"] in (np.float32, np.int8) else np.float32
+            self.mask_plans.append(mask_plan(name, shape, rate, kind, scale, zero))
         out = self.head.get_output_details()
         self.out_name = "probs" if "probs" in out else next(iter(out))
         self.out_details = out[self.out_name]
@@ -349,13 +359,13 @@ class _Runner:
         return raw.astype(np.float32, copy=False)
 
     def _mask_feed(self, rows: int) -> dict[str, np.ndarray]:
+        """Fresh keep-masks for ``rows`` samples, ready to feed."""
         if not self.masks:
             return {}
-        feeds = {}
-        for name, shape, rate in self.masks:
-            keep = (self.rng.random((rows, *shape), dtype=np.float32) >= rate).astype(np.float32)
-            feeds[name] = self._feed(keep, self.head_details[name])
-        return feeds
+        arrays = {name: np.empty((rows, *shape), dtype=np.float32 if codes is None else np.int8)
+                  for name, shape, _, codes in self.mask_plans}
+        fill_keep_masks(self._bits.random_raw, arrays, self.mask_plans, rows)
+        return {name: self._feed(value, self.head_details[name]) for name, value in arrays.items()}
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """Trunk output for a batch of inputs (float32 x), or the fed x itself for `full` models."""
@@ -382,11 +392,7 @@ class _Runner:
         xq = x1 if x1.dtype == self.x_details["dtype"] else self._feed(x1, self.x_details)
         feats = xq if self.trunk is None else self.trunk(x=xq)["features"]
         t1 = perf()
-        feed = {self.head_input_name: np.repeat(feats, samples, axis=0)}
-        for name, shape, rate in self.masks:
-            keep = (self.rng.random((samples, *shape), dtype=np.float32) >= rate).astype(np.float32)
-            details = self.head_details[name]
-            feed[name] = keep if details["dtype"] == np.float32 else self._feed(keep, details)
+        feed = {self.head_input_name: np.repeat(feats, samples, axis=0), **self._mask_feed(samples)}
         mean = self._probs(self.head(**feed)[self.out_name]).mean(axis=0)
         t2 = perf()
         return t1 - t0, t2 - t1, mean
