@@ -184,7 +184,7 @@ def summarize(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
     std = np.sqrt(np.einsum("tc,tc->c", d, d) / n)
     eps = 1e-12  # log(0) guard; probabilities below it contribute ~0 to the entropy anyway
     entropy = -float(mean @ np.log(mean + eps))
-    expected = -float(np.einsum("tc,tc->", p, np.log(p + eps))) / n
+    expected = -float(np.vdot(p, np.log(p + eps))) / n
     return mean, std, entropy, max(0.0, entropy - expected)
 
 
