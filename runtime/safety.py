@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -136,6 +134,11 @@ def probe_model(tflite: bytes, *, threads: int, timeout_s: float = 60.0, use_cac
             with _LOCK:
                 _PROBED.add(digest)
             return digest
+    # Imported here, not at the top: a device's every start-up after the first finds the probe
+    # cached, and subprocess (with signal, selectors, locale) costs ~5-10 ms of its import time.
+    import signal
+    import subprocess
+
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     try:
         proc = subprocess.run(
