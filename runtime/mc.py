@@ -1119,9 +1119,10 @@ class MCModel:
             chunk_s = max((deadline - now) / _BUDGET_CHUNKS, _MIN_CHUNK_S)
             per = max(self.latency.per_sample_s, 1e-9)
             limit = max(1, int((chunk_s - self.latency.fixed_s) / per))
-            # Tail protection never costs more than (1 - _MIN_SHARE) of the samples that fit in
-            # the whole budget at the typical cost: delays bigger than that hit one sample as hard
-            # as fifty, so giving up more samples would cost the answer's quality and buy no latency.
+            # The p99 margins never cost more than (1 - _MIN_SHARE) of the samples that fit in the
+            # whole budget at the typical cost: delays bigger than that hit one sample as hard as
+            # fifty, so giving up more samples would cost the answer's quality and buy no latency.
+            # (The floor still stops at the deadline at this call's speed: see `left` below.)
             floor = int(_MIN_SHARE * (hard - now - self.latency.fixed_s) / per)
         cut = False
         # This call's own speed so far: the chunks' actual time over their fitted time. A slow
