@@ -41,10 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.runtime.metrics import ECE_BINS, ece, nll
-
 from edgekit.runtime.mc import fill_keep_masks, mask_plan
 from edgekit.runtime.metadata import masked_twin, read_metadata, twin_mask_inputs
+from edgekit.runtime.metrics import ECE_BINS, ece, nll
 
 __all__ = [
     "LatencyPoint",
