@@ -417,6 +417,14 @@ def fill_keep_masks(random_raw, arrays: dict[str, np.ndarray], plans: list, batc
             out[chunk >= threshold] = codes[0]
 
 
+def new_keep_masks(random_raw, plans: list, batch: int) -> dict[str, np.ndarray]:
+    """Fresh keep-masks for ``batch`` samples as new arrays, by input name (see :func:`fill_keep_masks`)."""
+    out = {name: np.empty((batch, *shape), dtype=np.float32 if codes is None else np.int8)
+           for name, shape, _, codes in plans}
+    fill_keep_masks(random_raw, out, plans, batch)
+    return out
+
+
 def _ladder_floor(n: int) -> int:
     """Largest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and 1.5x them) <= n."""
     if n < 1:
@@ -813,21 +821,13 @@ class MCModel:
             return y
         return (y.astype(np.float32) - t.zero_point) * t.scale
 
-    def _fill_masks(self, arrays: dict[str, np.ndarray], plans: list, batch: int) -> None:
-        """Write fresh keep-masks for ``batch`` samples into ``arrays`` (by input name), in place."""
-        fill_keep_masks(self._random_raw, arrays, plans, batch)
-
     def _random_raw(self, n: int) -> np.ndarray:
         with self._rng_lock:  # one generator, never reset: masks never repeat across calls/sizes
             return self._bits.random_raw(n)
 
     def _masks_for(self, batch: int, plans: list | None = None) -> dict[str, np.ndarray]:
         """Fresh keep-masks for ``batch`` samples as new arrays (default: the sampler's inputs)."""
-        plans = self._masks if plans is None else plans
-        out = {name: np.empty((batch, *shape), dtype=np.float32 if codes is None else np.int8)
-               for name, shape, _, codes in plans}
-        self._fill_masks(out, plans, batch)
-        return out
+        return new_keep_masks(self._random_raw, self._masks if plans is None else plans, batch)
 
     def _draw(self, feature: np.ndarray, batch: int, *, observe: bool = True) -> np.ndarray:
         """``batch`` MC samples for one input's features (or raw input): probs ``[batch, C]``."""
@@ -883,7 +883,7 @@ class MCModel:
         else:
             arrays[self._feed.name].reshape(feats.shape[0], per, *self._feed.shape)[...] = feats[:, None]
         if self._masks:
-            self._fill_masks(arrays, self._masks, batch)
+            fill_keep_masks(self._random_raw, arrays, self._masks, batch)
         del arrays  # views into the interpreter: never kept past this invoke
         out = runner.invoke()[self._out.name]
         probs = self._dequantize(self._out, out)

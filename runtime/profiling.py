@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.runtime.mc import fill_keep_masks, mask_plan
+from edgekit.runtime.mc import mask_plan, new_keep_masks
 from edgekit.runtime.metadata import masked_twin, read_metadata, twin_mask_inputs
 from edgekit.runtime.metrics import ECE_BINS, ece, nll
 
@@ -304,7 +304,7 @@ class _Runner:
         if self.x_details is None:
             names = sorted(self.full.get_input_details())
             raise ValueError(f"Expected a model input named `x` (docs/format.md). Received: inputs {names}")
-        self.masks: list[tuple[str, tuple[int, ...], float]] = []
+        masks: list[tuple[str, tuple[int, ...], float]] = []
         if twin:
             for name, info in twin_mask_inputs(layers):
                 if name not in head_inputs:
@@ -312,7 +312,7 @@ class _Runner:
                         f"Expected the `{masked_key}` signature to take mask input `{name}` (docs/format.md). "
                         f"Received: inputs {sorted(head_inputs)}"
                     )
-                self.masks.append((name, tuple(int(d) for d in info["mask_shape"]), float(info["rate"])))
+                masks.append((name, tuple(int(d) for d in info["mask_shape"]), float(info["rate"])))
         mask_names = [] if twin else sorted(n for n in head_inputs if n.startswith("mask_"))
         if mask_names:
             by_input = {m.get("mask_input"): m for m in layers}
@@ -323,13 +323,13 @@ class _Runner:
                         f"Expected edgekit metadata describing mask input `{name}` (mask-input mode). "
                         "Received: a model without it"
                     )
-                self.masks.append((name, tuple(int(d) for d in info["mask_shape"]), float(info["rate"])))
+                masks.append((name, tuple(int(d) for d in info["mask_shape"]), float(info["rate"])))
         # Drawn as the runtime draws them (MCModel): SFC64, 16 bits per unit, written as the input's
         # dtype, so the timings include the mask cost a prediction pays. Other dtypes than float32
         # and int8 (none that convert() writes) are drawn as float32 and converted.
         self._bits = np.random.SFC64(seed)
         self.mask_plans = []
-        for name, shape, rate in self.masks:
+        for name, shape, rate in masks:
             d = head_inputs[name]
             scale, zero = d["quantization"]
             kind = d["dtype"] if d["dtype"] in (np.float32, np.int8) else np.float32
@@ -359,11 +359,9 @@ class _Runner:
 
     def _mask_feed(self, rows: int) -> dict[str, np.ndarray]:
         """Fresh keep-masks for ``rows`` samples, ready to feed."""
-        if not self.masks:
+        if not self.mask_plans:  # in-graph without a twin: the file draws its own (keep the timed path lean)
             return {}
-        arrays = {name: np.empty((rows, *shape), dtype=np.float32 if codes is None else np.int8)
-                  for name, shape, _, codes in self.mask_plans}
-        fill_keep_masks(self._bits.random_raw, arrays, self.mask_plans, rows)
+        arrays = new_keep_masks(self._bits.random_raw, self.mask_plans, rows)
         return {name: self._feed(value, self.head_details[name]) for name, value in arrays.items()}
 
     def features(self, x: np.ndarray) -> np.ndarray:
