@@ -295,13 +295,18 @@ def test_latency_model_fits_a_linear_cost_exactly():
     assert lm.largest_fitting(0.010, 1000) == 56
     assert lm.largest_fitting(0.010, 20) == 20
     assert lm.largest_fitting(0.001, 1000) == 0
-    # Then the margin is the p99 of observed - fitted: 2 delays of 2 ms in 40 invokes set it
-    # near 2 ms (the fit itself barely moves: relative-error weights shrink the outliers).
+    # Then the margin is the p99 of observed - predicted: 2 delays of 2 ms in 40 invokes set it
+    # near 2 ms (the fit itself barely moves: relative-error weights shrink the outliers; 2.1 ms
+    # allows for the fit and the speed factor predicting the on-time invokes a hair low).
     for i in range(40):
         lm.observe(16, 0.0026 + (0.002 if i in (5, 25) else 0.0))
-    assert lm.margin_s is not None and 0.001 < lm.margin_s <= 0.002
-    expected = int((0.010 - lm.margin_s - lm.fixed_s) / lm.per_sample_s)
-    assert lm.largest_fitting(0.010, 1000) == expected
+    assert lm.margin_s is not None and 0.001 < lm.margin_s <= 0.0021
+    # Predictions are the fit times the speed factor: back to ~1 after 14 on-time invokes (a
+    # little under: the two delays pulled the fit up, so on-time invokes run ~1% under it).
+    speed = lm.speed()
+    assert speed == pytest.approx(1.0, abs=0.03)
+    expected = int(((0.010 - lm.margin_s) / speed - lm.fixed_s) / lm.per_sample_s)
+    assert lm.largest_fitting(0.010, 1000, speed=speed) == expected
 
 
 def test_latency_margin_is_kept_per_size_bucket():
@@ -315,6 +320,30 @@ def test_latency_margin_is_kept_per_size_bucket():
     assert small < 0.0005 < 0.002 < large  # each size range keeps the margin it has shown
     # A budget that only small batches fit is not punished for the large batches' delays.
     assert lm.largest_fitting(0.0013, 2000) >= 8
+
+
+def test_latency_speed_follows_a_slow_phase_and_fades():
+    lm = LatencyModel()
+    for t in (1, 16, 128):
+        lm.anchor(t, 0.001 + 0.0001 * t)
+    for _ in range(60):  # the usual speed: margins of ~0
+        lm.observe(16, 0.0026)
+    usual = lm.largest_fitting(0.010, 1000)
+    for _ in range(8):  # a slow phase: every invoke takes twice its usual time
+        lm.observe(16, 0.0052)
+    # The fit moves a little toward the slow invokes too (8 of 68 in its window), so the speed
+    # factor over the moved fit is under 2; 1.5 shows it followed the phase.
+    assert lm.speed() > 1.5
+    slow = lm.largest_fitting(0.010, 1000)
+    assert slow < 0.75 * usual  # planned at the phase's speed, not at the fit's
+    assert lm.largest_fitting(0.010, 1000, speed=1.0) > slow
+    # One pre-emption moves the factor at most halfway to 4x, however long it was.
+    lm.observe(16, 1.0)
+    assert lm.speed() <= 0.5 * (4.0 + 2.0)
+    # Idle for many times its memory: back to the fit's own speed.
+    lm._SPEED_MEMORY_S = 0.01
+    time.sleep(0.2)
+    assert lm.speed() == pytest.approx(1.0, abs=1e-3)
 
 
 def test_slack_settles_where_about_one_call_in_200_ends_late():
