@@ -1151,12 +1151,11 @@ class MCModel:
         # chunk is absorbed by sizing the later ones to what is left; only the last chunk is sized
         # by the p99 margin, and a delay there is the only one that can break the budget.
         chunk = cap if tolerance is None else min(16, cap)
-        limit = floor = cap
+        floor = cap
         if deadline is not None:
             now = time.perf_counter()
             chunk_s = max((deadline - now) / _BUDGET_CHUNKS, _MIN_CHUNK_S)
             per = max(self.latency.per_sample_s, 1e-9)
-            limit = max(1, int((chunk_s - self.latency.fixed_s) / per))
             # The p99 margins never cost more than (1 - _MIN_SHARE) of the samples that fit in the
             # whole budget at the typical cost: delays bigger than that hit one sample as hard as
             # fifty, so giving up more samples would cost the answer's quality and buy no latency.
@@ -1169,12 +1168,15 @@ class MCModel:
         # weight: a call whose first chunk ran 1.5x slow will run its last one slow too.
         spent = fitted = 0.0
         while done < cap:
-            want = min(chunk, limit, cap - done)
+            want = min(chunk, cap - done)
             if deadline is not None:
                 now = time.perf_counter()
                 slow = self.latency.speed()
                 if fitted > 0:
                     slow = max(slow, spent / fitted)
+                # A chunk lasts chunk_s at the speed planned at (not at the fit's speed: in a
+                # phase twice as slow, a third of the budget's worth of samples takes two thirds).
+                want = min(want, max(1, int((chunk_s / slow - self.latency.fixed_s) / per)))
                 fit = self.latency.largest_fitting(deadline - now, want, speed=slow)
                 # The floor overrides the p99 margins, never the evidence of speed: it plans no
                 # sample past the deadline at the speed planned at. (The share of samples is a
