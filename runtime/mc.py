@@ -1087,19 +1087,19 @@ class MCModel:
         else:
             n_done = 0
         budget_s = budget_ms / 1e3 if budget_ms is not None else None
-        reserve = self._reserve_s
-        if budget_s is not None and self._after_n % 8 == 0:
-            # tuple() copies a deque in one C call: safe while other threads append.
-            after = sorted(tuple(self._after_s))
-            reserve = self._reserve_s = _quantile(after, LatencyModel._QUANTILE)
-            self._after_med = _quantile(after, 0.5)
-        slack_s = self._slack.slack(budget_s) * budget_s if budget_s is not None else 0.0
+        reserve = slack_s = 0.0
         if budget_s is not None:
+            if self._after_n % 8 == 0:
+                # tuple() copies a deque in one C call: safe while other threads append.
+                after = sorted(tuple(self._after_s))
+                self._reserve_s = _quantile(after, LatencyModel._QUANTILE)
+                self._after_med = _quantile(after, 0.5)
+            slack_s = self._slack.slack(budget_s) * budget_s
             # A stall after sampling longer than a quarter of the budget (a GC pass, a burst of
             # page faults) breaks its call whatever is reserved; reserving for it would starve
             # the next 256 calls instead (seen: one such stall made a 20 ms budget draw 1 sample
             # per call). Capped like the latency margins (see _MIN_SHARE).
-            reserve = min(reserve, (1 - _MIN_SHARE) * budget_s)
+            reserve = min(self._reserve_s, (1 - _MIN_SHARE) * budget_s)
         for i in range(n_done, n):
             t0 = t_call if i == 0 else time.perf_counter()
             deadline = t0 + budget_s - reserve - slack_s if budget_s is not None else None
