@@ -376,6 +376,21 @@ def test_slack_is_bounded_both_ways():
     assert tracker.slack(0.001) == 0.0
 
 
+def _twin_at_20ms(learn: int = 30):
+    """The twin MLP after ``learn`` predictions at a 20 ms budget (its latency model has learnt the
+    usual speed), and a function making one more such prediction."""
+    model = MCModel(FIX / "mlp_twin.tflite", seed=0)
+    x = np.random.default_rng(0).random((1, 20), dtype=np.float32)
+    model.warmup(budget_ms=20, samples=100_000)
+
+    def predict():
+        return model.predict(x, budget_ms=20, samples=100_000)
+
+    for _ in range(learn):
+        predict()
+    return model, predict
+
+
 def test_budget_plans_later_chunks_at_the_speed_earlier_ones_ran():
     # A slow phase of the machine that the latency model has not learnt yet: every chunk takes
     # twice its real time (a sleep after each draw, outside the model's own timing, so its fit
@@ -383,12 +398,8 @@ def test_budget_plans_later_chunks_at_the_speed_earlier_ones_ran():
     # be planned at the speed the first one showed. Measured here: slowed calls ended at
     # 11.5-18.3 ms of a 20 ms budget (median ~12); without the speed factor (commit 467266c) at
     # 18.5-30.2 ms (medians 20.0 and 23.7 in two runs).
-    model = MCModel(FIX / "mlp_twin.tflite", seed=0)
-    x = np.random.default_rng(0).random((1, 20), dtype=np.float32)
-    model.warmup(budget_ms=20, samples=100_000)
-    for _ in range(30):  # the latency model learns the fast speed
-        model.predict(x, budget_ms=20, samples=100_000)
-    fast = [int(model.predict(x, budget_ms=20, samples=100_000).samples[0]) for _ in range(5)]
+    model, predict = _twin_at_20ms()  # the latency model learns the fast speed
+    fast = [int(predict().samples[0]) for _ in range(5)]
     draw = model._draw
 
     def slow_draw(feat, batch, *, observe=True):
@@ -398,7 +409,7 @@ def test_budget_plans_later_chunks_at_the_speed_earlier_ones_ran():
         return out
 
     model._draw = slow_draw
-    preds = [model.predict(x, budget_ms=20, samples=100_000) for _ in range(5)]
+    preds = [predict() for _ in range(5)]
     elapsed = [float(p.elapsed_ms[0]) for p in preds]
     # The median of 5, so one call may still meet a VM stall; 18 ms leaves the new planning 6 ms
     # of room for noise and fails the old one.
@@ -410,11 +421,9 @@ def test_budget_plans_later_chunks_at_the_speed_earlier_ones_ran():
 def test_budget_plans_even_the_first_chunk_at_the_speed_of_the_moment():
     # A slow phase the latency model does see (every invoke of the sampler takes three times its
     # time): its speed factor follows, so even a call's first chunk, planned before the call has
-    # run anything, holds about a third of the samples. Without the factor (speed weight 0, as before it)
-    # the first chunk keeps its size: checked, this test then fails.
-    model = MCModel(FIX / "mlp_twin.tflite", seed=0)
-    x = np.random.default_rng(0).random((1, 20), dtype=np.float32)
-    model.warmup(budget_ms=20, samples=100_000)
+    # run anything, holds about a third of the samples. Without the factor (speed weight 0, as
+    # before it) the first chunk keeps its size: checked, this test then fails.
+    model, predict = _twin_at_20ms()  # the latency model learns the usual speed
     sizes: list[int] = []
     draw = model._draw
 
@@ -428,11 +437,10 @@ def test_budget_plans_even_the_first_chunk_at_the_speed_of_the_moment():
         out = []
         for _ in range(calls):
             sizes.clear()
-            model.predict(x, budget_ms=20, samples=100_000)
+            predict()
             out.append(sizes[0])
         return out
 
-    first_chunks(30)  # the latency model learns the usual speed
     fast = first_chunks(7)
     runner = model._runner(model._sampler_key)
     inputs, invoke, began = runner.inputs, runner.invoke, []
@@ -459,15 +467,11 @@ def test_one_stall_after_sampling_does_not_starve_later_calls():
     # the last 256 calls, so one stall there (a GC pass in a big process: it happened in this
     # suite) would set the reserve for 256 calls. Without the cap, a 50 ms stall made every
     # later call at 20 ms draw 1 sample (checked); with it they draw ~90% of what they did.
-    model = MCModel(FIX / "mlp_twin.tflite", seed=0)
-    x = np.random.default_rng(0).random((1, 20), dtype=np.float32)
-    model.warmup(budget_ms=20, samples=100_000)
-    for _ in range(30):
-        model.predict(x, budget_ms=20, samples=100_000)
-    before = [int(model.predict(x, budget_ms=20, samples=100_000).samples[0]) for _ in range(5)]
+    model, predict = _twin_at_20ms()
+    before = [int(predict().samples[0]) for _ in range(5)]
     model._after_s.append(0.05)  # one 50 ms stall after sampling
     model._after_n = 0  # the reserve is recomputed every 8th call: now
-    after = [int(model.predict(x, budget_ms=20, samples=100_000).samples[0]) for _ in range(5)]
+    after = [int(predict().samples[0]) for _ in range(5)]
     assert model._reserve_s > 0.02  # the stall is in the reserve...
     # ...but costs at most a quarter of the budget: 0.5 leaves room for this VM's noise.
     assert np.median(after) > 0.5 * np.median(before), (before, after)
