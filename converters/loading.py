@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 import keras
 
 import edgekit.layers  # noqa: F401  registers the MC layers so their configs resolve
+from edgekit.errors import EdgekitError
 
 __all__ = ["KerasFileError", "load_keras_model"]
 
@@ -50,7 +51,7 @@ _MAX_CONFIG_BYTES = 16 * 1024 * 1024
 _CODE_CLASSES = {"Lambda", "__lambda__", "TFOpLambda"}
 
 
-class KerasFileError(ValueError):
+class KerasFileError(EdgekitError, ValueError):
     """A ``.keras`` file is missing, malformed, unsafe or describes a model edgekit cannot load."""
 
 

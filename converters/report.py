@@ -263,9 +263,8 @@ def _metrics(probs: np.ndarray, labels: np.ndarray, det: np.ndarray | None) -> d
 def _keras_probs(model, x, samples: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
     import tensorflow as tf
 
-    from edgekit.layers import dropout_off
-
     from edgekit.converters.export import _mc_layers, _split, call_model
+    from edgekit.layers import dropout_off
 
     # Same shortcut as the runtime: the deterministic trunk once, the head T times.
     first = next((layer for layer in _mc_layers(model) if layer.rate > 0), None)

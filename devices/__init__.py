@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit.errors import EdgekitError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on Python 3.10
@@ -71,7 +73,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _OP_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
-class DeviceProfileError(ValueError):
+class DeviceProfileError(EdgekitError, ValueError):
     """A device profile is missing, malformed, or has a bad value (the message says where)."""
 
 

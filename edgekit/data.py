@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
+
 __all__ = ["FashionMNIST", "DataError", "load_fashion_mnist", "data_dir", "CLASS_NAMES"]
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -46,7 +48,7 @@ _HOW_TO_GET = (
 )
 
 
-class DataError(ValueError):
+class DataError(EdgekitError, ValueError):
     """The dataset is missing or not what it claims to be."""
 
 

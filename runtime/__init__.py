@@ -16,6 +16,7 @@ Nothing here imports TensorFlow or Keras, and ``ai_edge_litert`` is imported onl
 loaded.
 """
 
+from edgekit.runtime.mc import BudgetError, MCModel, MCPrediction, OutputError, UnverifiedModelWarning
 from edgekit.runtime.metadata import (
     IntegrityError,
     MetadataError,
@@ -23,7 +24,6 @@ from edgekit.runtime.metadata import (
     read_metadata,
     verify_integrity,
 )
-from edgekit.runtime.mc import BudgetError, MCModel, MCPrediction, OutputError, UnverifiedModelWarning
 from edgekit.runtime.safety import ModelLoadError
 
 __all__ = [

@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from edgekit.errors import EdgekitError
+
 __all__ = ["ImageError", "MAX_FILE_BYTES", "MAX_PIXELS", "MAX_SIDE", "decode_png", "load_image", "resize_bilinear"]
 
 MAX_SIDE = 8192
@@ -61,7 +63,7 @@ _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pix
 _DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}  # PNG spec table 11.1
 
 
-class ImageError(ValueError):
+class ImageError(EdgekitError, ValueError):
     """The image cannot be read or does not fit the model."""
 
 

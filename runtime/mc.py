@@ -78,6 +78,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
 from edgekit.runtime.metadata import masked_twin, read_metadata, twin_mask_inputs, verify_integrity
 from edgekit.runtime.safety import ModelLoadError, declared_tensors, probe_model
 
@@ -102,11 +103,11 @@ _MIN_CHUNK_S = 0.001
 _MIN_SHARE = 0.75
 
 
-class BudgetError(ValueError):
+class BudgetError(EdgekitError, ValueError):
     """The latency budget is too small for even one MC sample on this machine."""
 
 
-class OutputError(RuntimeError):
+class OutputError(EdgekitError, RuntimeError):
     """The model ran but its output is not a probability vector (a damaged or foreign model)."""
 
 

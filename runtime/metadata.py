@@ -38,6 +38,8 @@ import re
 import struct
 from typing import Any
 
+from edgekit.errors import EdgekitError
+
 __all__ = [
     "METADATA_NAME",
     "FORMAT",
@@ -67,11 +69,11 @@ _MODEL_LAST_KNOWN_FIELD = 9
 # Metadata fields: 0 name string, 1 buffer uint32.
 
 
-class MetadataError(ValueError):
+class MetadataError(EdgekitError, ValueError):
     """The bytes are not a ``.tflite`` flatbuffer edgekit can read, or the metadata is malformed."""
 
 
-class IntegrityError(ValueError):
+class IntegrityError(EdgekitError, ValueError):
     """The file differs from what was exported (digest mismatch) or its metadata is damaged."""
 
 

@@ -24,13 +24,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit.errors import EdgekitError
 from edgekit.runtime.fileio import atomic_write_bytes
 from edgekit.runtime.metadata import _Reader, _root
 
 __all__ = ["ModelLoadError", "TensorInfo", "declared_tensors", "probe_model", "probe_cache_dir"]
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(EdgekitError, RuntimeError):
     """LiteRT cannot load or run the model (the probe child died or reported an error)."""
 
 

@@ -70,8 +70,8 @@ def _load_data(spec: str, examples: int, meta: dict | None):
 def build_report(models, *, device, budget_ms, threads, samples, runs, data_desc, examples) -> dict:
     """The JSON report (docs/profile-schema.md) for one or two profiled models."""
     from edgekit.devices import check_model
+    from edgekit.runtime.inspect import model_dtypes, model_ops
     from edgekit.runtime.metadata import read_metadata
-    from edgekit.runtime.profiling import model_dtypes, model_ops
 
     out_models = []
     for m in models:
