@@ -3,13 +3,14 @@
 - :func:`nll`: mean negative log-likelihood of the true labels.
 - :func:`ece`: expected calibration error over ``ECE_BINS`` equal-width bins of the top-class
   confidence (Guo et al. 2017), the figure the reports quote.
+- :func:`brier`: mean Brier score (squared error of the probability vector against the one-hot label).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ECE_BINS", "nll", "ece"]
+__all__ = ["ECE_BINS", "nll", "ece", "brier"]
 
 ECE_BINS = 15
 
@@ -33,3 +34,11 @@ def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
         if sel.any():
             total += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
     return float(total)
+
+
+def brier(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean Brier score: the squared distance between the probabilities and the one-hot label."""
+    p = np.asarray(probs, dtype=np.float64)
+    onehot = np.zeros_like(p)
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return float(((p - onehot) ** 2).sum(axis=1).mean())
