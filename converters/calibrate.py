@@ -1,4 +1,4 @@
-"""Fit the post-processing an exported file carries: its temperature and its abstention threshold.
+"""Fit the post-processing an exported file carries: temperature, abstention threshold, noise variance.
 
 Both are fitted on a **held-out split** (neither the test set nor the int8 calibration inputs), on
 the converted file's own MC samples, so they describe that file: its quantization, its sampling,
@@ -7,6 +7,8 @@ its T. The runtime applies them (:mod:`edgekit.runtime.calibration`).
 >>> from edgekit.converters.calibrate import fit_temperature, fit_abstention
 >>> fit = fit_temperature(per_sample_probs, labels)     # [N, T, C] held-out samples, N labels
 >>> fit.applied, fit.calibration.to_dict(), fit.before["ece"], fit.after["ece"]
+>>> noise = fit_noise_variance(value_samples, targets)  # [N, T, k] held-out samples, [N, k] targets
+>>> noise.noise_variance, noise.after["coverage"]
 
 How the temperature is fitted
 -----------------------------
@@ -21,6 +23,16 @@ every input, the shifted ones too, and raises their ECE above the float model's;
 temperature grow with the samples' disagreement keeps the in-distribution fix and leaves shifted
 inputs, which disagree more, close to as they were. Only in-distribution data is needed for the
 fit. ``docs/trust.md`` has the figures.
+
+Value outputs
+-------------
+MC samples of a value output spread only by the model's (epistemic) uncertainty; the targets
+also carry noise. An interval from the samples alone under-covers noisy targets badly. So a
+homoscedastic output gets a **noise variance** per value (Gal's tau^-1), fitted by maximizing the
+held-out Gaussian likelihood of the targets under N(MC mean, epistemic variance + noise variance)
+(:func:`fit_noise_variance`). A heteroscedastic output (one that predicts its own log-variance)
+gets a **variance scale** on its total predictive variance instead, fitted the same way
+(:func:`fit_variance_scale`; the optimum has a closed form).
 
 A fit that does not lower the held-out NLL is not applied (``applied`` False, and ``reason``
 says so); a held-out split under :data:`MIN_EXAMPLES` examples is refused unless forced, with a
@@ -37,16 +49,19 @@ import numpy as np
 
 from edgekit.errors import InvalidArgumentError
 from edgekit.runtime.calibration import Abstention, Temperature, mutual_information
-from edgekit.runtime.metrics import brier, ece, nll
+from edgekit.runtime.metrics import brier, ece, gaussian_nll, nll, rmse
 
 __all__ = [
     "MIN_EXAMPLES",
     "CalibrationFit",
     "SmallHeldOutWarning",
+    "ValueFit",
     "check_labelled_samples",
     "class_metrics",
     "fit_abstention",
+    "fit_noise_variance",
     "fit_temperature",
+    "fit_variance_scale",
     "risk_coverage",
 ]
 
@@ -284,3 +299,114 @@ def fit_abstention(mean_probs, labels, *, score: str = "entropy", target_coverag
         heldout_coverage=float(kept.mean()),
         heldout_selective_accuracy=float((m[kept].argmax(axis=1) == y[kept]).mean()) if kept.any() else 0.0,
     )
+
+
+@dataclass(frozen=True)
+class ValueFit:
+    """What :func:`fit_noise_variance` or :func:`fit_variance_scale` found for one value output.
+
+    Attributes:
+        noise_variance: per value, the homoscedastic noise variance (None for a scale fit).
+        variance_scale: the factor on a heteroscedastic output's total variance (None for a
+            noise-variance fit).
+        examples, samples: held-out inputs and MC samples per input.
+        before, after: held-out RMSE and Gaussian NLL (per value) without and with the fit.
+    """
+
+    noise_variance: tuple[float, ...] | None
+    variance_scale: float | None
+    examples: int
+    samples: int
+    before: dict
+    after: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _value_arrays(samples, targets, what: str, min_examples: int, force: bool) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(samples, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    if s.ndim == 2:
+        s = s[..., None]
+    if y.ndim == 1:
+        y = y[:, None]
+    if s.ndim != 3 or s.shape[0] == 0 or s.shape[1] < 2:
+        raise InvalidArgumentError(
+            f"Expected {what} value samples of shape (inputs, samples >= 2, values). Received: shape {np.shape(samples)}"
+        )
+    if y.shape != (s.shape[0], s.shape[2]):
+        raise InvalidArgumentError(
+            f"Expected {what} targets of shape ({s.shape[0]}, {s.shape[2]}) (one per input and value). "
+            f"Received: shape {np.shape(targets)}"
+        )
+    if not np.isfinite(s).all():
+        raise InvalidArgumentError(f"Expected finite {what} value samples. Received: NaN or Inf")
+    if not np.isfinite(y).all():
+        raise InvalidArgumentError(f"Expected finite {what} targets. Received: NaN or Inf")
+    if s.shape[0] < min_examples:
+        message = (f"a {what} split of {s.shape[0]} examples is too small for a stable variance fit. "
+                   f"Expected at least {min_examples}. Received: {s.shape[0]}")
+        if not force:
+            raise InvalidArgumentError(message[0].upper() + message[1:])
+        warnings.warn(message, SmallHeldOutWarning, stacklevel=3)
+    return s, y
+
+
+def fit_noise_variance(samples, targets, *, min_examples: int = MIN_EXAMPLES, force: bool = False) -> ValueFit:
+    """The homoscedastic noise variance of each value that maximizes the held-out likelihood.
+
+    Args:
+        samples: ``[N, T, k]`` (or ``[N, T]`` for one value) MC samples of the converted file.
+        targets: ``[N, k]`` (or ``[N]``) held-out targets.
+    """
+    s, y = _value_arrays(samples, targets, "held-out", min_examples, force)
+    mean, epi = s.mean(axis=1), s.var(axis=1)
+    noise = []
+    for j in range(s.shape[2]):
+        resid2 = (y[:, j] - mean[:, j]) ** 2
+        scale = max(float(resid2.mean()), 1e-300)
+
+        def nll_of(log_v, j=j, resid2=resid2):
+            v = epi[:, j] + math.exp(log_v)
+            return float(0.5 * (np.log(v) + resid2 / v).mean())
+
+        # Golden-section search on log(noise variance): the optimum lies below the mean squared
+        # residual (no epistemic part would give exactly that) and above 1e-12 of it.
+        lo, hi = math.log(scale) + math.log(1e-12), math.log(scale) + 1.0
+        g = (math.sqrt(5) - 1) / 2
+        c, d = hi - g * (hi - lo), lo + g * (hi - lo)
+        for _ in range(80):
+            if nll_of(c) < nll_of(d):
+                hi = d
+            else:
+                lo = c
+            c, d = hi - g * (hi - lo), lo + g * (hi - lo)
+        noise.append(math.exp(0.5 * (lo + hi)))
+    nv = np.array(noise)
+    before = {"rmse": rmse(mean, y), "nll": gaussian_nll(mean, epi, y)}
+    after = {"rmse": before["rmse"], "nll": gaussian_nll(mean, epi + nv, y)}
+    return ValueFit(tuple(float(v) for v in nv), None, int(s.shape[0]), int(s.shape[1]), before, after)
+
+
+def fit_variance_scale(samples, aleatoric_variance, targets, *, min_examples: int = MIN_EXAMPLES,
+                       force: bool = False) -> ValueFit:
+    """The factor on a heteroscedastic output's total predictive variance that maximizes the
+    held-out likelihood: ``mean(residual^2 / total variance)`` (the Gaussian NLL's closed-form optimum).
+
+    Args:
+        samples: ``[N, T, k]`` MC samples of the mean.
+        aleatoric_variance: ``[N, T, k]`` the variance each sample predicts (exp of its log-variance).
+        targets: ``[N, k]`` held-out targets.
+    """
+    s, y = _value_arrays(samples, targets, "held-out", min_examples, force)
+    av = np.asarray(aleatoric_variance, dtype=np.float64).reshape(s.shape)
+    if not np.isfinite(av).all() or av.min() < 0:
+        raise InvalidArgumentError("Expected finite, non-negative predicted variances. Received: NaN, Inf or < 0")
+    mean = s.mean(axis=1)
+    total = s.var(axis=1) + av.mean(axis=1)
+    floor = 1e-12 * max(float(y.var()), 1e-12)
+    factor = float((((y - mean) ** 2) / np.maximum(total, floor)).mean())
+    before = {"rmse": rmse(mean, y), "nll": gaussian_nll(mean, total, y)}
+    after = {"rmse": before["rmse"], "nll": gaussian_nll(mean, total * factor, y)}
+    return ValueFit(None, factor, int(s.shape[0]), int(s.shape[1]), before, after)

@@ -19,7 +19,9 @@ from edgekit.converters.calibrate import (
     _nll_and_grad,
     class_metrics,
     fit_abstention,
+    fit_noise_variance,
     fit_temperature,
+    fit_variance_scale,
     risk_coverage,
 )
 from edgekit.errors import EdgekitError, InvalidArgumentError
@@ -182,3 +184,45 @@ def test_class_metrics_brier_of_a_perfect_and_a_uniform_model():
     uniform = np.full((3, 3), 1 / 3)
     assert class_metrics(perfect, y)["brier"] == pytest.approx(0.0)
     assert class_metrics(uniform, y)["brier"] == pytest.approx(2 / 3)  # (2/3)^2 + 2 * (1/3)^2
+
+
+def _regression(n=2000, t=40, noise_sd=0.5, epi_sd=0.2, seed=0):
+    """Samples of a value model whose MC spread is epi_sd around a mean that misses the target by
+    N(0, noise_sd^2): the right noise variance is noise_sd^2."""
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(0, 2, n)
+    y = truth + rng.normal(0, noise_sd, n)
+    samples = truth[:, None] + rng.normal(0, epi_sd, (n, t))
+    return samples, y
+
+
+def test_noise_variance_recovers_the_target_noise():
+    samples, y = _regression()
+    fit = fit_noise_variance(samples, y)
+    # The residuals are N(0, 0.25) plus the sample mean's own error (0.2^2 / 40, negligible);
+    # the epistemic variance 0.04 is already in the predictive variance, so the noise variance
+    # comes out near 0.25 - 0.04 = 0.21 (+-0.02: its SE at 2000 residuals is 0.25*sqrt(2/2000) = 0.008).
+    assert fit.noise_variance[0] == pytest.approx(0.21, abs=0.02)
+    assert fit.after["nll"] < fit.before["nll"]
+
+
+def test_variance_scale_is_the_closed_form_optimum():
+    samples, y = _regression(n=1500)
+    aleatoric = np.full(samples.shape, 0.05)  # a head that under-states its noise five-fold
+    fit = fit_variance_scale(samples[..., None], aleatoric[..., None], y[:, None])
+    total = samples.var(axis=1) + 0.05
+    assert fit.variance_scale == pytest.approx(float(((y - samples.mean(1)) ** 2 / total).mean()))
+    assert fit.variance_scale > 2.5  # true total ~0.25 over a stated ~0.09
+    assert fit.after["nll"] < fit.before["nll"]
+
+
+def test_value_fits_check_their_inputs():
+    samples, y = _regression(n=600)
+    with pytest.raises(InvalidArgumentError, match=r"Expected held-out targets of shape \(600, 1\)"):
+        fit_noise_variance(samples, y[:10])
+    bad = samples.copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(InvalidArgumentError, match="Expected finite held-out value samples"):
+        fit_noise_variance(bad, y)
+    with pytest.raises(InvalidArgumentError, match="too small"):
+        fit_noise_variance(samples[:100], y[:100])
