@@ -23,7 +23,7 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from edgekit.converters import convert, evaluate  # noqa: E402
 from edgekit.converters.export import FixedSeedWarning, NoMCLayerWarning, call_model  # noqa: E402
-from edgekit.converters.report import tflite_ops  # noqa: E402
+from edgekit.runtime.inspect import op_counts  # noqa: E402
 from edgekit.layers import MCDropout  # noqa: E402
 from edgekit.runtime.metadata import read_metadata, verify_integrity  # noqa: E402
 
@@ -83,7 +83,7 @@ def test_every_mode_runs_on_the_stock_interpreter(converted, which, quantize, ml
         assert meta["signatures"]["masked"] == "masked"
         masks = it.get_signature_runner("masked").get_input_details()
         assert masks["mask_0"]["dtype"] == masks["mask_1"]["dtype"] == np.float32
-    ops = {op for per_sig in tflite_ops(result.tflite).values() for op in per_sig}
+    ops = {op for per_sig in op_counts(result.tflite).values() for op in per_sig}
     assert "RANDOM_UNIFORM" in ops
     assert not any(op.startswith(("CUSTOM", "FLEX")) or op == "DELEGATE" for op in ops), ops
     x = (mlp_data if which == "mlp" else cnn_data)[2][:8]
@@ -292,7 +292,7 @@ def test_seed_gives_reproducible_masks_and_warns(tiny_mlp, mlp_data):
 
 def test_mask_input_mode_has_named_masks_and_no_random_op(converted, mlp_data):
     result = converted("mlp", "float32", stochastic="mask-input")
-    ops = {op for per_sig in tflite_ops(result.tflite).values() for op in per_sig}
+    ops = {op for per_sig in op_counts(result.tflite).values() for op in per_sig}
     assert "RANDOM_UNIFORM" not in ops
     assert [m["mask_input"] for m in result.metadata["mc_layers"]] == ["mask_0", "mask_1"]
     it = Interpreter(model_content=result.tflite)
