@@ -296,7 +296,7 @@ def _io_dtype(f: _File, keys) -> str | None:
         types |= {f.dtype(sg.Tensors(t)) for t in ends}
     if not types:
         return None
-    return "int8" if types == {"int8"} else sorted(types - {"int8"})[0]
+    return "int8" if types == {"int8"} else min(types - {"int8"})
 
 
 def model_facts(tflite: bytes) -> ModelFacts:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -235,18 +235,18 @@ def test_check_model_lists_every_problem_for_the_edge_tpu():
                        batches={"full": None, "trunk": None, "head": None})
     assert check_model(coral, facts) == [
         # A refused op says what the target has instead, where edgekit knows it.
-        "op ELU is not supported on coral-edgetpu: it has no ELU kernel; its activations are RELU, RELU6, "
-        "RELU_N1_TO_1, PRELU, LOGISTIC, TANH",
+        ("op ELU is not supported on coral-edgetpu: it has no ELU kernel; its activations are RELU, RELU6, "
+        "RELU_N1_TO_1, PRELU, LOGISTIC, TANH"),
         "op RANDOM_UNIFORM is not supported on coral-edgetpu (in-graph dropout: convert in mask-input mode)",
-        "op SHAPE is not supported on coral-edgetpu (a shape computed at run time from a dynamic batch: convert "
-        "for this device, which exports static shapes)",
+        ("op SHAPE is not supported on coral-edgetpu (a shape computed at run time from a dynamic batch: convert "
+        "for this device, which exports static shapes)"),
         "float32 tensors are not supported on coral-edgetpu (supported: int8, uint8)",
         "coral-edgetpu needs int8 input/output tensors; the model has float32",
         "model is 9,000,000 bytes; coral-edgetpu takes at most 8,388,608 bytes",
-        "coral-edgetpu takes its dropout masks as inputs (stochastic='mask-input'); the model draws them in the "
-        "graph (stochastic='in-graph')",
-        "coral-edgetpu runs static shapes only; the model's full, trunk, head signatures have a dynamic batch "
-        "(convert for coral-edgetpu: trunk at batch 1, the others at batch 16)",
+        ("coral-edgetpu takes its dropout masks as inputs (stochastic='mask-input'); the model draws them in the "
+        "graph (stochastic='in-graph')"),
+        ("coral-edgetpu runs static shapes only; the model's full, trunk, head signatures have a dynamic batch "
+        "(convert for coral-edgetpu: trunk at batch 1, the others at batch 16)"),
     ]
 
 
@@ -259,8 +259,8 @@ def test_check_model_accepts_what_the_edge_tpu_runs():
     # One dynamic signature is enough to be refused by a fixed-shape target.
     one = ModelFacts(**{**facts.__dict__, "batches": {"full": 16, "trunk": 1, "head": None}})
     assert check_model(coral, one) == [
-        "coral-edgetpu runs static shapes only; the model's head signature has a dynamic batch (convert for "
-        "coral-edgetpu: trunk at batch 1, the others at batch 16)"]
+        ("coral-edgetpu runs static shapes only; the model's head signature has a dynamic batch (convert for "
+        "coral-edgetpu: trunk at batch 1, the others at batch 16)")]
 
 
 def test_a_mask_input_model_fits_a_target_that_draws_masks_in_the_graph():
@@ -318,8 +318,8 @@ def test_explicit_choices_override_the_profile():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"quantize": "int4"}, "argument `quantize`. Expected one of 'float32', 'float16', 'dynamic', 'int8', 'int16x8'. "
-                           "Received: quantize='int4'"),
+    ({"quantize": "int4"}, ("argument `quantize`. Expected one of 'float32', 'float16', 'dynamic', 'int8', 'int16x8'. "
+                           "Received: quantize='int4'")),
     ({"stochastic": "sometimes"}, "argument `stochastic`. Expected one of 'in-graph', 'mask-input'"),
     ({"batch": 0}, "argument `batch`. Expected a positive int or None. Received: batch=0"),
     ({"batch": True}, "Received: batch=True"),
