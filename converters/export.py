@@ -7,9 +7,12 @@
 >>> result = convert(model, quantize="int8", representative_data=x_train[:500])
 >>> open("model.tflite", "wb").write(result.tflite)          # the CLI writes atomically
 >>> print(result.report.to_table())
+>>> tpu = convert(model, device="coral-edgetpu", representative_data=x_train[:500])  # the profile's defaults
 
 What happens, in order:
 
+0. **Settings.** ``quantize``, ``stochastic``, ``int8_io`` and ``batch`` not given come from the device
+   profile (:func:`edgekit.devices.conversion_settings`, the rule ``edgekit convert --device`` uses too).
 1. **Checks.** One input, one output, no nested MC layer we cannot see; representative data (when
    given) has the model's input shape, is non-empty and finite.
 2. **BatchNorm folding** (:mod:`edgekit.converters.fold`), unless ``fold_batchnorm=False``.
@@ -22,6 +25,8 @@ What happens, in order:
    (``stochastic="mask-input"``). Unseeded in-graph files (not ``int16x8``) also get ``masked``:
    ``head`` (or ``full`` without a trunk) with its keep-masks as inputs ``mask_i``, which the
    edgekit runtime fills from numpy instead of paying for the slow ``RANDOM_UNIFORM`` kernel.
+   With a static ``batch`` (fixed-shape targets), ``trunk`` is traced at batch 1 and the others
+   at ``batch``, so every shape is a constant.
 5. **Seeds.** TensorFlow bakes op seeds into the file when a global seed is set, and
    ``keras.utils.set_random_seed`` sets one. The export traces with the global seed cleared, so
    every ``RANDOM_UNIFORM`` op has seed 0/seed2 0 and every interpreter draws its own masks; the
@@ -30,11 +35,17 @@ What happens, in order:
 6. **Quantization**: ``float32``, ``float16``, ``dynamic`` (int8 weights), ``int8`` (full integer
    with float islands where no int8 kernel exists, e.g. ``RANDOM_UNIFORM``; float or int8 I/O) and
    ``int16x8``. Calibration runs every signature on the representative data.
-7. **Strip** the names of intermediate tensors (debugging text, ~4 KB; what keeps the int8 files
+7. **Static reshapes**: Keras' Flatten/Reshape compute their shape from the run-time batch
+   (``SHAPE`` -> ``STRIDED_SLICE`` -> ``PACK`` -> ``RESHAPE``); each becomes a ``RESHAPE`` to the
+   constant ``[-1, ...]``, which does the same job without a dynamic output (docs/format.md).
+   **Strip** the names of intermediate tensors (debugging text, ~4 KB; what keeps the int8 files
    of the book MLP and the small CNN within 27% of float32 with the ``masked`` twin).
 8. **Metadata** (``edgekit`` entry + SHA-256) via :func:`edgekit.runtime.metadata.embed_metadata`.
 9. **Report** (:mod:`edgekit.converters.report`): sizes, ops, float islands; accuracy is added by
    :func:`edgekit.converters.report.evaluate` when test data is at hand.
+10. **Device fit** (with ``device``): :func:`edgekit.devices.check_model` on the file's facts
+    (:func:`edgekit.runtime.inspect.model_facts`); :class:`edgekit.devices.DeviceFitError` lists
+    every reason it does not fit.
 """
 
 from __future__ import annotations
@@ -431,8 +442,9 @@ def _static_reshapes(model, sg, codes, schema) -> bool:
 
     Both reshape a ``[-1, *dims]`` tensor to ``[-1, *dims']`` with the same number of values per
     row, so they compute the same thing; the constant one has its output shape fixed when the
-    interpreter prepares, where the computed one makes the output dynamic (which LiteRT's
-    CompiledModel API mishandles, and the Edge TPU compiler refuses). True if any changed.
+    interpreter prepares, where the computed one makes the output dynamic (LiteRT's CompiledModel
+    API then never writes the caller's output buffer) and needs ``SHAPE``, which the Edge TPU does
+    not have. True if any changed.
     """
     changed = False
     for op in sg.operators or []:
