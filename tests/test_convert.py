@@ -508,6 +508,20 @@ def test_flatten_is_a_static_reshape_in_every_export(converted, which, quantize,
         assert "RESHAPE" in model_ops(result.tflite, "trunk") and "SHAPE" not in model_ops(result.tflite, "trunk")
 
 
+@pytest.mark.parametrize("stochastic", ["in-graph", "mask-input"])
+def test_a_flatten_after_spatial_dropout_is_static_too(stochastic):
+    # The committed cnn fixture's layout: the Flatten sits in the head, after MCSpatialDropout2D.
+    from edgekit.layers import MCSpatialDropout2D
+
+    inputs = keras.Input((12, 12, 1), name="x")
+    h = MCSpatialDropout2D(0.2, name="mc_spatial")(keras.layers.Conv2D(8, 3, activation="relu")(inputs))
+    h = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(h))
+    outputs = keras.layers.Dense(4, activation="softmax")(MCDropout(0.3)(h))
+    result = convert(keras.Model(inputs, outputs), stochastic=stochastic)
+    _assert_no_needless_dynamic_shapes(result.tflite, result.signatures)
+    assert "RESHAPE" in model_ops(result.tflite, "head")
+
+
 def test_book_recipe_has_no_needless_dynamic_shape_and_runs_under_compiled_model(mlp_data):
     from ai_edge_litert.compiled_model import CompiledModel
 
