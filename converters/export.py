@@ -7,9 +7,12 @@
 >>> result = convert(model, quantize="int8", representative_data=x_train[:500])
 >>> open("model.tflite", "wb").write(result.tflite)          # the CLI writes atomically
 >>> print(result.report.to_table())
+>>> tpu = convert(model, device="coral-edgetpu", representative_data=x_train[:500])  # the profile's defaults
 
 What happens, in order:
 
+0. **Settings.** ``quantize``, ``stochastic``, ``int8_io`` and ``batch`` not given come from the device
+   profile (:func:`edgekit.devices.conversion_settings`, the rule ``edgekit convert --device`` uses too).
 1. **Checks.** One input, one output, no nested MC layer we cannot see; representative data (when
    given) has the model's input shape, is non-empty and finite.
 2. **BatchNorm folding** (:mod:`edgekit.converters.fold`), unless ``fold_batchnorm=False``.
@@ -22,6 +25,8 @@ What happens, in order:
    (``stochastic="mask-input"``). Unseeded in-graph files (not ``int16x8``) also get ``masked``:
    ``head`` (or ``full`` without a trunk) with its keep-masks as inputs ``mask_i``, which the
    edgekit runtime fills from numpy instead of paying for the slow ``RANDOM_UNIFORM`` kernel.
+   With a static ``batch`` (fixed-shape targets), ``trunk`` is traced at batch 1 and the others
+   at ``batch``, so every shape is a constant.
 5. **Seeds.** TensorFlow bakes op seeds into the file when a global seed is set, and
    ``keras.utils.set_random_seed`` sets one. The export traces with the global seed cleared, so
    every ``RANDOM_UNIFORM`` op has seed 0/seed2 0 and every interpreter draws its own masks; the
@@ -30,17 +35,24 @@ What happens, in order:
 6. **Quantization**: ``float32``, ``float16``, ``dynamic`` (int8 weights), ``int8`` (full integer
    with float islands where no int8 kernel exists, e.g. ``RANDOM_UNIFORM``; float or int8 I/O) and
    ``int16x8``. Calibration runs every signature on the representative data.
-7. **Strip** the names of intermediate tensors (debugging text, ~4 KB; what keeps the int8 files
+7. **Static reshapes**: Keras' Flatten/Reshape compute their shape from the run-time batch
+   (``SHAPE`` -> ``STRIDED_SLICE`` -> ``PACK`` -> ``RESHAPE``); each becomes a ``RESHAPE`` to the
+   constant ``[-1, ...]``, which does the same job without a dynamic output (docs/format.md).
+   **Strip** the names of intermediate tensors (debugging text, ~4 KB; what keeps the int8 files
    of the book MLP and the small CNN within 27% of float32 with the ``masked`` twin).
 8. **Metadata** (``edgekit`` entry + SHA-256) via :func:`edgekit.runtime.metadata.embed_metadata`.
 9. **Report** (:mod:`edgekit.converters.report`): sizes, ops, float islands; accuracy is added by
    :func:`edgekit.converters.report.evaluate` when test data is at hand.
+10. **Device fit** (with ``device``): :func:`edgekit.devices.check_model` on the file's facts
+    (:func:`edgekit.runtime.inspect.model_facts`); :class:`edgekit.devices.DeviceFitError` lists
+    every reason it does not fit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import os
 import shutil
 import tempfile
 import warnings
@@ -52,24 +64,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edgekit.devices import ROLES, DeviceFitError, DeviceProfile, conversion_settings
+from edgekit.errors import InvalidArgumentError, InvalidTypeError, UnsupportedModelError
 from edgekit.layers import MC_LAYERS, MCAlphaDropout, MCDropout, MCSpatialDropout2D, mask_inputs
+from edgekit.qtyping import CALIBRATED, Quantization, Stochastic
 from edgekit.runtime.metadata import twin_mask_inputs
 
 __all__ = [
     "ConvertedModel",
     "convert",
-    "QUANTIZE_MODES",
-    "STOCHASTIC_MODES",
     "NoMCLayerWarning",
     "FixedSeedWarning",
     "check_representative_data",
     "call_model",
 ]
 
-QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
-STOCHASTIC_MODES = ("in-graph", "mask-input")
-# Calibration needs data for these modes.
-_CALIBRATED = ("int8", "int16x8")
 _MAX_CALIBRATION = 1000  # more samples barely move the ranges and cost conversion time
 
 
@@ -114,7 +123,7 @@ def _mc_layers(model: keras.Model) -> list[keras.layers.Layer]:
         elif isinstance(layer, keras.Model):
             inner = _mc_layers(layer)
             if inner:
-                raise ValueError(
+                raise UnsupportedModelError(
                     "Expected MC layers at the top level of the model. Received: MC layers inside the nested "
                     f"model {layer.name!r} ({', '.join(m.name for m in inner)}); flatten the model first"
                 )
@@ -123,58 +132,50 @@ def _mc_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 def _io_shape(model: keras.Model) -> tuple[tuple, tuple]:
     if not isinstance(model, keras.Model):
-        raise TypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
+        raise InvalidTypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
     try:
         inputs, outputs = model.inputs, model.outputs
     except (AttributeError, ValueError):
         inputs = outputs = None
     if not inputs or not outputs:
-        raise ValueError(
+        raise UnsupportedModelError(
             "Expected a built functional or Sequential model with a known input shape. Received: a model "
             "that has never been called (give it a keras.Input)"
         )
     if len(inputs) != 1 or len(outputs) != 1:
-        raise ValueError(
+        raise UnsupportedModelError(
             f"Expected a model with one input and one output. Received: {len(inputs)} inputs and "
             f"{len(outputs)} outputs"
         )
     in_shape, out_shape = tuple(inputs[0].shape[1:]), tuple(outputs[0].shape[1:])
     if any(d is None for d in in_shape):
-        raise ValueError(f"Expected a fixed input shape (besides the batch). Received: {(None, *in_shape)}")
+        raise UnsupportedModelError(f"Expected a fixed input shape (besides the batch). Received: {(None, *in_shape)}")
     if len(out_shape) != 1 or out_shape[0] is None:
-        raise ValueError(f"Expected an output of shape (batch, num_classes). Received: {(None, *out_shape)}")
+        raise UnsupportedModelError(f"Expected an output of shape (batch, num_classes). Received: {(None, *out_shape)}")
     if inputs[0] is outputs[0]:
-        raise ValueError("Expected a model whose output differs from its input. Received: output == input")
+        raise UnsupportedModelError("Expected a model whose output differs from its input. Received: output == input")
     return in_shape, out_shape
 
 
 def check_representative_data(data, input_shape: Sequence[int], what: str = "representative_data") -> np.ndarray:
     """Return ``data`` as a float32 array after checking shape, size and finiteness."""
     if data is None:
-        raise ValueError(f"Expected `{what}` (an array of model inputs). Received: None")
+        raise InvalidArgumentError(f"Expected `{what}` (an array of model inputs). Received: None")
     try:
         arr = np.asarray(data, dtype=np.float32)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"Expected `{what}` to be a numeric array. Received: {type(data).__name__} ({e})") from None
+        raise InvalidArgumentError(f"Expected `{what}` to be a numeric array. Received: {type(data).__name__} ({e})") from None
     want = tuple(int(d) for d in input_shape)
     if arr.ndim == len(want) + 1 and arr.shape[0] == 0:
-        raise ValueError(f"Expected a non-empty `{what}`. Received: an array of shape {arr.shape}")
+        raise InvalidArgumentError(f"Expected a non-empty `{what}`. Received: an array of shape {arr.shape}")
     if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `{what}` of shape (n, {', '.join(map(str, want))}). Received: shape {arr.shape}"
         )
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"Expected finite values in `{what}`. Received: {bad} NaN or infinite values")
+        raise InvalidArgumentError(f"Expected finite values in `{what}`. Received: {bad} NaN or infinite values")
     return arr
-
-
-def _check_choice(name: str, value, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(
-            f"Invalid value received for argument `{name}`. Expected one of {', '.join(map(repr, allowed))}. "
-            f"Received: {name}={value!r}"
-        )
 
 
 def _check_image(spec, input_shape) -> dict | None:
@@ -182,11 +183,11 @@ def _check_image(spec, input_shape) -> dict | None:
         return None
     keys = ("height", "width", "channels", "scale", "offset")
     if not isinstance(spec, dict) or set(spec) != set(keys):
-        raise ValueError(f"Expected `input_image` to be a dict with keys {keys}. Received: {spec!r}")
+        raise InvalidArgumentError(f"Expected `input_image` to be a dict with keys {keys}. Received: {spec!r}")
     out = {k: (int(spec[k]) if k in keys[:3] else float(spec[k])) for k in keys}
     pixels = out["height"] * out["width"] * out["channels"]
     if pixels != int(np.prod(input_shape)):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `input_image` to describe {int(np.prod(input_shape))} values (the model input "
             f"{tuple(input_shape)}). Received: {out['height']}x{out['width']}x{out['channels']} = {pixels}"
         )
@@ -278,12 +279,14 @@ def _mc_layer_meta(layers, stochastic: str) -> list[dict]:
     return out
 
 
-def _write_saved_model(model, trunk, head, mc_meta, in_shape, folder: str, masked_twin: bool = False) -> list[str]:
+def _write_saved_model(model, trunk, head, mc_meta, in_shape, folder: str, masked_twin: bool = False,
+                       batch: int | None = None) -> list[str]:
     """Write a SavedModel with the endpoints ``full`` (+ ``trunk`` and ``head``, + ``masked``);
-    return their names."""
+    return their names. With ``batch``, ``trunk`` takes batch 1 and the others ``batch``: static
+    shapes, so TensorFlow folds every shape computation into a constant."""
     masked = [m for m in mc_meta if m["mask_input"]]
-    mask_specs = [tf.TensorSpec([None, *m["mask_shape"]], tf.float32, name=m["mask_input"]) for m in masked]
-    x_spec = tf.TensorSpec([None, *in_shape], tf.float32, name="x")
+    mask_specs = [tf.TensorSpec([batch, *m["mask_shape"]], tf.float32, name=m["mask_input"]) for m in masked]
+    x_spec = tf.TensorSpec([batch, *in_shape], tf.float32, name="x")
 
     def with_masks(fn, first, masks, layers=masked):
         with mask_inputs({m["name"]: t for m, t in zip(layers, masks)}):
@@ -294,8 +297,9 @@ def _write_saved_model(model, trunk, head, mc_meta, in_shape, folder: str, maske
     archive.add_endpoint("full", lambda x, *masks: with_masks(model, x, masks), input_signature=[x_spec, *mask_specs])
     names = ["full"]
     if trunk is not None:
-        f_spec = tf.TensorSpec([None, *trunk.outputs[0].shape[1:]], tf.float32, name="features")
-        archive.add_endpoint("trunk", lambda x: {"features": trunk(x)}, input_signature=[x_spec])
+        f_spec = tf.TensorSpec([batch, *trunk.outputs[0].shape[1:]], tf.float32, name="features")
+        trunk_x = tf.TensorSpec([None if batch is None else 1, *in_shape], tf.float32, name="x")
+        archive.add_endpoint("trunk", lambda x: {"features": trunk(x)}, input_signature=[trunk_x])
         archive.add_endpoint(
             "head", lambda f, *masks: with_masks(head, f, masks), input_signature=[f_spec, *mask_specs]
         )
@@ -305,7 +309,7 @@ def _write_saved_model(model, trunk, head, mc_meta, in_shape, folder: str, maske
         # generator (numpy) feeds masks instead of paying for RANDOM_UNIFORM, the slowest op of
         # the book MLP's head. Same weights, so it costs only its ops (~2-4 KB).
         fed = twin_mask_inputs(mc_meta)
-        specs = [tf.TensorSpec([None, *m["mask_shape"]], tf.float32, name=name) for name, m in fed]
+        specs = [tf.TensorSpec([batch, *m["mask_shape"]], tf.float32, name=name) for name, m in fed]
         layers = [m for _, m in fed]
         if trunk is not None:
             first_spec, net = f_spec, head
@@ -319,9 +323,15 @@ def _write_saved_model(model, trunk, head, mc_meta, in_shape, folder: str, maske
     return names
 
 
-def _calibration(model, trunk, head, mc_meta, data: np.ndarray, names, rng_seed: int = 0):
-    """A representative-dataset generator that feeds every signature (multi-signature calibration)."""
+def _calibration(model, trunk, head, mc_meta, data: np.ndarray, names, rng_seed: int = 0, batch: int | None = None):
+    """A representative-dataset generator that feeds every signature (multi-signature calibration).
+
+    Every signature sees each calibration input once: one row at a time with a dynamic batch;
+    with a static ``batch``, ``trunk`` one row at a time and the others ``batch`` rows at a time
+    (the last group wraps around to the first inputs).
+    """
     masked = [m for m in mc_meta if m["mask_input"]]
+    fed = twin_mask_inputs(mc_meta)
     # Eager calls (not trunk.predict, whose traced function TF would warn about retracing).
     features = (
         np.concatenate([call_model(trunk, data[i : i + 256]) for i in range(0, len(data), 256)])
@@ -329,23 +339,31 @@ def _calibration(model, trunk, head, mc_meta, data: np.ndarray, names, rng_seed:
     )
     rng = np.random.default_rng(rng_seed)
 
-    def masks(n):
+    def keep(n, m):
         # Calibrate on real keep-masks so the ranges match what the runtime feeds.
-        return {
-            m["mask_input"]: (rng.random((n, *m["mask_shape"])) >= m["rate"]).astype(np.float32) for m in masked
-        }
+        return (rng.random((n, *m["mask_shape"])) >= m["rate"]).astype(np.float32)
+
+    def stochastic(rows, with_trunk: bool):
+        n = len(rows)
+        yield "full", {"x": data[rows], **{m["mask_input"]: keep(n, m) for m in masked}}
+        if trunk is not None:
+            if with_trunk:
+                yield "trunk", {"x": data[rows]}
+            yield "head", {"features": features[rows], **{m["mask_input"]: keep(n, m) for m in masked}}
+        if "masked" in names:
+            first = {"features": features[rows]} if trunk is not None else {"x": data[rows]}
+            yield "masked", {**first, **{name: keep(n, m) for name, m in fed}}
 
     def gen():
-        for i in range(len(data)):
-            x = data[i : i + 1]
-            yield "full", {"x": x, **masks(1)}
-            if trunk is not None:
-                yield "trunk", {"x": x}
-                yield "head", {"features": features[i : i + 1], **masks(1)}
-            if "masked" in names:
-                first = {"features": features[i : i + 1]} if trunk is not None else {"x": x}
-                fed = {name: (rng.random((1, *m["mask_shape"])) >= m["rate"]).astype(np.float32) for name, m in twin_mask_inputs(mc_meta)}
-                yield "masked", {**first, **fed}
+        if batch is None:
+            for i in range(len(data)):
+                yield from stochastic(np.arange(i, i + 1), True)
+            return
+        if trunk is not None:
+            for i in range(len(data)):
+                yield "trunk", {"x": data[i : i + 1]}
+        for start in range(0, len(data), batch):
+            yield from stochastic(np.arange(start, start + batch) % len(data), False)
 
     return gen
 
@@ -354,24 +372,24 @@ def _tflite_convert(folder, names, quantize, int8_io, calibration, sparse=False,
     conv = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=names)
     builtins = tf.lite.OpsSet.TFLITE_BUILTINS
     conv.target_spec.supported_ops = [builtins]
-    if quantize == "float16":
+    if quantize == Quantization.FLOAT16:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
-    elif quantize == "dynamic":
+    elif quantize == Quantization.DYNAMIC:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantize == "int8":
+    elif quantize == Quantization.INT8:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = calibration
         # RANDOM_UNIFORM (and ELU) have no int8 kernel: TFLITE_BUILTINS leaves them as float islands.
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, builtins]
-    elif quantize == "int16x8":
+    elif quantize == Quantization.INT16X8:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = calibration
         conv.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
             builtins,
         ]
-    if not dense_per_channel and quantize in ("dynamic", *_CALIBRATED):
+    if not dense_per_channel and quantize in (Quantization.DYNAMIC, *CALIBRATED):
         # One scale per Dense kernel instead of one per unit: each per-unit scale costs 12 bytes
         # (float32 scale + int64 zero point) in every signature's subgraph. TF 2.21 exposes the
         # switch only as this attribute (TF is pinned < 2.22); without it, stay per-unit.
@@ -394,14 +412,137 @@ def _tflite_convert(folder, names, quantize, int8_io, calibration, sparse=False,
         text = str(e)
         hint = [ln.strip() for ln in text.splitlines() if "op" in ln.lower() and ("not" in ln.lower() or "flex" in ln.lower())]
         detail = hint[0] if hint else (text.strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(
+        raise UnsupportedModelError(
             "Expected a model made of layers that convert to TFLite builtin ops. Received: the TFLite converter "
             f"failed ({detail[:300]})"
         ) from None
 
 
-def _strip_tensor_names(tflite: bytes) -> bytes:
-    """The file with the names of intermediate tensors removed (inputs and outputs keep theirs).
+# Ops that only compute shapes or values from their inputs: when nothing reads their outputs any
+# more (after a static reshape), they are removed.
+_PURE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK", "UNPACK", "CONCATENATION", "GATHER", "SLICE", "CAST", "SQUEEZE",
+             "EXPAND_DIMS", "REDUCE_PROD", "MUL", "ADD", "SUB", "DIV", "FLOOR_DIV", "MAXIMUM", "MINIMUM", "RESHAPE")
+
+
+def _signature_shape(tensor) -> list[int]:
+    shape = tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape
+    return [] if shape is None else [int(d) for d in shape]
+
+
+def _is_constant(model, tensor) -> bool:
+    if not 0 < tensor.buffer < len(model.buffers):
+        return False
+    buf = model.buffers[tensor.buffer]
+    return (buf.data is not None and len(buf.data) > 0) or buf.size > 0
+
+
+def _static_reshapes(model, sg, codes, schema) -> bool:
+    """Give every RESHAPE of a batch-major tensor whose shape is computed at run time (Keras'
+    Flatten and Reshape: ``(tf.shape(x)[0], 784)``) the constant shape ``[-1, 784]`` instead.
+
+    Both reshape a ``[-1, *dims]`` tensor to ``[-1, *dims']`` with the same number of values per
+    row, so they compute the same thing; the constant one has its output shape fixed when the
+    interpreter prepares, where the computed one makes the output dynamic (LiteRT's CompiledModel
+    API then never writes the caller's output buffer) and needs ``SHAPE``, which the Edge TPU does
+    not have. True if any changed.
+    """
+    changed = False
+    for op in sg.operators or []:
+        if codes[op.opcodeIndex] != "RESHAPE" or op.inputs is None or len(op.inputs) < 2 or op.inputs[1] < 0:
+            continue
+        src, shape_in, out = sg.tensors[op.inputs[0]], sg.tensors[op.inputs[1]], sg.tensors[op.outputs[0]]
+        if _is_constant(model, shape_in):
+            continue
+        before, after = _signature_shape(src), _signature_shape(out)
+        if not before or not after or before[0] != -1 or after[0] != -1:
+            continue
+        if any(d <= 0 for d in before[1:] + after[1:]) or np.prod(before[1:]) != np.prod(after[1:]):
+            continue
+        new_shape = np.array([-1, *after[1:]], np.int32)
+        buf = schema.BufferT()
+        buf.data = np.frombuffer(new_shape.tobytes(), np.uint8).copy()
+        model.buffers.append(buf)
+        tensor = schema.TensorT()
+        tensor.shape, tensor.type, tensor.buffer = [len(new_shape)], schema.TensorType.INT32, len(model.buffers) - 1
+        sg.tensors.append(tensor)
+        op.inputs = [int(t) for t in op.inputs]  # the unpacked vector is a read-only view of the file
+        op.inputs[1] = len(sg.tensors) - 1
+        if isinstance(op.builtinOptions, schema.ReshapeOptionsT):
+            op.builtinOptions.newShape = new_shape.tolist()
+        changed = True
+    return changed
+
+
+def _drop_dead_ops(sg, codes) -> None:
+    while True:
+        read = {int(t) for t in (sg.outputs if sg.outputs is not None else [])}
+        for op in sg.operators or []:
+            read |= {int(t) for t in (op.inputs if op.inputs is not None else []) if t >= 0}
+        keep = [op for op in sg.operators or [] if codes[op.opcodeIndex] not in _PURE_OPS
+                or any(int(t) in read for t in (op.outputs if op.outputs is not None else []))]
+        if len(keep) == len(sg.operators or []):
+            return
+        sg.operators = keep
+
+
+def _drop_unused_tensors(model, index, sg) -> None:
+    used = {int(t) for t in (sg.inputs if sg.inputs is not None else [])}
+    used |= {int(t) for t in (sg.outputs if sg.outputs is not None else [])}
+    for op in sg.operators or []:
+        for vec in (op.inputs, op.outputs, op.intermediates):
+            used |= {int(t) for t in (vec if vec is not None else []) if t >= 0}
+    if len(used) == len(sg.tensors or []):
+        return
+    order = sorted(used)
+    remap = {old: new for new, old in enumerate(order)}
+
+    def moved(vec):
+        return None if vec is None else [remap[int(t)] if t >= 0 else int(t) for t in vec]
+
+    sg.tensors = [sg.tensors[i] for i in order]
+    sg.inputs, sg.outputs = moved(sg.inputs), moved(sg.outputs)
+    for op in sg.operators or []:
+        op.inputs, op.outputs, op.intermediates = moved(op.inputs), moved(op.outputs), moved(op.intermediates)
+    for sd in model.signatureDefs or []:
+        if sd.subgraphIndex == index:
+            for tm in (sd.inputs or []) + (sd.outputs or []):
+                tm.tensorIndex = remap[int(tm.tensorIndex)]
+
+
+def _drop_unused_buffers(model) -> None:
+    used = {0}  # buffer 0 is the empty sentinel every tensor without data points to
+    for sg in model.subgraphs or []:
+        used |= {int(t.buffer) for t in sg.tensors or []}
+    used |= {int(m.buffer) for m in model.metadata or []}
+    used |= {int(b) for b in (model.metadataBuffer if model.metadataBuffer is not None else [])}
+    if len(used) == len(model.buffers or []):
+        return
+    order = sorted(used)
+    remap = {old: new for new, old in enumerate(order)}
+    model.buffers = [model.buffers[i] for i in order]
+    for sg in model.subgraphs or []:
+        for t in sg.tensors or []:
+            t.buffer = remap[int(t.buffer)]
+    for m in model.metadata or []:
+        m.buffer = remap[int(m.buffer)]
+    if model.metadataBuffer is not None:
+        model.metadataBuffer = [remap[int(b)] for b in model.metadataBuffer]
+
+
+def _drop_unused_opcodes(model) -> None:
+    used = sorted({int(op.opcodeIndex) for sg in model.subgraphs or [] for op in sg.operators or []})
+    if len(used) == len(model.operatorCodes or []):
+        return
+    remap = {old: new for new, old in enumerate(used)}
+    model.operatorCodes = [model.operatorCodes[i] for i in used]
+    for sg in model.subgraphs or []:
+        for op in sg.operators or []:
+            op.opcodeIndex = remap[int(op.opcodeIndex)]
+
+
+def _finish_flatbuffer(tflite: bytes) -> bytes:
+    """The converter's file with static reshapes (:func:`_static_reshapes`, then the shape ops
+    nobody reads any more removed) and the names of intermediate tensors stripped.
 
     Tensor names are debugging text ("head_1/dense_0_1/MatMul;head_1/dense_0_1/BiasAdd2", ...):
     about 3.5 KB plus string headers in the book MLP's int8 file, where they decide whether it stays
@@ -412,6 +553,15 @@ def _strip_tensor_names(tflite: bytes) -> bytes:
     from ai_edge_litert import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(tflite, 0)
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [op_names.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), "") for oc in model.operatorCodes or []]
+    changed = [_static_reshapes(model, sg, codes, schema) for sg in model.subgraphs or []]
+    if any(changed):
+        for index, sg in enumerate(model.subgraphs or []):
+            _drop_dead_ops(sg, codes)
+            _drop_unused_tensors(model, index, sg)
+        _drop_unused_buffers(model)
+        _drop_unused_opcodes(model)
     for subgraph in model.subgraphs or []:
         keep = {int(i) for i in (subgraph.inputs if subgraph.inputs is not None else [])}
         keep |= {int(i) for i in (subgraph.outputs if subgraph.outputs is not None else [])}
@@ -426,22 +576,41 @@ def _strip_tensor_names(tflite: bytes) -> bytes:
 # --------------------------------------------------------------------------- public
 
 
+def _profile(device) -> DeviceProfile | None:
+    if device is None or isinstance(device, DeviceProfile):
+        return device
+    if isinstance(device, (str, os.PathLike)):
+        from edgekit.devices import load_profile
+
+        return load_profile(device)
+    raise InvalidTypeError(
+        f"Expected `device` to be a profile name, a .toml path or an edgekit.devices.DeviceProfile. "
+        f"Received: {type(device).__name__}"
+    )
+
+
 def convert(
     model: keras.Model,
     *,
-    quantize: str = "float32",
+    quantize: str | None = None,
     representative_data=None,
     fold_batchnorm: bool = True,
     device=None,
-    stochastic: str = "in-graph",
+    stochastic: str | None = None,
     seed: int | None = None,
     class_names: Sequence[str] | None = None,
     input_image: dict | None = None,
-    int8_io: bool = False,
+    int8_io: bool | None = None,
+    batch: int | None = None,
     sparse: bool = False,
     dense_per_channel: bool | None = None,
 ) -> ConvertedModel:
     """Convert an MC-dropout Keras model to the bytes of one edgekit ``.tflite`` file.
+
+    ``quantize``, ``stochastic``, ``int8_io`` and ``batch`` left at ``None`` take the device
+    profile's defaults (:func:`edgekit.devices.conversion_settings`, the same rule as
+    ``edgekit convert --device``), or ``float32``, ``in-graph``, float I/O and a dynamic batch
+    without a device. A value given explicitly always wins.
 
     Args:
         model: a built Keras 3 model (one input, output ``(batch, num_classes)`` probabilities)
@@ -451,8 +620,11 @@ def convert(
             required for ``int8`` and ``int16x8`` (the first 1000 are used), and used to record the
             input range in the metadata.
         fold_batchnorm: fold BatchNormalization into neighbouring Dense/Conv layers first.
-        device: a device profile (``edgekit.devices.load_profile`` result) or its name; the
-            result is checked against its ops, dtypes and size (``ValueError`` if it does not fit).
+        device: a device profile (``edgekit.devices.load_profile`` result), its name or a
+            ``.toml`` path. It gives the defaults above, and the result is checked against it by
+            :func:`edgekit.devices.check_model` (ops, dtypes, int8 I/O, size, tensor arena against
+            RAM, stochastic mode, static batch): :class:`edgekit.devices.DeviceFitError` if it
+            does not fit, naming every reason.
         stochastic: ``"in-graph"`` (``RANDOM_UNIFORM`` draws the masks) or ``"mask-input"``
             (masks are inputs ``mask_0..``; no random op). Unseeded in-graph files also carry the
             ``masked`` signature (keep-masks as inputs, for the edgekit runtime; docs/format.md),
@@ -464,6 +636,9 @@ def convert(
         input_image: how an 8-bit image becomes the input, ``{"height", "width", "channels",
             "scale", "offset"}`` (``x = pixel * scale + offset``), stored in the metadata.
         int8_io: int8 inputs and outputs (only with ``quantize="int8"``).
+        batch: a static batch for ``full``, ``head`` and ``masked``, with ``trunk`` at batch 1, for
+            fixed-shape targets (the Edge TPU): no shape is then computed at run time, and the
+            metadata's ``batch`` records it. ``None``: every signature takes any batch.
         sparse: encode sparse weights with TFLite's experimental sparsity (float32 only).
         dense_per_channel: quantize Dense kernels with one scale per unit (``True``) or one per
             kernel (``False``). Every signature stores its own scales (12 bytes per unit), so
@@ -475,38 +650,43 @@ def convert(
         A :class:`ConvertedModel`.
 
     Raises:
-        ValueError: bad arguments or data, an unsupported layer or op, or a device mismatch.
-        TypeError: ``model`` is not a Keras model.
+        InvalidArgumentError: bad arguments or data (a ``ValueError``).
+        UnsupportedModelError: a model or layer edgekit cannot convert (a ``ValueError``).
+        DeviceFitError: the result does not fit ``device`` (a ``ValueError``).
+        InvalidTypeError: ``model`` is not a Keras model (a ``TypeError``).
     """
     from edgekit.converters import fold as fold_mod
     from edgekit.converters import report as report_mod
 
-    _check_choice("quantize", quantize, QUANTIZE_MODES)
-    _check_choice("stochastic", stochastic, STOCHASTIC_MODES)
+    profile = _profile(device)
+    settings = conversion_settings(profile, quantize=quantize, stochastic=stochastic, int8_io=int8_io, batch=batch)
+    quantize, stochastic, int8_io, batch = settings.quantize, settings.stochastic, settings.int8_io, settings.batch
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise ValueError(f"Invalid value received for argument `seed`. Expected a non-negative int or None. Received: seed={seed!r}")
-    if int8_io and quantize != "int8":
-        raise ValueError(f"Expected quantize='int8' with int8_io=True. Received: quantize={quantize!r}")
-    if sparse and quantize != "float32":
-        raise ValueError(
+        raise InvalidArgumentError(
+            f"Invalid value received for argument `seed`. Expected a non-negative int or None. Received: seed={seed!r}"
+        )
+    if int8_io and quantize != Quantization.INT8:
+        raise InvalidArgumentError(f"Expected quantize='int8' with int8_io=True. Received: quantize={quantize!r}")
+    if sparse and quantize != Quantization.FLOAT32:
+        raise InvalidArgumentError(
             "Expected quantize='float32' with sparse=True. Received: quantize="
             f"{quantize!r} (a sparse-encoded quantized model fails in the stock LiteRT interpreter: XNNPACK "
             "'failed to delegate FULLY_CONNECTED', measured with ai-edge-litert 2.3)"
         )
     if dense_per_channel is None:
-        dense_per_channel = quantize != "int8"
+        dense_per_channel = quantize != Quantization.INT8
     in_shape, out_shape = _io_shape(model)
     image = _check_image(input_image, in_shape)
     if class_names is not None:
         class_names = [str(c) for c in class_names]
         if len(class_names) != out_shape[0]:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected {out_shape[0]} class names (the model's outputs). Received: {len(class_names)}"
             )
     data = None
-    if representative_data is not None or quantize in _CALIBRATED:
+    if representative_data is not None or quantize in CALIBRATED:
         if representative_data is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected `representative_data` (training inputs) for quantize={quantize!r}. Received: None"
             )
         data = check_representative_data(representative_data, in_shape)[:_MAX_CALIBRATION]
@@ -517,7 +697,7 @@ def convert(
         msg = "the model has no MC layer: the converted model is deterministic (no uncertainty)"
         warnings.warn(msg, NoMCLayerWarning, stacklevel=2)
         caught.append(msg)
-    if seed is not None and mc and stochastic == "in-graph":
+    if seed is not None and mc and stochastic == Stochastic.IN_GRAPH:
         msg = f"seed={seed} is baked into the file: every device and every interpreter will draw the same masks"
         warnings.warn(msg, FixedSeedWarning, stacklevel=2)
         caught.append(msg)
@@ -530,7 +710,7 @@ def convert(
     mc_meta = _mc_layer_meta(mc, stochastic)
     first = next((layer for layer in mc if layer.rate > 0), None)
     trunk, head, no_split = _split(work, first)
-    if quantize == "int16x8" and trunk is not None:
+    if quantize == Quantization.INT16X8 and trunk is not None:
         # Measured with TF 2.21 on the book MLP: with three signatures the 16x8 quantizer stores
         # the shared Dense weights with scales that do not match them (kernel correlation 0.83,
         # MC accuracy 64% vs 83%); with `full` alone it matches Keras (82.8%). So no split.
@@ -540,25 +720,30 @@ def convert(
     # In-graph files also carry `masked` (docs/format.md), except when seeded (the seed promises
     # the file's own mask sequence) or int16x8 (TF 2.21 mis-quantizes weights shared by 16x8
     # signatures, see above).
-    masked_twin = (stochastic == "in-graph" and seed is None and quantize != "int16x8"
+    masked_twin = (stochastic == Stochastic.IN_GRAPH and seed is None and quantize != Quantization.INT16X8
                    and any(m["rate"] > 0 for m in mc_meta))
     folder = tempfile.mkdtemp(prefix="edgekit-export-")
     try:
         with _tracing_seed(seed):
-            names = _write_saved_model(work, trunk, head, mc_meta, in_shape, folder, masked_twin)
-        calibration = _calibration(work, trunk, head, mc_meta, data, names) if quantize in _CALIBRATED else None
-        raw = _strip_tensor_names(_tflite_convert(folder, names, quantize, int8_io, calibration, sparse, dense_per_channel))
+            names = _write_saved_model(work, trunk, head, mc_meta, in_shape, folder, masked_twin, batch)
+        calibration = (_calibration(work, trunk, head, mc_meta, data, names, batch=batch)
+                       if quantize in CALIBRATED else None)
+        raw = _finish_flatbuffer(_tflite_convert(folder, names, quantize, int8_io, calibration, sparse,
+                                                 dense_per_channel))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
+    present = {"full": True, "trunk": trunk is not None, "head": trunk is not None, "masked": masked_twin}
     metadata = {
         "format": "edgekit/1",
         "edgekit_version": _version(),
-        "stochastic": stochastic if mc_meta and any(m["rate"] > 0 for m in mc_meta) else "none",
+        "stochastic": stochastic if mc_meta and any(m["rate"] > 0 for m in mc_meta) else Stochastic.NONE.value,
         "seed": seed,
         "mc_layers": mc_meta,
-        "signatures": {"full": "full", "trunk": "trunk" if trunk is not None else None,
-                       "head": "head" if trunk is not None else None, "masked": "masked" if masked_twin else None},
+        "signatures": {role: role if present[role] else None for role in ROLES},
+        # The static batch of each signature (docs/format.md): trunk 1, the others `batch`.
+        "batch": {role: (None if batch is None or not present[role] else 1 if role == "trunk" else batch)
+                  for role in ROLES},
         "input": {
             "name": "x",
             "shape": [int(d) for d in in_shape],
@@ -569,20 +754,35 @@ def convert(
         "output": {"name": "probs", "num_classes": int(out_shape[0])},
         "class_names": class_names,
         "quantization": {"mode": quantize, "io": "int8" if int8_io else "float32",
-                         **({"dense": "per-tensor"} if not dense_per_channel and quantize in ("dynamic", *_CALIBRATED) else {})},
+                         **({"dense": "per-tensor"} if not dense_per_channel
+                            and quantize in (Quantization.DYNAMIC, *CALIBRATED) else {})},
     }
     if no_split and mc:
         metadata["split"] = {"trunk": None, "reason": no_split}
-    from edgekit.runtime.metadata import embed_metadata
+    from edgekit.runtime.metadata import embed_metadata, read_metadata
 
     tflite = embed_metadata(raw, metadata)
-    from edgekit.runtime.metadata import read_metadata
-
     metadata = read_metadata(tflite)
     report = report_mod.build_report(tflite, fold_report=fold_report, warnings=tuple(caught), raw_bytes=len(raw))
-    if device is not None:
-        report = report_mod.check_device(report, device, metadata)
+    if profile is not None:
+        report = _check_fit(tflite, profile, report)
     return ConvertedModel(tflite=tflite, metadata=metadata, report=report, warnings=tuple(caught))
+
+
+def _check_fit(tflite: bytes, profile: DeviceProfile, report):
+    """``report`` with its device entry, after :func:`edgekit.devices.check_model`; raise if it does not fit."""
+    import dataclasses
+
+    from edgekit.devices import check_model
+    from edgekit.runtime.inspect import model_facts
+
+    problems = check_model(profile, model_facts(tflite))
+    if problems:
+        raise DeviceFitError(
+            f"The converted model does not fit device {profile.name!r}. Expected: only what the profile allows. "
+            f"Received: {'; '.join(problems)}"
+        )
+    return dataclasses.replace(report, device={"name": profile.name, "problems": []})
 
 
 def _version() -> str:

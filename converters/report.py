@@ -1,7 +1,7 @@
 """What a conversion produced, and how well it still predicts: one report, two renderings.
 
-:func:`build_report` reads the ``.tflite`` bytes (with the flatbuffer schema that ships with
-``ai_edge_litert``; nothing is executed) and records:
+:func:`build_report` reads the ``.tflite`` bytes with :mod:`edgekit.runtime.inspect` (the
+flatbuffer schema that ships with ``ai_edge_litert``; nothing is executed) and records:
 
 - the file size, raw and gzip-compressed (gzip shows what sparsity and low-entropy weights buy on
   a download; the device still maps the raw size);
@@ -9,7 +9,8 @@
 - the **float islands** of a quantized model: ops of the ``full`` signature that still read or
   write float32 tensors (``RANDOM_UNIFORM`` has no integer kernel, ELU has none in int8, ...),
   apart from the ``QUANTIZE``/``DEQUANTIZE`` ops at their borders;
-- what BatchNorm folding did and what it could not do, and every conversion warning.
+- what BatchNorm folding did and what it could not do, and every conversion warning;
+- the device it was checked against (:func:`edgekit.devices.check_model`, run by ``convert``).
 
 :func:`evaluate` adds accuracy on labelled data (the real Fashion-MNIST test set in the CLI and
 the benchmark), against the float Keras model:
@@ -41,24 +42,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgekit.qtyping import CALIBRATED
 from edgekit.runtime.metrics import ece, nll
 
 __all__ = [
     "ConversionReport",
     "AccuracyCollapseWarning",
     "build_report",
-    "check_device",
     "evaluate",
     "ece",
     "nll",
-    "tflite_ops",
     "COLLAPSE_POINTS",
 ]
 
 COLLAPSE_POINTS = 2.0  # MC accuracy drop (percentage points) that counts as a collapse
 _BORDER_OPS = {"QUANTIZE", "DEQUANTIZE"}
 # Tensor types that are not "float islands": indices, shapes, masks and comparison results.
-_INDEX_TYPES = {"INT32", "INT64", "BOOL", "STRING", "UINT32", "UINT64"}
+_INDEX_TYPES = {"int32", "int64", "bool", "string", "uint32", "uint64"}
 
 
 class AccuracyCollapseWarning(UserWarning):
@@ -103,7 +103,7 @@ class ConversionReport:
         sigs = ", ".join(f"{k}({', '.join(v['inputs'])})" for k, v in self.signatures.items())
         add(f"signatures       {sigs}" + (f"  [no split: {self.split_reason}]" if self.split_reason else ""))
         add(f"ops              {', '.join(self.op_names)}")
-        if self.quantization in ("int8", "int16x8"):
+        if self.quantization in CALIBRATED:
             islands = ", ".join(f"{k} x{v}" for k, v in sorted(self.float_islands.items())) or "none"
             add(f"float islands    {islands}")
         if self.fold is not None:
@@ -134,74 +134,21 @@ class ConversionReport:
 # --------------------------------------------------------------------------- reading the file
 
 
-def _schema():
-    from ai_edge_litert import schema_py_generated as schema
-
-    return schema
-
-
-def _enum_names(cls) -> dict[int, str]:
-    return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
-
-
-def _read(tflite: bytes):
-    schema = _schema()
-    model = schema.Model.GetRootAs(tflite, 0)
-    op_names = _enum_names(schema.BuiltinOperator)
-    type_names = _enum_names(schema.TensorType)
-    codes = []
-    for i in range(model.OperatorCodesLength()):
-        oc = model.OperatorCodes(i)
-        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
-        name = op_names.get(code, f"OP_{code}")
-        if name == "CUSTOM":
-            name = f"CUSTOM:{(oc.CustomCode() or b'').decode()}"
-        codes.append(name)
-    sig_of = {}
-    signatures = {}
-    for i in range(model.SignatureDefsLength()):
-        sd = model.SignatureDefs(i)
-        key = sd.SignatureKey().decode()
-        sig_of[sd.SubgraphIndex()] = key
-        signatures[key] = {
-            "inputs": [sd.Inputs(j).Name().decode() for j in range(sd.InputsLength())],
-            "outputs": [sd.Outputs(j).Name().decode() for j in range(sd.OutputsLength())],
-        }
-    graphs = {}
-    for g in range(model.SubgraphsLength()):
-        sg = model.Subgraphs(g)
-        types = [type_names.get(sg.Tensors(t).Type(), "?") for t in range(sg.TensorsLength())]
-        ops = []
-        for o in range(sg.OperatorsLength()):
-            op = sg.Operators(o)
-            ins = [types[t] for t in op.InputsAsNumpy() if t >= 0] if op.InputsLength() else []
-            outs = [types[t] for t in op.OutputsAsNumpy() if t >= 0] if op.OutputsLength() else []
-            ops.append((codes[op.OpcodeIndex()], ins, outs))
-        graphs[sig_of.get(g, f"subgraph_{g}")] = (ops, types)
-    return signatures, graphs
-
-
-def tflite_ops(tflite: bytes) -> dict[str, dict[str, int]]:
-    """Builtin op counts per signature (``{"full": {"FULLY_CONNECTED": 3, ...}, ...}``)."""
-    _, graphs = _read(tflite)
-    return {k: dict(sorted(Counter(op for op, _, _ in ops).items())) for k, (ops, _) in graphs.items()}
-
-
 def build_report(tflite: bytes, *, fold_report=None, warnings: tuple[str, ...] = (), raw_bytes=None) -> ConversionReport:
     """The static part of the report (no inference is run)."""
+    from edgekit.runtime import inspect
     from edgekit.runtime.metadata import read_metadata
 
     meta = read_metadata(tflite) or {}
-    signatures, graphs = _read(tflite)
-    ops = {k: dict(sorted(Counter(op for op, _, _ in g).items())) for k, (g, _) in graphs.items()}
+    ops = inspect.op_counts(tflite)
     mode = meta.get("quantization", {}).get("mode", "float32")
     islands: Counter = Counter()
-    if mode in ("int8", "int16x8"):
-        main = graphs.get("full", next(iter(graphs.values())))[0]
-        for op, ins, outs in main:
-            if op not in _BORDER_OPS and "FLOAT32" in ins + outs:
+    if mode in CALIBRATED:
+        main = "full" if "full" in ops else next(iter(ops))
+        for op, ins, outs in inspect.operators(tflite, main):
+            if op not in _BORDER_OPS and "float32" in ins + outs:
                 islands[op] += 1
-    dtypes = sorted({t.lower() for _, types in graphs.values() for t in types if t not in _INDEX_TYPES})
+    dtypes = [t for t in inspect.model_dtypes(tflite) if t not in _INDEX_TYPES]
     split = meta.get("split", {}).get("reason") if isinstance(meta.get("split"), dict) else None
     extra = {"bytes_before_metadata": int(raw_bytes)} if raw_bytes is not None else {}
     return ConversionReport(
@@ -211,7 +158,7 @@ def build_report(tflite: bytes, *, fold_report=None, warnings: tuple[str, ...] =
         seed=meta.get("seed"),
         size_bytes=len(tflite),
         gzip_bytes=len(gzip.compress(tflite, compresslevel=9, mtime=0)),
-        signatures=signatures,
+        signatures=inspect.signatures(tflite),
         ops=ops,
         float_islands=dict(sorted(islands.items())),
         tensor_dtypes=tuple(dtypes),
@@ -220,32 +167,6 @@ def build_report(tflite: bytes, *, fold_report=None, warnings: tuple[str, ...] =
         split_reason=split,
         extra=extra,
     )
-
-
-def check_device(report: ConversionReport, device, metadata: dict) -> ConversionReport:
-    """Check the report against a device profile (or its name); raise ``ValueError`` if it does not fit."""
-    from edgekit.devices import check_model, load_profile
-
-    profile = load_profile(device) if isinstance(device, str) else device
-    problems = list(
-        check_model(
-            profile,
-            ops=report.op_names,
-            model_bytes=report.size_bytes,
-            dtypes=report.tensor_dtypes,
-            io_dtype=report.io,
-        )
-    )
-    if profile.stochastic != metadata.get("stochastic") and metadata.get("stochastic") != "none":
-        problems.append(
-            f"{profile.name} needs stochastic={profile.stochastic!r}; the model is {metadata.get('stochastic')!r}"
-        )
-    if problems:
-        raise ValueError(
-            f"The converted model does not fit device {profile.name!r}. Expected: only what the profile allows. "
-            f"Received: {'; '.join(problems)}"
-        )
-    return dataclasses.replace(report, device={"name": profile.name, "problems": []})
 
 
 # --------------------------------------------------------------------------- accuracy

@@ -15,9 +15,20 @@ A user's own board is a TOML file with the same keys (see ``rpi4.toml`` for a co
 ``load_profile("./my-board.toml")``. Every profile is validated on load; an unknown key, a bad value
 or a missing key raises :class:`DeviceProfileError` naming the file, the key and what is allowed.
 
-:func:`check_model` tells whether a converted model fits a profile (ops, dtypes, size, tensor
-arena versus RAM) and returns the list of problems, so ``edgekit convert --device`` can refuse
-with all of them at once.
+:func:`check_model` is the one fit check: ``edgekit convert --device``, ``convert(device=...)``
+and ``edgekit profile --device`` all call it. It takes the profile and the file's facts
+(:class:`ModelFacts`, read by :func:`edgekit.runtime.inspect.model_facts`) and returns every reason
+the model does not fit (ops, with what the target has instead where it knows; dtypes; int8 I/O;
+file size; tensor arena against RAM; stochastic mode; static batch), so a caller can refuse with
+all of them at once:
+
+>>> from edgekit.runtime.inspect import model_facts
+>>> check_model(load_profile("coral-edgetpu"), model_facts(tflite))
+['op ELU is not supported on coral-edgetpu: it has no ELU kernel; its activations are RELU, ...']
+
+:func:`conversion_settings` applies a profile's conversion defaults (quantization, stochastic
+mode, int8 I/O, static batch) under the caller's explicit choices; ``convert(device=...)`` and
+``edgekit convert --device`` both use it, so Python and the CLI pick the same file.
 
 Only the standard library is used here (``tomllib``; ``tomli`` on Python 3.10), so the profiles
 load on the device itself.
@@ -29,12 +40,13 @@ import dataclasses
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, InvalidArgumentError
+from edgekit.qtyping import QUANTIZATIONS, STOCHASTIC_MODES, Quantization, Stochastic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,30 +56,35 @@ else:  # pragma: no cover - exercised only on Python 3.10
 __all__ = [
     "DeviceProfile",
     "DeviceProfileError",
+    "DeviceFitError",
+    "ModelFacts",
+    "ConversionSettings",
     "load_profile",
     "list_profiles",
     "check_model",
+    "conversion_settings",
     "PROFILE_DIR",
-    "QUANTIZATIONS",
-    "STOCHASTIC_MODES",
     "DTYPES",
+    "ROLES",
+    "DEFAULT_SAMPLES",
 ]
 
 PROFILE_DIR = Path(__file__).resolve().parent
 
-# Allowed values, in the order they are shown in error messages.
-QUANTIZATIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
-STOCHASTIC_MODES = ("in-graph", "mask-input")
+# The signature roles of an edgekit file (docs/format.md).
+ROLES = ("full", "trunk", "head", "masked")
+# MC samples T per prediction when a profile does not say (the runtime's default T).
+DEFAULT_SAMPLES = 100
 # Tensor dtypes a profile may list. int32/int64/bool tensors (int8 biases, shapes, comparison
 # results) exist in every model and every runtime handles them, so they are not listed or checked.
 DTYPES = ("float32", "float16", "int8", "uint8", "int16")
 # The quantization modes and the compute dtypes each one needs on the device.
 _QUANT_NEEDS = {
-    "float32": ("float32",),
-    "float16": ("float32",),  # float16 weights are dequantized to float32 when the model loads
-    "dynamic": ("float32", "int8"),
-    "int8": ("int8",),
-    "int16x8": ("int16", "int8"),
+    Quantization.FLOAT32.value: ("float32",),
+    Quantization.FLOAT16.value: ("float32",),  # float16 weights are dequantized to float32 when the model loads
+    Quantization.DYNAMIC.value: ("float32", "int8"),
+    Quantization.INT8.value: ("int8",),
+    Quantization.INT16X8.value: ("int16", "int8"),
 }
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _OP_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -75,6 +92,10 @@ _OP_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 class DeviceProfileError(EdgekitError, ValueError):
     """A device profile is missing, malformed, or has a bad value (the message says where)."""
+
+
+class DeviceFitError(EdgekitError, ValueError):
+    """A model does not fit a device profile (the message lists every reason)."""
 
 
 @dataclass(frozen=True)
@@ -96,10 +117,17 @@ class DeviceProfile:
         max_model_bytes: Largest ``.tflite`` file the target takes.
         ram_bytes: RAM available for the model and its tensor arena.
         flash_bytes: Flash holding the model, for MCUs that run it from flash (else ``None``: the
-            model is loaded into RAM next to the arena).
+            model is loaded into RAM next to the arena). Such a target runs TFLite Micro, which has
+            no dynamic batch: it runs the T passes one by one, so its arena is the batch-1 one.
         default_quantization: The quantization ``convert --device`` picks, from
-            :data:`QUANTIZATIONS`.
+            :data:`edgekit.qtyping.QUANTIZATIONS`.
         default_budget_ms: Latency budget for one MC prediction used when none is given.
+        default_samples: MC samples T one prediction plans for: the batch the tensor arena is
+            checked at and, with ``static_batch``, the batch of the stochastic signatures.
+        static_batch: True for a fixed-shape target (the Edge TPU compiler): every signature is
+            exported with a static batch, ``trunk`` at 1 and ``full``/``head``/``masked`` at
+            ``default_samples``, so no shape is computed at run time. The runtime then draws T in
+            multiples of that batch.
         notes: Free text (caveats, which variant the numbers are for).
     """
 
@@ -117,6 +145,8 @@ class DeviceProfile:
     default_quantization: str
     default_budget_ms: float
     flash_bytes: int | None = None
+    default_samples: int = DEFAULT_SAMPLES
+    static_batch: bool = False
     notes: str = ""
 
     def __post_init__(self):
@@ -159,7 +189,7 @@ class DeviceProfile:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(DeviceProfile)}
-_OPTIONAL = {"flash_bytes": None, "notes": ""}
+_OPTIONAL = {"flash_bytes": None, "default_samples": DEFAULT_SAMPLES, "static_batch": False, "notes": ""}
 
 
 def _err(source: str, key: str, expected: str, received: Any) -> DeviceProfileError:
@@ -259,6 +289,10 @@ def _validate(values: dict[str, Any], source: str) -> dict[str, Any]:
     if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 < budget < float("inf"):
         raise _err(source, "default_budget_ms", "a number of milliseconds > 0", budget)
     out["default_budget_ms"] = float(budget)
+    out["default_samples"] = _int(values, "default_samples", source)
+    if not isinstance(values["static_batch"], bool):
+        raise _err(source, "static_batch", "true or false", values["static_batch"])
+    out["static_batch"] = values["static_batch"]
     out["notes"] = _str(values, "notes", source, allow_empty=True)
 
     # Cross-checks: a profile must be usable with its own defaults.
@@ -327,44 +361,208 @@ def _dtype_name(d: Any) -> str:
     return str(name).lower()
 
 
-def check_model(
-    profile: DeviceProfile,
-    *,
-    ops: Iterable[str],
-    model_bytes: int,
-    arena_bytes: int | None = None,
-    dtypes: Iterable[Any] = (),
-    io_dtype: str | None = None,
-) -> list[str]:
+# --------------------------------------------------------------------------- what a file is
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the fit check needs to know about one model file, as plain values.
+
+    :func:`edgekit.runtime.inspect.model_facts` reads them from a ``.tflite``; a test (or a tool
+    with its own reader) may build them by hand.
+
+    Attributes:
+        size_bytes: Size of the file.
+        ops: Builtin op names it uses (any case; custom ops as ``"CUSTOM:<code>"``).
+        dtypes: Tensor dtypes (strings or numpy dtypes); int32/int64/bool are never checked.
+        io_dtype: dtype of its input and output tensors, or None if unknown.
+        stochastic: The metadata's stochastic mode (``"in-graph"``, ``"mask-input"``, ``"none"``),
+            or None for a file without edgekit metadata.
+        batches: Role (``full``, ``trunk``, ``head``, ``masked``) -> static batch of that
+            signature, None where the batch is dynamic; only the roles the file has.
+        arena: Role -> the live tensor bytes at each step of that signature, as ``(bytes per
+            batch row, fixed bytes)`` pairs (:meth:`arena_bytes`). Empty: the arena is not checked.
+    """
+
+    size_bytes: int
+    ops: tuple[str, ...] = ()
+    dtypes: tuple[str, ...] = ()
+    io_dtype: str | None = None
+    stochastic: str | None = None
+    batches: Mapping[str, int | None] = field(default_factory=dict)
+    arena: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+
+    def arena_bytes(self, role: str, batch: int) -> int | None:
+        """Estimated tensor arena of signature ``role`` run at ``batch`` rows (None if unknown).
+
+        A signature with a static batch has the same arena at every ``batch``.
+        """
+        steps = self.arena.get(role)
+        if steps is None:
+            return None
+        return max((per_row * batch + fixed for per_row, fixed in steps), default=0)
+
+
+# --------------------------------------------------------------------------- the fit check
+
+# The signature the runtime runs at batch T, in the order it prefers them.
+_SAMPLERS = ("masked", "head", "full")
+# Ops that do the same kind of job, so a refusal can name what the target has instead.
+_OP_FAMILIES = {
+    "activations": ("RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "LEAKY_RELU", "PRELU", "ELU", "GELU",
+                    "HARD_SWISH", "LOGISTIC", "TANH"),
+    "pooling ops": ("MAX_POOL_2D", "AVERAGE_POOL_2D", "L2_POOL_2D"),
+}
+# Ops edgekit's own export puts in a file, and how to convert without them.
+_EXPORT_HINTS = {
+    "RANDOM_UNIFORM": " (in-graph dropout: convert in mask-input mode)",
+    "SHAPE": " (a shape computed at run time from a dynamic batch: convert for this device, which exports "
+             "static shapes)",
+    "DEQUANTIZE": " (a float island of an int8 model: some op has no int8 kernel)",
+}
+
+
+def _op_hint(profile: DeviceProfile, op: str) -> str:
+    if op in _EXPORT_HINTS:
+        return _EXPORT_HINTS[op]
+    for family, members in _OP_FAMILIES.items():
+        if op in members:
+            has = [m for m in members if profile.supports_op(m)]
+            if has:
+                return f": it has no {op} kernel; its {family} are {', '.join(has)}"
+    return ""
+
+
+def _arena_need(profile: DeviceProfile, facts: ModelFacts, samples: int) -> int | None:
+    """The tensor arena the runtime needs: ``trunk`` at batch 1, then the sampler at batch T
+    (batch 1 on TFLite Micro, which runs the T passes one by one)."""
+    rows = 1 if profile.flash_bytes is not None else samples
+    sampler = next((r for r in _SAMPLERS if r in facts.arena), None)
+    parts = [facts.arena_bytes(sampler, rows)] if sampler is not None else []
+    if "trunk" in facts.arena:
+        parts.append(facts.arena_bytes("trunk", 1))
+    parts = [p for p in parts if p is not None]
+    return max(parts) if parts else None
+
+
+def check_model(profile: DeviceProfile, facts: ModelFacts, *, samples: int | None = None) -> list[str]:
     """The reasons a model does not fit ``profile``; an empty list if it fits.
+
+    The one fit check of edgekit: convert, profile and the CLI all call it.
 
     Args:
         profile: The target.
-        ops: Builtin op names used by the model (``"FULLY_CONNECTED"``, ...), any case.
-        model_bytes: Size of the ``.tflite`` file.
-        arena_bytes: Estimated tensor arena (activations) in bytes, or None to skip that check.
-        dtypes: Tensor dtypes in the model (strings or numpy dtypes). int32/int64/bool are ignored.
-        io_dtype: dtype of the model's input/output tensors, checked against ``int8_io`` if given.
+        facts: The file's facts (:func:`edgekit.runtime.inspect.model_facts`).
+        samples: MC samples T per prediction the tensor arena is checked at (default: the
+            profile's ``default_samples``). Not used where the batch is static, nor on TFLite
+            Micro (a profile with ``flash_bytes``: batch 1).
+
+    The rules, in the order the problems are listed: every op has a kernel on the target (a
+    refused op names what the target has instead where edgekit knows it); every compute dtype is
+    one the target computes in; int8 inputs and outputs where the profile needs them; the file
+    size; a target that takes its masks as inputs gets no in-graph random op; a fixed-shape
+    target (``static_batch``) gets static batches only; the tensor arena fits the RAM (on an MCU
+    the model stays in flash and only the arena counts; elsewhere model and arena both do).
     """
+    if not isinstance(facts, ModelFacts):
+        raise InvalidArgumentError(
+            f"Expected `facts` to be edgekit.devices.ModelFacts (edgekit.runtime.inspect.model_facts(tflite)). "
+            f"Received: {type(facts).__name__}"
+        )
+    samples = profile.default_samples if samples is None else samples
     problems: list[str] = []
     if profile.supported_ops != "all":
-        missing = sorted({op.upper() for op in ops} - set(profile.supported_ops))
-        for op in missing:
-            hint = " (in-graph dropout: convert in mask-input mode)" if op == "RANDOM_UNIFORM" else ""
-            problems.append(f"op {op} is not supported on {profile.name}{hint}")
-    bad = sorted({_dtype_name(d) for d in dtypes} & (set(DTYPES) - set(profile.dtypes)))
+        for op in sorted({op.upper() for op in facts.ops} - set(profile.supported_ops)):
+            problems.append(f"op {op} is not supported on {profile.name}{_op_hint(profile, op)}")
+    bad = sorted({_dtype_name(d) for d in facts.dtypes} & (set(DTYPES) - set(profile.dtypes)))
     for d in bad:
         problems.append(f"{d} tensors are not supported on {profile.name} (supported: {', '.join(profile.dtypes)})")
-    if io_dtype is not None and profile.int8_io and _dtype_name(io_dtype) != "int8":
-        problems.append(f"{profile.name} needs int8 input/output tensors; the model has {_dtype_name(io_dtype)}")
-    if model_bytes > profile.max_model_bytes:
+    if facts.io_dtype is not None and profile.int8_io and _dtype_name(facts.io_dtype) != "int8":
+        problems.append(f"{profile.name} needs int8 input/output tensors; the model has {_dtype_name(facts.io_dtype)}")
+    if facts.size_bytes > profile.max_model_bytes:
         problems.append(
-            f"model is {model_bytes:,} bytes; {profile.name} takes at most {profile.max_model_bytes:,} bytes"
+            f"model is {facts.size_bytes:,} bytes; {profile.name} takes at most {profile.max_model_bytes:,} bytes"
         )
-    if arena_bytes is not None:
+    if profile.stochastic == Stochastic.MASK_INPUT.value and facts.stochastic == Stochastic.IN_GRAPH.value:
+        problems.append(
+            f"{profile.name} takes its dropout masks as inputs (stochastic='mask-input'); the model draws them "
+            "in the graph (stochastic='in-graph')"
+        )
+    if profile.static_batch:
+        dynamic = [r for r in ROLES if r in facts.batches and facts.batches[r] is None]
+        if dynamic:
+            problems.append(
+                f"{profile.name} runs static shapes only; the model's {', '.join(dynamic)} signature"
+                f"{'s have' if len(dynamic) > 1 else ' has'} a dynamic batch (convert for {profile.name}: trunk at "
+                f"batch 1, the others at batch {profile.default_samples})"
+            )
+    need = _arena_need(profile, facts, samples)
+    if need is not None:
         # On an MCU the model runs from flash and only the arena takes RAM; elsewhere both do.
-        in_ram = arena_bytes + (0 if profile.flash_bytes is not None else model_bytes)
+        in_ram = need + (0 if profile.flash_bytes is not None else facts.size_bytes)
         if in_ram > profile.ram_bytes:
             what = "tensor arena" if profile.flash_bytes is not None else "model + tensor arena"
             problems.append(f"{what} needs {in_ram:,} bytes; {profile.name} has {profile.ram_bytes:,} bytes of RAM")
     return problems
+
+
+# --------------------------------------------------------------------------- conversion defaults
+
+
+@dataclass(frozen=True)
+class ConversionSettings:
+    """The export choices for one conversion, after a profile's defaults were applied.
+
+    Attributes:
+        quantize: One of :data:`edgekit.qtyping.QUANTIZATIONS`.
+        stochastic: ``"in-graph"`` or ``"mask-input"``.
+        int8_io: int8 input and output tensors.
+        batch: Static batch of ``full``/``head``/``masked`` (``trunk`` is then exported at batch
+            1); None exports every signature with a dynamic batch.
+    """
+
+    quantize: str
+    stochastic: str
+    int8_io: bool
+    batch: int | None
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise InvalidArgumentError(
+            f"Invalid value received for argument `{name}`. Expected one of {', '.join(map(repr, allowed))}. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def conversion_settings(
+    profile: DeviceProfile | None = None,
+    *,
+    quantize: str | None = None,
+    stochastic: str | None = None,
+    int8_io: bool | None = None,
+    batch: int | None = None,
+) -> ConversionSettings:
+    """The export choices for ``profile``, with every argument given (not None) taking precedence.
+
+    Without a profile: ``float32``, ``in-graph``, float I/O, dynamic batch. With one: its
+    ``default_quantization`` and ``stochastic``; int8 I/O when the profile needs it and the
+    quantization is ``int8``; a static batch of ``default_samples`` when ``static_batch`` is set.
+    """
+    if profile is not None and not isinstance(profile, DeviceProfile):
+        raise InvalidArgumentError(f"Expected a DeviceProfile or None. Received: {type(profile).__name__}")
+    quantize = quantize if quantize is not None else (
+        profile.default_quantization if profile is not None else Quantization.FLOAT32.value)
+    stochastic = stochastic if stochastic is not None else (
+        profile.stochastic if profile is not None else Stochastic.IN_GRAPH.value)
+    _choice("quantize", quantize, QUANTIZATIONS)
+    _choice("stochastic", stochastic, STOCHASTIC_MODES)
+    if int8_io is None:
+        int8_io = profile is not None and profile.int8_io and quantize == Quantization.INT8.value
+    if batch is None and profile is not None and profile.static_batch:
+        batch = profile.default_samples
+    if batch is not None and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
+        raise InvalidArgumentError(
+            f"Invalid value received for argument `batch`. Expected a positive int or None. Received: batch={batch!r}"
+        )
+    return ConversionSettings(quantize=str(quantize), stochastic=str(stochastic), int8_io=bool(int8_io), batch=batch)

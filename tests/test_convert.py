@@ -17,14 +17,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.train]
 
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
-
 from ai_edge_litert import schema_py_generated as schema  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from edgekit.converters import convert, evaluate  # noqa: E402
 from edgekit.converters.export import FixedSeedWarning, NoMCLayerWarning, call_model  # noqa: E402
-from edgekit.converters.report import tflite_ops  # noqa: E402
 from edgekit.layers import MCDropout  # noqa: E402
+from edgekit.runtime.inspect import dynamic_shape_ops, model_ops, op_counts, signature_batches  # noqa: E402
 from edgekit.runtime.metadata import read_metadata, verify_integrity  # noqa: E402
 
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
@@ -83,7 +82,7 @@ def test_every_mode_runs_on_the_stock_interpreter(converted, which, quantize, ml
         assert meta["signatures"]["masked"] == "masked"
         masks = it.get_signature_runner("masked").get_input_details()
         assert masks["mask_0"]["dtype"] == masks["mask_1"]["dtype"] == np.float32
-    ops = {op for per_sig in tflite_ops(result.tflite).values() for op in per_sig}
+    ops = {op for per_sig in op_counts(result.tflite).values() for op in per_sig}
     assert "RANDOM_UNIFORM" in ops
     assert not any(op.startswith(("CUSTOM", "FLEX")) or op == "DELEGATE" for op in ops), ops
     x = (mlp_data if which == "mlp" else cnn_data)[2][:8]
@@ -292,7 +291,7 @@ def test_seed_gives_reproducible_masks_and_warns(tiny_mlp, mlp_data):
 
 def test_mask_input_mode_has_named_masks_and_no_random_op(converted, mlp_data):
     result = converted("mlp", "float32", stochastic="mask-input")
-    ops = {op for per_sig in tflite_ops(result.tflite).values() for op in per_sig}
+    ops = {op for per_sig in op_counts(result.tflite).values() for op in per_sig}
     assert "RANDOM_UNIFORM" not in ops
     assert [m["mask_input"] for m in result.metadata["mc_layers"]] == ["mask_0", "mask_1"]
     it = Interpreter(model_content=result.tflite)
@@ -448,6 +447,7 @@ def test_metadata_follows_the_format(converted):
         ("mc_0", "MCDropout", 0.2), ("mc_1", "MCDropout", 0.2)]
     assert meta["mc_layers"][0]["mask_shape"] == [4 * 4 * 8]
     assert meta["input"]["shape"] == [16, 16, 1] and meta["output"] == {"name": "probs", "num_classes": 10}
+    assert meta["batch"] == {"full": None, "trunk": None, "head": None, "masked": None}  # dynamic everywhere
     assert len(meta["sha256"]) == 64
     # BN folding happened before export: no BatchNorm arithmetic left around the convolutions.
     assert [f["batchnorm"] for f in result.report.fold["folded"]] == ["bn_0", "bn_1"]
@@ -478,3 +478,110 @@ def test_sequential_loaded_from_a_file_is_split(tiny_mlp, tmp_path, mlp_data):
     feats = Interpreter(model_content=result.tflite).get_signature_runner("trunk")(x=x)["features"]
     expected = keras.Model(tiny_mlp.inputs, tiny_mlp.get_layer("mc_0").input)(x).numpy()
     np.testing.assert_allclose(feats, expected, rtol=1e-5, atol=1e-5)  # same float32 ops, summation order aside
+
+
+# ---------------------------------------------------------------------- static shapes
+
+
+def _assert_no_needless_dynamic_shapes(tflite: bytes, signatures) -> None:
+    """No signature computes a shape at run time where a constant one does the same job.
+
+    With a dynamic batch only in-graph dropout needs one: RANDOM_UNIFORM draws a mask as large as
+    the batch, so its shape (and the SHAPE op it comes from) follows the batch.
+    """
+    for sig in signatures:
+        ops = model_ops(tflite, sig)
+        assert set(dynamic_shape_ops(tflite, sig)) <= {"RANDOM_UNIFORM"}, (sig, dynamic_shape_ops(tflite, sig))
+        if "RANDOM_UNIFORM" not in ops:
+            assert "SHAPE" not in ops, (sig, ops)
+
+
+@pytest.mark.parametrize("which, quantize, options", [
+    ("mlp", "float32", {}), ("mlp", "int8", {}), ("mlp", "float32", {"stochastic": "mask-input"}),
+    ("cnn", "float32", {}), ("cnn", "int8", {}), ("cnn", "float32", {"stochastic": "mask-input"}),
+    ("cnn", "int16x8", {}),
+])
+def test_flatten_is_a_static_reshape_in_every_export(converted, which, quantize, options):
+    result = converted(which, quantize, **options)
+    _assert_no_needless_dynamic_shapes(result.tflite, result.signatures)
+    if "trunk" in result.signatures:  # both trunks end in a Flatten
+        assert "RESHAPE" in model_ops(result.tflite, "trunk") and "SHAPE" not in model_ops(result.tflite, "trunk")
+
+
+@pytest.mark.parametrize("stochastic", ["in-graph", "mask-input"])
+def test_a_flatten_after_spatial_dropout_is_static_too(stochastic):
+    # The committed cnn fixture's layout: the Flatten sits in the head, after MCSpatialDropout2D.
+    from edgekit.layers import MCSpatialDropout2D
+
+    inputs = keras.Input((12, 12, 1), name="x")
+    h = MCSpatialDropout2D(0.2, name="mc_spatial")(keras.layers.Conv2D(8, 3, activation="relu")(inputs))
+    h = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(h))
+    outputs = keras.layers.Dense(4, activation="softmax")(MCDropout(0.3)(h))
+    result = convert(keras.Model(inputs, outputs), stochastic=stochastic)
+    _assert_no_needless_dynamic_shapes(result.tflite, result.signatures)
+    assert "RESHAPE" in model_ops(result.tflite, "head")
+
+
+def test_book_recipe_has_no_needless_dynamic_shape_and_runs_under_compiled_model(mlp_data):
+    from ai_edge_litert.compiled_model import CompiledModel
+
+    from edgekit.recipes import book
+
+    result = convert(book())
+    _assert_no_needless_dynamic_shapes(result.tflite, result.signatures)
+    # The trunk is the standardization and the Flatten. Under LiteRT's CompiledModel API a
+    # signature ending in a RESHAPE of a run-time shape gets a dynamic output, and the caller's
+    # buffer is never written although the run returns OK; the static reshape is written.
+    compiled = CompiledModel.from_buffer(result.tflite)
+    index = compiled.get_signature_index("trunk")
+    inputs, outputs = compiled.create_input_buffers(index), compiled.create_output_buffers(index)
+    x = mlp_data[2][:1]
+    inputs[0].write(x)
+    outputs[0].write(np.full((1, 784), 123.0, np.float32))  # a sentinel the run must overwrite
+    compiled.run_by_index(index, inputs, outputs)
+    got = outputs[0].read(784, np.float32).reshape(1, 784)
+    want = Interpreter(model_content=result.tflite).get_signature_runner("trunk")(x=x)["features"]
+    # The same float32 kernels (a multiply-add per value) on both paths: equal up to rounding.
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_static_batch_export_has_no_shape_computed_at_run_time(tiny_mlp, mlp_data):
+    result = convert(tiny_mlp, batch=4)  # in-graph, with the masked twin
+    assert result.metadata["batch"] == {"full": 4, "trunk": 1, "head": 4, "masked": 4}
+    assert signature_batches(result.tflite) == {"full": 4, "head": 4, "masked": 4, "trunk": 1}
+    for sig in result.signatures:
+        # Even RANDOM_UNIFORM gets a constant shape: the batch is known when the file loads.
+        assert dynamic_shape_ops(result.tflite, sig) == [] and "SHAPE" not in model_ops(result.tflite, sig), sig
+    it = Interpreter(model_content=result.tflite)
+    head = it.get_signature_runner("head")
+    feats = it.get_signature_runner("trunk")(x=mlp_data[2][:1])["features"]
+    rows = np.repeat(feats, 4, axis=0)
+    a, b = head(features=rows)["probs"], head(features=rows)["probs"]
+    assert a.shape == (4, 10) and not np.allclose(a, b)  # unseeded masks drawn in the graph, at batch 4
+    # int8 calibration feeds each signature at its own batch (4 rows a time, the last group wrapping).
+    q = convert(tiny_mlp, quantize="int8", representative_data=mlp_data[0][:10], batch=4)
+    assert signature_batches(q.tflite) == {"full": 4, "head": 4, "masked": 4, "trunk": 1}
+
+
+def test_device_fit_checks_the_tensor_arena_against_ram(tiny_mlp, tmp_path):
+    from edgekit.devices import PROFILE_DIR, DeviceFitError
+
+    # A board like the Pi 4 but with 100 KB of RAM: the float32 file alone is ~240 KB.
+    text = (PROFILE_DIR / "rpi4.toml").read_text().replace('name = "rpi4"', 'name = "tiny-board"')
+    text = text.replace("ram_bytes = 4294967296", "ram_bytes = 100000").replace(
+        "default_quantization = \"int8\"", "default_quantization = \"float32\"")
+    (tmp_path / "tiny.toml").write_text(text)
+    with pytest.raises(DeviceFitError, match=r"does not fit device 'tiny-board'.*model \+ tensor arena needs [\d,]+ bytes; "
+                                             r"tiny-board has 100,000 bytes of RAM"):
+        convert(tiny_mlp, device=tmp_path / "tiny.toml")
+
+
+def test_device_defaults_apply_from_python(tiny_mlp, mlp_data):
+    # rpi4: int8 (calibrated on the data given), in-graph, float I/O, dynamic batch.
+    result = convert(tiny_mlp, device="rpi4", representative_data=mlp_data[0][:50])
+    meta = result.metadata
+    assert (meta["quantization"]["mode"], meta["quantization"]["io"], meta["stochastic"]) == ("int8", "float32", "in-graph")
+    assert meta["batch"] == {"full": None, "trunk": None, "head": None, "masked": None}
+    assert result.report.device == {"name": "rpi4", "problems": []}
+    with pytest.raises(TypeError, match="Expected `device` to be a profile name"):
+        convert(tiny_mlp, device=4)

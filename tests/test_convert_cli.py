@@ -18,6 +18,7 @@ tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
 from edgekit.cli import cli  # noqa: E402
+from edgekit.devices import PROFILE_DIR  # noqa: E402
 from edgekit.layers import MCDropout  # noqa: E402
 from edgekit.runtime.metadata import read_metadata, verify_integrity  # noqa: E402
 
@@ -47,6 +48,9 @@ def files(tmp_path_factory, tiny_mlp, mlp_data):
     lam = keras.Sequential([keras.Input((4,)), MCDropout(0.2), keras.layers.Lambda(lambda t: t * 2),
                             keras.layers.Dense(2, activation="softmax")])
     lam.save(d / "lambda.keras")
+    relu = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"),
+                             MCDropout(0.2), keras.layers.Dense(10, activation="softmax")])
+    relu.save(d / "relu.keras")
     return d
 
 
@@ -102,6 +106,40 @@ def test_bad_input_is_one_line_and_exit_1(files, model, extra, message):
     assert r.exit_code == 1, r.output
     assert message.lower() in _error(r).lower()
     assert not (files / "bad.tflite").exists()
+
+
+def test_device_defaults_are_the_library_ones(files, mlp_data):
+    # The CLI and convert(device=...) apply the same rule (edgekit.devices.conversion_settings).
+    from edgekit.converters import convert
+    from edgekit.devices import conversion_settings, load_profile
+    from edgekit.runtime.inspect import signature_batches
+
+    out = files / "tpu.tflite"
+    r = run("convert", files / "relu.keras", "-o", out, "--device", "coral-edgetpu", "--data", files / "data.npz",
+            "--calibration-samples", 50, "--eval-samples", 0)
+    assert r.exit_code == 0, r.output
+    assert "device           coral-edgetpu: fits" in r.stdout
+    cli = read_metadata(out.read_bytes())
+    model = keras.models.load_model(files / "relu.keras", compile=False)
+    lib = convert(model, device="coral-edgetpu", representative_data=mlp_data[0][:50]).metadata
+    settings = conversion_settings(load_profile("coral-edgetpu"))
+    for meta in (cli, lib):
+        assert (meta["quantization"]["mode"], meta["quantization"]["io"], meta["stochastic"]) == (
+            settings.quantize, "int8" if settings.int8_io else "float32", settings.stochastic)
+        assert meta["batch"] == {"full": settings.batch, "trunk": 1, "head": settings.batch, "masked": None}
+    assert signature_batches(out.read_bytes()) == {"full": 16, "head": 16, "trunk": 1}
+
+
+def test_convert_device_checks_the_tensor_arena(files):
+    text = (PROFILE_DIR / "rpi4.toml").read_text().replace('name = "rpi4"', 'name = "tiny-board"')
+    text = text.replace("ram_bytes = 4294967296", "ram_bytes = 100000").replace(
+        'default_quantization = "int8"', 'default_quantization = "float32"')
+    (files / "tiny.toml").write_text(text)
+    r = run("convert", files / "relu.keras", "-o", files / "tiny.tflite", "--device", files / "tiny.toml",
+            "--eval-samples", 0)
+    assert r.exit_code == 1, r.output
+    assert "does not fit device 'tiny-board'" in _error(r) and "tiny-board has 100,000 bytes of RAM" in _error(r)
+    assert not (files / "tiny.tflite").exists()
 
 
 def test_output_equal_to_input_is_refused(files):

@@ -7,23 +7,27 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgekit.devices import (
     DTYPES,
     PROFILE_DIR,
-    QUANTIZATIONS,
+    ConversionSettings,
     DeviceProfile,
     DeviceProfileError,
+    ModelFacts,
     check_model,
+    conversion_settings,
     list_profiles,
     load_profile,
 )
+from edgekit.errors import InvalidArgumentError
+from edgekit.qtyping import QUANTIZATIONS
 
 BUILTIN = ["android-midrange", "coral-edgetpu", "cortex-m-tflm", "host", "jetson-orin-nano-cpu", "rpi4", "rpi5"]
 
@@ -115,6 +119,8 @@ def test_missing_key_names_file_and_key(tmp_path):
         ("int8_io = false", 'int8_io = "no"', r"`int8_io`. Expected true or false. Received: 'no'"),
         ('supported_ops = "all"', 'supported_ops = ["fully_connected"]', r"`supported_ops`. Expected a non-empty list of TFLite builtin op names"),
         ("default_budget_ms = 30.0", "default_budget_ms = -1", r"`default_budget_ms`. Expected a number of milliseconds > 0. Received: -1"),
+        ("# default_samples = 100", "default_samples = 0", r"`default_samples`. Expected an integer >= 1. Received: 0"),
+        ("# static_batch = false", 'static_batch = "yes"', r"`static_batch`. Expected true or false. Received: 'yes'"),
         ('"https://www.raspberrypi.com/products/raspberry-pi-4-model-b/specifications/",', '"raspberrypi.com",', r"`sources`. Expected a non-empty list of http\(s\) URLs. Received: 'raspberrypi.com'"),
     ],
 )
@@ -170,6 +176,8 @@ def profiles(draw):
         flash_bytes=flash,
         default_quantization=quant,
         default_budget_ms=draw(st.floats(0.01, 1e5)),
+        default_samples=draw(st.integers(1, 10_000)),
+        static_batch=draw(st.booleans()),
         notes=draw(st.text()),
     )
 
@@ -208,37 +216,117 @@ def _toml_value(v):
     return '"' + "".join(f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F or c in '"\\' else c for c in v) + '"'
 
 
-# check_model: what convert --device reports.
+# check_model: the one fit check (convert, convert --device and profile --device call it).
 def test_check_model_fits():
-    assert check_model(load_profile("rpi5"), ops=["FULLY_CONNECTED", "RANDOM_UNIFORM"], model_bytes=300_000, arena_bytes=10_000, dtypes=["float32", "int8", "int32"]) == []
+    facts = ModelFacts(size_bytes=300_000, ops=("FULLY_CONNECTED", "RANDOM_UNIFORM"), dtypes=("float32", "int8", "int32"),
+                       io_dtype="float32", stochastic="in-graph", arena={"full": ((0, 10_000),)})
+    assert check_model(load_profile("rpi5"), facts) == []
+
+
+def test_check_model_refuses_anything_but_a_model_facts_value():
+    with pytest.raises(InvalidArgumentError, match="Expected `facts` to be edgekit.devices.ModelFacts"):
+        check_model(load_profile("rpi5"), {"ops": []})
 
 
 def test_check_model_lists_every_problem_for_the_edge_tpu():
     coral = load_profile("coral-edgetpu")
-    problems = check_model(
-        coral, ops=["fully_connected", "RANDOM_UNIFORM", "ELU"], model_bytes=9_000_000, arena_bytes=None,
-        dtypes=["float32", "int8", "int32"], io_dtype="float32",
-    )
-    assert problems == [
-        "op ELU is not supported on coral-edgetpu",
+    facts = ModelFacts(size_bytes=9_000_000, ops=("fully_connected", "RANDOM_UNIFORM", "ELU", "SHAPE"),
+                       dtypes=("float32", "int8", "int32"), io_dtype="float32", stochastic="in-graph",
+                       batches={"full": None, "trunk": None, "head": None})
+    assert check_model(coral, facts) == [
+        # A refused op says what the target has instead, where edgekit knows it.
+        ("op ELU is not supported on coral-edgetpu: it has no ELU kernel; its activations are RELU, RELU6, "
+        "RELU_N1_TO_1, PRELU, LOGISTIC, TANH"),
         "op RANDOM_UNIFORM is not supported on coral-edgetpu (in-graph dropout: convert in mask-input mode)",
+        ("op SHAPE is not supported on coral-edgetpu (a shape computed at run time from a dynamic batch: convert "
+        "for this device, which exports static shapes)"),
         "float32 tensors are not supported on coral-edgetpu (supported: int8, uint8)",
         "coral-edgetpu needs int8 input/output tensors; the model has float32",
         "model is 9,000,000 bytes; coral-edgetpu takes at most 8,388,608 bytes",
+        ("coral-edgetpu takes its dropout masks as inputs (stochastic='mask-input'); the model draws them in the "
+        "graph (stochastic='in-graph')"),
+        ("coral-edgetpu runs static shapes only; the model's full, trunk, head signatures have a dynamic batch "
+        "(convert for coral-edgetpu: trunk at batch 1, the others at batch 16)"),
     ]
 
 
-def test_check_model_arena_versus_ram():
+def test_check_model_accepts_what_the_edge_tpu_runs():
+    coral = load_profile("coral-edgetpu")
+    facts = ModelFacts(size_bytes=40_000, ops=("FULLY_CONNECTED", "MUL", "RESHAPE", "SOFTMAX"), dtypes=("int8", "int32"),
+                       io_dtype="int8", stochastic="mask-input", batches={"full": 16, "trunk": 1, "head": 16},
+                       arena={"full": ((0, 25_000),), "trunk": ((0, 1_600),), "head": ((0, 1_800),)})
+    assert check_model(coral, facts) == []
+    # One dynamic signature is enough to be refused by a fixed-shape target.
+    one = ModelFacts(**{**facts.__dict__, "batches": {"full": 16, "trunk": 1, "head": None}})
+    assert check_model(coral, one) == [
+        ("coral-edgetpu runs static shapes only; the model's head signature has a dynamic batch (convert for "
+        "coral-edgetpu: trunk at batch 1, the others at batch 16)")]
+
+
+def test_a_mask_input_model_fits_a_target_that_draws_masks_in_the_graph():
+    # The runtime fills mask inputs anywhere; only a target without RANDOM_UNIFORM is picky.
+    facts = ModelFacts(size_bytes=1000, ops=("FULLY_CONNECTED",), dtypes=("float32",), stochastic="mask-input")
+    assert check_model(load_profile("rpi4"), facts) == []
+
+
+def test_arena_is_the_trunk_or_the_sampler_at_batch_t():
+    phone = load_profile("android-midrange")  # 512 MiB for model + arena, default T = 100
+    # masked: 1 MiB per batch row, so 100 MiB at T=100; trunk: 300 MiB at batch 1 (run once).
+    arena = {"trunk": ((0, 300 * 2**20),), "head": ((4 * 2**20, 0),), "masked": ((2**20, 0),)}
+    facts = ModelFacts(size_bytes=100, arena=arena)
+    assert check_model(phone, facts) == []  # the runtime runs `masked` (not `head`) at batch T
+    assert check_model(phone, facts, samples=511) == []  # 511 MiB + 100 bytes of model
+    assert check_model(phone, facts, samples=512) == [
+        f"model + tensor arena needs {512 * 2**20 + 100:,} bytes; android-midrange has {phone.ram_bytes:,} bytes of RAM"]
+    # The peak of a signature is the largest step at that batch, fixed parts included.
+    steps = ModelFacts(size_bytes=1, arena={"full": ((10, 500), (40, 0))})
+    assert [steps.arena_bytes("full", b) for b in (1, 16, 17, 100)] == [510, 660, 680, 4000]
+    assert steps.arena_bytes("trunk", 1) is None
+
+
+def test_check_model_arena_versus_ram_on_an_mcu():
     mcu = load_profile("cortex-m-tflm")
-    # On the MCU the model stays in flash: only the arena counts against RAM.
-    assert check_model(mcu, ops=["FULLY_CONNECTED"], model_bytes=500_000, arena_bytes=mcu.ram_bytes, dtypes=["int8"]) == []
-    assert check_model(mcu, ops=["FULLY_CONNECTED"], model_bytes=500_000, arena_bytes=mcu.ram_bytes + 1, dtypes=["int8"]) == [
+    # On the MCU the model stays in flash: only the arena counts against RAM; TFLite Micro runs the
+    # T passes one by one, so the arena is the batch-1 one whatever T is.
+    fits = ModelFacts(size_bytes=500_000, ops=("FULLY_CONNECTED",), dtypes=("int8",), arena={"head": ((mcu.ram_bytes, 0),)})
+    assert check_model(mcu, fits, samples=300) == []
+    over = ModelFacts(**{**fits.__dict__, "arena": {"head": ((mcu.ram_bytes + 1, 0),)}})
+    assert check_model(mcu, over) == [
         f"tensor arena needs {mcu.ram_bytes + 1:,} bytes; cortex-m-tflm has {mcu.ram_bytes:,} bytes of RAM"
     ]
-    phone = load_profile("android-midrange")
-    # Elsewhere the model is loaded into RAM next to the arena.
-    problems = check_model(phone, ops=[], model_bytes=100, arena_bytes=phone.ram_bytes - 99, dtypes=[])
-    assert problems == [f"model + tensor arena needs {phone.ram_bytes + 1:,} bytes; android-midrange has {phone.ram_bytes:,} bytes of RAM"]
+
+
+# conversion_settings: the profile's defaults under the caller's explicit choices.
+def test_conversion_settings_without_a_device():
+    assert conversion_settings() == ConversionSettings("float32", "in-graph", False, None)
+    assert conversion_settings(quantize="int8", int8_io=True, batch=4) == ConversionSettings("int8", "in-graph", True, 4)
+
+
+def test_conversion_settings_apply_the_profile_defaults():
+    coral = load_profile("coral-edgetpu")
+    assert conversion_settings(coral) == ConversionSettings("int8", "mask-input", True, coral.default_samples)
+    assert conversion_settings(load_profile("rpi4")) == ConversionSettings("int8", "in-graph", False, None)
+    assert conversion_settings(load_profile("host")) == ConversionSettings("float32", "in-graph", False, None)
+
+
+def test_explicit_choices_override_the_profile():
+    coral = load_profile("coral-edgetpu")
+    # int8 I/O is the profile's only with int8; an explicit value always wins.
+    assert conversion_settings(coral, quantize="float32") == ConversionSettings("float32", "mask-input", False, 16)
+    assert conversion_settings(coral, int8_io=False, batch=4, stochastic="in-graph") == ConversionSettings(
+        "int8", "in-graph", False, 4)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"quantize": "int4"}, ("argument `quantize`. Expected one of 'float32', 'float16', 'dynamic', 'int8', 'int16x8'. "
+                           "Received: quantize='int4'")),
+    ({"stochastic": "sometimes"}, "argument `stochastic`. Expected one of 'in-graph', 'mask-input'"),
+    ({"batch": 0}, "argument `batch`. Expected a positive int or None. Received: batch=0"),
+    ({"batch": True}, "Received: batch=True"),
+])
+def test_conversion_settings_bad_values(kwargs, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        conversion_settings(**kwargs)
 
 
 def test_devices_import_no_tensorflow_or_numpy():

@@ -39,6 +39,13 @@ def test_show_builtin():
     assert "RAM              192 KiB (196,608 bytes)" in lines
     assert "flash            1 MiB (1,048,576 bytes)" in lines
     assert lines[lines.index("sources:") + 1] == "  https://docs.arduino.cc/hardware/nano-33-ble-sense/"
+    assert "static batch     no" in lines
+
+
+def test_show_a_fixed_shape_target():
+    lines = _run("devices", "show", "coral-edgetpu").stdout.splitlines()
+    assert "default T        16" in lines
+    assert "static batch     yes (trunk 1, the others 16)" in lines
 
 
 def test_show_user_file_json(tmp_path):

@@ -16,11 +16,9 @@ from pathlib import Path
 import click
 
 from edgekit.commands._common import echo_json, json_option, library_errors, warn
+from edgekit.qtyping import CALIBRATED, QUANTIZATIONS, STOCHASTIC_MODES
 
 __all__ = ["convert", "sparsify"]
-
-_QUANTIZE = ("float32", "float16", "dynamic", "int8", "int16x8")
-_CALIBRATED = ("int8", "int16x8")
 
 
 @contextlib.contextmanager
@@ -87,7 +85,7 @@ def _fit_shape(x, shape):
 @click.command()
 @click.argument("model_path", metavar="MODEL.keras", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the .tflite.")
-@click.option("--quantize", type=click.Choice(_QUANTIZE), default=None,
+@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default=None,
               help="Quantization mode [default: float32, or the device's default].")
 @click.option("--int8-io", is_flag=True, default=None, help="int8 input and output tensors (with --quantize int8).")
 @click.option("--device", default=None, help="Device profile name or .toml path; the result is checked against it.")
@@ -96,7 +94,7 @@ def _fit_shape(x, shape):
 @click.option("--no-fold-bn", is_flag=True, help="Do not fold BatchNormalization into Dense/Conv layers.")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Bake a seed into the random ops: reproducible, but every device draws the same masks.")
-@click.option("--stochastic", type=click.Choice(["in-graph", "mask-input"]), default=None,
+@click.option("--stochastic", type=click.Choice(STOCHASTIC_MODES), default=None,
               help="in-graph: RANDOM_UNIFORM draws the masks; mask-input: masks are inputs [default: in-graph, "
                    "or the device's mode].")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
@@ -136,18 +134,13 @@ def convert(model_path, output, quantize, int8_io, device, calibration_samples, 
     refuse_overwrite_input(output, [model_path])
     if report_path is not None:
         refuse_overwrite_input(report_path, [model_path, output])
-    profile = None
-    if device is not None:
-        from edgekit.devices import load_profile
+    from edgekit.devices import conversion_settings, load_profile
 
-        profile = load_profile(device)
-        quantize = quantize or profile.default_quantization
-        stochastic = stochastic or profile.stochastic
-        if int8_io is None and quantize == "int8":
-            int8_io = bool(profile.int8_io)
-    quantize = quantize or "float32"
-    stochastic = stochastic or "in-graph"
-    int8_io = bool(int8_io)
+    # The library's rule (the same one convert(device=...) applies): the profile's defaults, under
+    # the options given.
+    profile = load_profile(device) if device is not None else None
+    settings = conversion_settings(profile, quantize=quantize, stochastic=stochastic, int8_io=int8_io)
+    quantize, stochastic, int8_io = settings.quantize, settings.stochastic, settings.int8_io
     if int8_io and quantize != "int8":
         raise click.UsageError("--int8-io needs --quantize int8.")
 
@@ -162,7 +155,7 @@ def convert(model_path, output, quantize, int8_io, device, calibration_samples, 
 
     model = load_keras_model(model_path)
     in_shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
-    need_train = quantize in _CALIBRATED
+    need_train = quantize in CALIBRATED
     need_test = eval_samples > 0
     x_train = x_test = y_test = None
     names, image = None, None
@@ -187,8 +180,8 @@ def convert(model_path, output, quantize, int8_io, device, calibration_samples, 
         warnings.simplefilter("always")
         result = convert_model(
             model, quantize=quantize, representative_data=rep, fold_batchnorm=not no_fold_bn, device=profile,
-            stochastic=stochastic, seed=seed, class_names=names, input_image=image, int8_io=int8_io, sparse=sparse,
-            dense_per_channel=per_channel_dense,
+            stochastic=stochastic, seed=seed, class_names=names, input_image=image, int8_io=int8_io,
+            batch=settings.batch, sparse=sparse, dense_per_channel=per_channel_dense,
         )
         report = result.report
         if need_test:

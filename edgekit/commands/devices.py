@@ -84,6 +84,8 @@ def show(name_or_path: str, as_json: bool):
         ("flash", "-" if p.flash_bytes is None else f"{_bytes(p.flash_bytes)} ({p.flash_bytes:,} bytes)"),
         ("quantization", p.default_quantization),
         ("latency budget", f"{p.default_budget_ms:g} ms"),
+        ("default T", str(p.default_samples)),
+        ("static batch", f"yes (trunk 1, the others {p.default_samples})" if p.static_batch else "no"),
     ]
     if p.notes:
         lines.append(("notes", p.notes))

@@ -70,18 +70,13 @@ def _load_data(spec: str, examples: int, meta: dict | None):
 def build_report(models, *, device, budget_ms, threads, samples, runs, data_desc, examples) -> dict:
     """The JSON report (docs/profile-schema.md) for one or two profiled models."""
     from edgekit.devices import check_model
-    from edgekit.runtime.inspect import model_dtypes, model_ops
-    from edgekit.runtime.metadata import read_metadata
+    from edgekit.runtime.inspect import model_facts
 
     out_models = []
     for m in models:
-        data = Path(m.path).read_bytes()
-        # An MCU (a profile with flash) runs TFLite Micro, which has no dynamic batch: it would run
-        # the T passes one by one, so its arena is the batch-1 one. Elsewhere, the head runs at batch T.
-        arena = m.arena_bytes[min(m.arena_bytes)] if device.flash_bytes is not None else max(m.arena_bytes.values())
-        io = ((read_metadata(data) or {}).get("quantization") or {}).get("io")
-        problems = check_model(device, ops=model_ops(data), model_bytes=m.model_bytes, arena_bytes=arena,
-                               dtypes=model_dtypes(data), io_dtype=io)
+        # The library's fit check, at the largest T profiled (the rules, the MCU's batch-1 arena
+        # included, live in edgekit.devices).
+        problems = check_model(device, model_facts(Path(m.path).read_bytes()), samples=max(samples))
         out_models.append({**m.to_dict(), "device_problems": problems})
     comparison = None
     if len(models) == 2:
