@@ -8,7 +8,7 @@ DATA   := $(or $(EDGEKIT_DATA),/usr/share/datasets/fashion-mnist)
 .PHONY: demo test test-base setup data bench clean
 
 demo: setup data
-	$(BIN)/edgekit demo --out demo-out
+	$(BIN)/edgekit demo -o demo-out
 
 test: setup data test-base
 	$(BIN)/python -m pytest -q

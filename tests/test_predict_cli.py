@@ -144,7 +144,7 @@ def test_usage_and_library_errors(tmp_path):
     assert res.exit_code == 1
     assert res.output.strip().splitlines()[-1].startswith("Error: Input has the wrong shape. Expected (20,)")
     res = _run(FIX / "mlp_ingraph.tflite", x, "--budget-ms", "-1")
-    assert res.exit_code == 1 and "Received: budget_ms=-1.0" in res.output
+    assert res.exit_code == 2 and "-1.0 is not in the range x>0" in res.output
     png = tmp_path / "a.png"
     png.write_bytes(_png(np.zeros((4, 4, 1), np.uint8), [0], color=0))
     res = _run(FIX / "mlp_ingraph.tflite", png)

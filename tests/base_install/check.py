@@ -1,4 +1,4 @@
-"""Run by `make test-base` with a venv holding only the base install (numpy, click, ai-edge-litert).
+"""Run by `make test-base` with a venv holding only the base install (numpy, click, ai-edge-litert, Pillow).
 
 It proves what a device gets: `import edgekit.runtime`, `MCModel.predict`, `edgekit --help`, `edgekit predict`
 and `edgekit profile` all work where TensorFlow and Keras are not installed at all. Not a pytest file: pytest
@@ -36,7 +36,7 @@ def main() -> int:
         runs = {
             "help": [exe, "--help"],
             "predict": [exe, "predict", str(FIXTURES / "book_ingraph.tflite"), str(npy), "--samples", "20", "--json"],
-            "profile": [exe, "profile", str(FIXTURES / "book_ingraph.tflite"), "--samples", "1,10", "--runs", "5",
+            "profile": [exe, "profile", str(FIXTURES / "book_ingraph.tflite"), "--sweep", "1,10", "--runs", "5",
                         "--json"],
         }
         for name, cmd in runs.items():
