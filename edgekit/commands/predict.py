@@ -12,13 +12,12 @@ from edgekit.errors import InvalidArgumentError
 
 __all__ = ["predict"]
 
-# The suffixes of edgekit.runtime.images.FORMATS (PNG, JPEG, WebP, BMP), kept here so that `edgekit
-# --help` does not import numpy.
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def _load_input(path: Path, meta: dict):
     import numpy as np
+
+    from edgekit.runtime.images import SUFFIXES, load_image
 
     suffix = path.suffix.lower()
     if suffix == ".npy":
@@ -34,9 +33,7 @@ def _load_input(path: Path, meta: dict):
             x.close()
             raise InvalidArgumentError(f"Expected a .npy array file. Received: {str(path)!r}, an .npz archive")
         return x
-    if suffix in _IMAGE_SUFFIXES:
-        from edgekit.runtime.images import load_image
-
+    if suffix in SUFFIXES:
         spec = (meta.get("input") or {}).get("image")
         if not spec:
             raise InvalidArgumentError(
@@ -49,7 +46,7 @@ def _load_input(path: Path, meta: dict):
             x = x.reshape(shape)  # e.g. a [28, 28] model input from a [28, 28, 1] image
         return x
     raise InvalidArgumentError(
-        f"Unsupported input file. Expected .npy or an image ({', '.join(_IMAGE_SUFFIXES)}). Received: {path.name!r}"
+        f"Unsupported input file. Expected .npy or an image ({', '.join(SUFFIXES)}). Received: {path.name!r}"
     )
 
 
