@@ -52,6 +52,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edgekit.errors import InvalidArgumentError, UnsupportedModelError
 from edgekit.layers import MC_LAYERS, MCAlphaDropout, MCDropout, MCSpatialDropout2D, mask_inputs
 from edgekit.runtime.metadata import twin_mask_inputs
 
@@ -160,12 +161,12 @@ def check_representative_data(data, input_shape: Sequence[int], what: str = "rep
     if arr.ndim == len(want) + 1 and arr.shape[0] == 0:
         raise ValueError(f"Expected a non-empty `{what}`. Received: an array of shape {arr.shape}")
     if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `{what}` of shape (n, {', '.join(map(str, want))}). Received: shape {arr.shape}"
         )
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"Expected finite values in `{what}`. Received: {bad} NaN or infinite values")
+        raise InvalidArgumentError(f"Expected finite values in `{what}`. Received: {bad} NaN or infinite values")
     return arr
 
 
@@ -394,7 +395,7 @@ def _tflite_convert(folder, names, quantize, int8_io, calibration, sparse=False,
         text = str(e)
         hint = [ln.strip() for ln in text.splitlines() if "op" in ln.lower() and ("not" in ln.lower() or "flex" in ln.lower())]
         detail = hint[0] if hint else (text.strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(
+        raise UnsupportedModelError(
             "Expected a model made of layers that convert to TFLite builtin ops. Received: the TFLite converter "
             f"failed ({detail[:300]})"
         ) from None
