@@ -272,9 +272,9 @@ def test_every_malformed_png_is_one_clear_image_error(name):
     assert "\n" not in message and "Expected" in message and "Received" in message, message
 
 
-def test_variants_libpng_also_reads_give_the_declared_size():
-    # Pillow reads these as libpng does (an unusual order, a second header, a palette where none is
-    # needed, a short stream that holds every row): what comes out has the size the header declares.
+def test_malformed_variants_pillow_reads_give_the_declared_size():
+    # Pillow reads these anyway (an unusual order, a second header, a palette where none is needed,
+    # a stream without its checksum that holds every row): what comes out has the declared size.
     ok_raw = b"".join(b"\x00" + bytes(4) for _ in range(3))
     ok_idat = chunk(b"IDAT", zlib.compress(ok_raw))
     end = chunk(b"IEND", b"")
