@@ -250,7 +250,9 @@ def _read(path: Path) -> bytes:
             raise ImageError(f"Image file too large. Expected at most {MAX_FILE_BYTES} bytes. Received: {size} bytes")
         return path.read_bytes()
     except OSError as e:
-        raise ImageError(f"Cannot read image {str(path)!r}. Expected a readable file. Received: {e.strerror or e}") from None
+        raise ImageError(
+            f"Cannot read image {str(path)!r}. Expected a readable file. Received: {e.strerror or e}"
+        ) from None
 
 
 def load_image(path: str | os.PathLike, spec: dict) -> np.ndarray:

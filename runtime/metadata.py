@@ -326,7 +326,9 @@ def _layout(data: bytes) -> _Layout:
         vtable = tab.Pos - tab.Get(N.SOffsetTFlags, tab.Pos)
         size = tab.Get(N.VOffsetTFlags, vtable)
         if size < 4 or size % 2:
-            raise MetadataError(f"Malformed .tflite flatbuffer: bad vtable size. Expected an even size >= 4. Received: {size}")
+            raise MetadataError(
+                f"Malformed .tflite flatbuffer: bad vtable size. Expected an even size >= 4. Received: {size}"
+            )
         fields = tuple(tab.Offset(4 + 2 * f) for f in range((size - 4) // 2))
         targets = {f: tab.Indirect(tab.Pos + off) for f, off in enumerate(fields) if off and f != _MODEL_VERSION}
         metadata = [model.Metadata(i) for i in range(_count(model.MetadataLength(), data, "metadata"))]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import warnings
 import zlib
 
@@ -52,7 +51,8 @@ def ihdr(width, height, depth=8, color=0, compression=0, filtering=0, interlace=
 def png(width, height, raw: bytes, *, depth=8, color=0, plte: bytes | None = None, interlace=0) -> bytes:
     """A PNG whose scanlines (filter byte + stored bytes) are exactly ``raw``."""
     return (SIG + ihdr(width, height, depth, color, interlace=interlace)
-            + (chunk(b"PLTE", plte) if plte is not None else b"") + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+            + (chunk(b"PLTE", plte) if plte is not None else b"") + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
 
 
 def gray(width=4, height=3, fill=0) -> bytes:
@@ -228,7 +228,8 @@ def test_rgb_to_gray_uses_the_itu_r_601_luma_and_alpha_is_dropped():
     rgba = np.concatenate([img, np.zeros((5, 7, 1), np.uint8)], axis=-1)  # fully transparent
     np.testing.assert_array_equal(decode_image(_encode(rgba, "PNG"), channels=3), img)  # not composited
     gray_img = img[..., 0]
-    np.testing.assert_array_equal(decode_image(_encode(gray_img, "PNG"), channels=3), np.repeat(gray_img[..., None], 3, -1))
+    want = np.repeat(gray_img[..., None], 3, -1)
+    np.testing.assert_array_equal(decode_image(_encode(gray_img, "PNG"), channels=3), want)
 
 
 def _bad(name):
@@ -294,10 +295,8 @@ def test_zlib_bomb_decodes_only_what_the_header_declares():
     # 64 MiB of zeros declared as a 1x1 image: Pillow inflates the 2 bytes it needs.
     comp = zlib.compressobj(9)
     bomb = b"".join(comp.compress(bytes(1 << 20)) for _ in range(64)) + comp.flush()
-    started = time.perf_counter()
     img = decode_image(SIG + ihdr(1, 1) + chunk(b"IDAT", bomb) + chunk(b"IEND", b""), channels=1)
-    assert img.shape == (1, 1, 1) and img[0, 0, 0] == 0
-    assert time.perf_counter() - started < 5  # inflating 64 MiB would still be fast: the RSS test is in test_robust_images
+    assert img.shape == (1, 1, 1) and img[0, 0, 0] == 0  # its memory is measured in test_robust_images
 
 
 def test_a_flood_of_tiny_chunks_is_refused_before_pillow_walks_it():

@@ -231,7 +231,8 @@ def test_every_damaged_byte_near_the_root_gives_a_clean_error():
 
 
 def test_import_does_not_load_the_schema_bindings():
-    # The generated schema module is large (some 20,000 lines): a model load imports it, `import edgekit.runtime` does not.
+    # The generated schema module is large (some 20,000 lines): a model load imports it,
+    # `import edgekit.runtime` does not.
     import subprocess
     import sys
 

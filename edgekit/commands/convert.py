@@ -308,7 +308,8 @@ def sparsify(model_path, output, target, epochs, data, batch_size, as_json):
     from edgekit.runtime.fileio import atomic_write_bytes, refuse_overwrite_input
 
     if not str(output).endswith(".keras"):
-        raise click.BadParameter(f"Expected a path ending in .keras. Received: {output!r}", param_hint="'-o' / '--output'")
+        raise click.BadParameter(f"Expected a path ending in .keras. Received: {output!r}",
+                                 param_hint="'-o' / '--output'")
     refuse_overwrite_input(output, [model_path])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgekit.converters.loading import load_keras_model

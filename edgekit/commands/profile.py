@@ -62,7 +62,9 @@ def _load_data(spec: str, examples: int, meta: dict | None):
     try:
         f = np.load(path, allow_pickle=False)
     except (ValueError, EOFError) as e:  # not an npz, an object array (pickle), or an empty file
-        raise InvalidArgumentError(f"Expected an .npz file of labelled arrays. Received: --data {spec!r} ({e})") from None
+        raise InvalidArgumentError(
+            f"Expected an .npz file of labelled arrays. Received: --data {spec!r} ({e})"
+        ) from None
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise InvalidArgumentError(f"Expected an .npz file of labelled arrays. Received: --data {spec!r}, one array")
     with f:

@@ -1,8 +1,8 @@
 """Run by `make test-base` with a venv holding only the base install (numpy, click, ai-edge-litert, Pillow).
 
 It proves what a device gets: `import edgekit.runtime`, `MCModel.predict`, `edgekit --help`, `edgekit predict`
-(on an array and on a JPEG image) and `edgekit profile` all work where TensorFlow and Keras are not installed at all. Not a pytest file: pytest
-and hypothesis are not in that venv either. Exit status 0 means every check passed.
+(on an array and on a JPEG image) and `edgekit profile` all work where TensorFlow and Keras are not installed at
+all. Not a pytest file: pytest and hypothesis are not in that venv either. Exit status 0 means every check passed.
 """
 
 from __future__ import annotations
