@@ -8,17 +8,22 @@ DATA   := $(or $(EDGEKIT_DATA),/usr/share/datasets/fashion-mnist)
 .PHONY: demo test test-base setup data bench clean
 
 demo: setup data
-	$(BIN)/edgekit demo --out demo-out
+	$(BIN)/edgekit demo -o demo-out
 
 test: setup data test-base
 	$(BIN)/python -m pytest -q
 
-# A second venv with only the base install (no TensorFlow): what a device gets.
-BASE := .venv-base
-test-base:
+# A second venv with only the base install (no TensorFlow): what a device gets. The wheel is built
+# by the dev venv's setuptools (--no-build-isolation --no-index: the build backend is never
+# downloaded); the base dependencies are fetched the first time only, when that venv is new.
+BASE   := .venv-base
+WHEELS := build/wheels
+test-base: setup
 	test -x $(BASE)/bin/python || $(PYTHON) -m venv $(BASE)
-	$(BASE)/bin/pip install --quiet --upgrade pip
-	$(BASE)/bin/pip install --quiet .
+	rm -rf $(WHEELS)
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation --no-index -w $(WHEELS) .
+	$(BASE)/bin/pip install --quiet --force-reinstall --no-deps $(WHEELS)/edgekit-*.whl
+	$(BASE)/bin/pip install --quiet $(WHEELS)/edgekit-*.whl
 	$(BASE)/bin/python tests/base_install/check.py
 
 setup: $(STAMP)

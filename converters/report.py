@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgekit.errors import InvalidArgumentError
 from edgekit.qtyping import CALIBRATED
 from edgekit.runtime.metrics import ece, nll
 
@@ -303,7 +304,7 @@ def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows:
     x = check_representative_data(x, in_shape, "x")
     y = np.asarray(y).astype(np.int64).reshape(-1)
     if len(y) != len(x):
-        raise ValueError(f"Expected one label per input. Received: {len(x)} inputs and {len(y)} labels")
+        raise InvalidArgumentError(f"Expected one label per input. Received: {len(x)} inputs and {len(y)} labels")
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"Expected `samples` to be a positive int. Received: samples={samples!r}")
     if reference is None:

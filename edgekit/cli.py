@@ -1,7 +1,10 @@
 """The ``edgekit`` command line: train, convert and quantize, predict, profile.
 
-Run ``edgekit COMMAND --help`` for each command. Library errors print one line on stderr and exit
-with status 1; usage errors exit with status 2. Most commands take ``--json`` for machines.
+Run ``edgekit COMMAND --help`` for each command. Library errors (:class:`edgekit.errors.EdgekitError`,
+and ``OSError`` from the environment) print one line on stderr and exit with status 1; usage errors
+(a missing input file, an option out of range) exit with status 2; anything else is a bug and shows
+its traceback. Every command that writes a file takes ``-o/--output``; ``--samples`` is always the
+number T of MC samples per input; most commands take ``--json`` for machines.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def cli():
 
     \b
     A typical session:
-      edgekit train --recipe book --epochs 20 --out model.keras
+      edgekit train --recipe book --epochs 20 -o model.keras
       edgekit convert model.keras -o model.tflite --quantize int8
       edgekit predict model.tflite image.png --budget-ms 5
       edgekit profile model.tflite --device host --plot profile.png

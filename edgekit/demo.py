@@ -1,7 +1,8 @@
-"""The end-to-end demo (``make demo`` / ``edgekit demo``): the seed's MC-dropout walk-through, then the device.
+"""The end-to-end demo (``make demo`` / ``edgekit demo``): the reference MC-dropout walk-through, then the device.
 
-1. Train the seed's dropout MLP ("book" recipe, MC layers) on the real Fashion-MNIST.
-2. Repeat the seed's walk-through on the real test set: the first test image with dropout off and
+1. Train the dropout MLP of the reference text (Hands-On ML, ch. 11; the "book" recipe, MC layers)
+   on the real Fashion-MNIST.
+2. Repeat its MC-dropout walk-through on the real test set: the first test image with dropout off and
    three stochastic samples, the MC mean and std over 100 samples, accuracy deterministic vs MC.
 3. Convert the model to float32, float16 and int8 TFLite files whose dropout stays stochastic, and
    print the conversion report (size, float islands, accuracy, NLL, ECE against the Keras model).
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import click
 import numpy as np
+
+from edgekit.errors import EdgekitError
 
 __all__ = ["run_demo"]
 
@@ -73,7 +76,7 @@ def run_demo(out: str | os.PathLike = "demo-out", *, epochs: int = 15, seed: int
     summary: dict = {"dataset": "fashion-mnist", "train": len(data.x_train), "test": len(data.x_test),
                      "seed": seed, "samples": samples}
 
-    _say(f"1. Training the seed's dropout MLP (MC layers) on Fashion-MNIST, up to {epochs} epochs")
+    _say(f"1. Training the Hands-On ML chapter 11 dropout MLP (MC layers) on Fashion-MNIST, up to {epochs} epochs")
     keras.utils.set_random_seed(seed)
     model = recipes.book(mean=float(data.x_train.mean()), std=float(data.x_train.std()))
     fit = recipes.train(model, data.x_train, data.y_train, epochs=epochs, batch_size=128, verbose=2)
@@ -85,7 +88,7 @@ def run_demo(out: str | os.PathLike = "demo-out", *, epochs: int = 15, seed: int
     atomic_write_bytes(model_path, tmp.read_bytes())
     tmp.unlink()
 
-    _say("\n2. The seed's MC-dropout walk-through on the real test set")
+    _say("\n2. The chapter's MC-dropout walk-through on the real test set")
     first = data.x_test[:1]
     det_first = mc.predict_deterministic(model, first)[0]
     _say("   First test image, dropout off:")
@@ -104,7 +107,7 @@ def run_demo(out: str | os.PathLike = "demo-out", *, epochs: int = 15, seed: int
     mc_mean_all, det_all = reference
     det_acc = float(np.mean(det_all.argmax(-1) == data.y_test))
     mc_acc = float(np.mean(mc_mean_all.argmax(-1) == data.y_test))
-    _say(f"   Test accuracy: dropout off {det_acc:.4f}, MC dropout {mc_acc:.4f} (seed text: 0.868 -> 0.869)")
+    _say(f"   Test accuracy: dropout off {det_acc:.4f}, MC dropout {mc_acc:.4f} (the book: 0.868 -> 0.869)")
     truth = int(data.y_test[0])
     summary["first_image"] = {
         "label": truth, "label_name": data.class_names[truth],
@@ -164,7 +167,7 @@ def _profile(out: Path, data, runs: int) -> dict:
             "--data", "fashion-mnist", "--runs", str(runs), "--plot", str(out / "profile.png"), "--json"]
     result = CliRunner().invoke(profile, args, catch_exceptions=False)
     if result.exit_code != 0:
-        raise RuntimeError(f"edgekit profile failed: {result.output.strip()}")
+        raise EdgekitError(f"edgekit profile failed: {result.output.strip()}")
     report = json.loads(result.stdout)
     atomic_write_bytes(out / "profile.json", (json.dumps(report, indent=2) + "\n").encode())
     _say(f"   budget {report['budget_ms']} ms; one input; p50 / p99 latency in ms and MC accuracy against T")

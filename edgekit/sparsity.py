@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from edgekit.errors import InvalidArgumentError, UnsupportedModelError
+
 __all__ = [
     "PolynomialSchedule",
     "PruningCallback",
@@ -271,11 +273,11 @@ def sparsify(
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y).reshape(-1)
     if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"Expected as many labels as inputs (and at least one). Received: {len(x)} inputs, {len(y)} labels")
+        raise InvalidArgumentError(f"Expected as many labels as inputs (and at least one). Received: {len(x)} inputs, {len(y)} labels")
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     if not prunable_layers(clone, skip):
-        raise ValueError("Expected a model with Dense, Conv2D or DepthwiseConv2D layers to prune. Received: none")
+        raise UnsupportedModelError("Expected a model with Dense, Conv2D or DepthwiseConv2D layers to prune. Received: none")
     before = _accuracy(clone, validation_data)
     if epochs == 0:
         prune_once(clone, target, skip)

@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from edgekit.errors import InvalidArgumentError
+
 __all__ = ["atomic_write_bytes", "refuse_overwrite_input"]
 
 
@@ -24,7 +26,7 @@ def refuse_overwrite_input(output: str | os.PathLike, inputs: Iterable[str | os.
         if not same and out.exists() and src.exists():
             same = os.path.samefile(out, src)
         if same:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Refusing to overwrite an input. Expected an output path different from the input. "
                 f"Received: output={str(output)!r}, input={str(src)!r}"
             )

@@ -1,4 +1,4 @@
-"""Turn an image file into a model input, as the model's metadata says (no Pillow needed for PNG).
+"""Turn an image file into a model input, as the model's metadata says.
 
 >>> from edgekit.runtime.images import load_image
 >>> x = load_image("shoe.png", {"height": 28, "width": 28, "channels": 1,
@@ -6,339 +6,222 @@
 >>> x.shape, x.dtype
 ((28, 28, 1), dtype('float32'))
 
-PNG is decoded here with ``zlib`` and numpy, because the base install (what a device gets) has no
-Pillow: grayscale, gray+alpha, RGB, RGBA and palette images at every bit depth the PNG standard
-allows (1, 2, 4, 8, 16; 16-bit samples keep their high byte, 1/2/4-bit gray is scaled to 0..255),
-non-interlaced. Interlaced (Adam7) PNGs and JPEG need Pillow (``pip install pillow``); without it
-the error says so. The image is converted to the model's channel count (RGB to gray with the
-ITU-R 601 luma weights Pillow uses), resized to ``height x width`` with bilinear interpolation
-(half-pixel centres), then ``x = pixel * scale + offset``.
+Pillow (part of the base install) decodes the file: PNG (every colour type and bit depth,
+interlaced too), JPEG, WebP and BMP; an animated file gives its first frame, and EXIF orientation
+is not applied (as ``tf.io.decode_image``). The image is then converted to the model's channel
+count with Pillow's ``convert`` (RGB to gray with the ITU-R 601-2 luma weights; alpha is dropped,
+not composited; 16-bit samples keep their high byte), resized to ``height x width`` by
+:func:`resize_bilinear` (bilinear, half-pixel centres, as ``tf.image.resize`` does, so an image
+reaches the model as it reached a model trained on resized images; Pillow's own filters widen
+when they shrink an image and would give other pixels), and scaled: ``x = pixel * scale + offset``.
 
-An image file is untrusted input, so the decoder is strict and bounded:
+An image file is untrusted input, so before Pillow decodes a pixel:
 
-- every chunk's CRC32 is checked and the file must end with an ``IEND`` chunk, so a changed or
-  missing byte is refused instead of silently giving other pixels (Pillow does not check every
-  CRC, so a damaged PNG is never handed to it: only well-formed variants this decoder lacks);
-- every ``IHDR`` field is validated (13 bytes; width and height 1 to :data:`MAX_SIDE`, at most
-  :data:`MAX_PIXELS` pixels; a bit depth allowed for the colour type; compression, filter and
-  interlace methods), as are the chunk order and the palette (1 to ``2**depth`` RGB entries, present
-  for palette images; an index past its end reads as black, as in libpng);
-- the compressed data is inflated to at most the exact size the header implies (+1 byte, to notice
-  extra data), so a small file that inflates to gigabytes (a zlib bomb) costs no memory;
-- scanlines are unfiltered with numpy: Sub and Up rows whole, Average and Paeth rows (sequential
-  along a row) together along anti-diagonals, so the Python loop runs ``width + height`` times
-  instead of once per byte (a 3000x3000 Paeth image: about 0.5 s here, was minutes; a 28x28
-  image about 2.5 ms).
+- at most :data:`MAX_FILE_BYTES` are read;
+- only Pillow's PNG, JPEG, WebP and BMP readers are reached (``Image.open(formats=...)``), never
+  the many other formats Pillow knows (some hand the file to external programs);
+- the size the header declares is checked against :data:`MAX_SIDE` and :data:`MAX_PIXELS`. Pillow's
+  own guard (``Image.MAX_IMAGE_PIXELS``: a ``DecompressionBombWarning``, then a
+  ``DecompressionBombError`` at twice that) sits far above them; it is process-wide state that the
+  caller's own code may rely on, so it is left as it is, and its warning is an error here;
+- what Pillow reads in Python, one piece at a time, is bounded, because a file made of millions of
+  tiny pieces would take seconds per megabyte: at most :data:`MAX_PNG_CHUNKS` PNG chunks, at most
+  :data:`MAX_JPEG_HEADER_BYTES` of JPEG markers before the image data, at most
+  :data:`MAX_JPEG_SCANS` JPEG scans (libjpeg makes a pass over the whole image for each one), and
+  no RLE-compressed BMP (Pillow decodes those pixel by pixel in Python);
+- a PNG's chunks are CRC-checked (Pillow's ``verify()``) and its fixed 12-byte ``IEND`` chunk must be
+  there, so a changed byte is refused instead of silently giving other pixels (Pillow skips the
+  CRC of the image data when it decodes).
 
-Every bad image ends in :class:`ImageError` (a ``ValueError``), which ``edgekit predict`` prints as
+Pillow inflates only as much compressed data as the declared size needs, so a small file whose
+data inflates to gigabytes (a zlib bomb) costs nothing. Every failure ends in :class:`ImageError`
+(a ``ValueError``), with an "Expected ... Received ..." message, which ``edgekit predict`` prints as
 one ``Error:`` line with exit status 1.
 """
 
 from __future__ import annotations
 
+import io
 import os
-import struct
-import zlib
+import warnings
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from edgekit.errors import EdgekitError
 
-__all__ = ["ImageError", "MAX_FILE_BYTES", "MAX_PIXELS", "MAX_SIDE", "decode_png", "load_image", "resize_bilinear"]
+__all__ = [
+    "FORMATS",
+    "ImageError",
+    "MAX_FILE_BYTES",
+    "MAX_JPEG_HEADER_BYTES",
+    "MAX_JPEG_SCANS",
+    "MAX_PIXELS",
+    "MAX_PNG_CHUNKS",
+    "MAX_SIDE",
+    "SUFFIXES",
+    "decode_image",
+    "load_image",
+    "resize_bilinear",
+]
+
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+"""The image formats read (Pillow's names for them)."""
+SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+"""File name suffixes ``edgekit predict`` reads as images."""
 
 MAX_SIDE = 8192
-"""Largest PNG width or height accepted (model inputs are tiny; this bounds memory and time)."""
+"""Largest image width or height accepted (model inputs are tiny; this bounds memory and time)."""
 MAX_PIXELS = 1 << 24
-"""Largest PNG pixel count accepted (16.8 Mpixel, e.g. 4096x4096), and at most ``4 * MAX_PIXELS``
-bytes of samples (so a 16-bit RGBA image may have a quarter of it): the worst case measured here
-(8192x2048 RGB, every row Paeth) decodes in about 2 s with a peak RSS near 250 MB."""
+"""Largest pixel count accepted (16.8 Mpixel, e.g. 4096x4096)."""
 MAX_FILE_BYTES = 256 << 20
-"""Largest image file read (a valid PNG or JPEG of :data:`MAX_PIXELS` pixels is far smaller)."""
-_MAX_CHUNKS = 1 << 18  # encoders write IDAT in 8-64 KiB chunks; a flood of tiny chunks is an attack
+"""Largest image file read (a valid image of :data:`MAX_PIXELS` pixels is far smaller)."""
+MAX_PNG_CHUNKS = 1 << 18
+"""Most chunks a PNG may have (encoders write the image data in 8-64 KiB chunks)."""
+MAX_JPEG_HEADER_BYTES = 2 << 20
+"""Most bytes of markers (EXIF, ICC profile, comments) a JPEG may have before its image data."""
+MAX_JPEG_SCANS = 100
+"""Most scans a JPEG may have (a progressive JPEG has about ten)."""
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
-_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
-_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}  # PNG spec table 11.1
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # length 0, type, CRC32 of b"IEND": the same in every PNG
+_JPEG_SOS = b"\xff\xda"  # start of scan; 0xFF in entropy-coded data is always followed by 0x00
+_BMP_RLE = (1, 2)  # BI_RLE8, BI_RLE4
+_NAMES = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "BMP": "BMP"}
+_ACCEPTED = "a PNG, JPEG, WebP or BMP image"
 
 
 class ImageError(EdgekitError, ValueError):
     """The image cannot be read or does not fit the model."""
 
 
-class _UnsupportedPNG(ImageError):
-    """A well-formed PNG variant this decoder does not handle (Pillow may)."""
+def _format_of(data: bytes) -> str | None:
+    """Pillow's name for the format the first bytes announce, or None (the magic numbers Pillow checks)."""
+    if data.startswith(_PNG_SIG):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data.startswith(b"BM"):
+        return "BMP"
+    return None
 
 
-def _chunks(data: bytes):
-    """Yield ``(type, body)`` for each chunk up to and including IEND, checking lengths and CRCs."""
-    view, pos, count = memoryview(data), 8, 0
-    while True:
-        if pos + 12 > len(data):
-            raise ImageError(
-                "Truncated PNG file. Expected an IEND chunk at the end. "
-                f"Received: {len(data)} bytes ending inside or after chunk {count}"
-            )
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        if length > 2**31 - 1 or not kind.isalpha():
-            raise ImageError(
-                f"Corrupted PNG file. Expected a chunk header at byte {pos}. Received: type {kind!r}, length {length}"
-            )
-        end = pos + 8 + length
-        if end + 4 > len(data):
-            raise ImageError(
-                f"Truncated PNG file. Expected {end + 4} bytes for the {kind.decode()} chunk. Received: {len(data)}"
-            )
-        body = view[pos + 8 : end]
-        (crc,) = struct.unpack_from(">I", data, end)
-        if crc != zlib.crc32(body, zlib.crc32(kind)):  # a changed byte anywhere in the chunk
-            raise ImageError(
-                f"Corrupted PNG file: the {kind.decode()} chunk at byte {pos} fails its CRC check. "
-                f"Expected CRC {zlib.crc32(body, zlib.crc32(kind)):#010x}. Received: {crc:#010x}"
-            )
+def _count_png_chunks(data: bytes) -> None:
+    """Refuse a PNG of more than :data:`MAX_PNG_CHUNKS` chunks; its damage is left to Pillow to find."""
+    pos, count = len(_PNG_SIG), 0
+    while pos + 8 <= len(data):
         count += 1
-        if count > _MAX_CHUNKS:
-            raise ImageError(f"Unsupported PNG. Expected at most {_MAX_CHUNKS} chunks. Received: more")
-        yield kind, body
-        if kind == b"IEND":
-            return  # bytes after IEND are ignored, as libpng does
-        pos = end + 4
+        if count > MAX_PNG_CHUNKS:
+            raise ImageError(f"Unsupported PNG. Expected at most {MAX_PNG_CHUNKS} chunks. Received: more")
+        if data[pos + 4 : pos + 8] == b"IEND":
+            return
+        pos += 12 + int.from_bytes(data[pos : pos + 4], "big")  # length, type, body, CRC
 
 
-def _header(body: memoryview) -> tuple[int, int, int, int, int]:
-    """Validate IHDR; return ``(width, height, depth, colour, interlace)``."""
-    if len(body) != 13:
-        raise ImageError(f"Corrupted PNG file. Expected a 13-byte IHDR chunk. Received: {len(body)} bytes")
-    width, height, depth, color, compression, filtering, interlace = struct.unpack(">IIBBBBB", body)
+def _check_jpeg(data: bytes) -> None:
+    from PIL import Image
+
+    scans = data.count(_JPEG_SOS)  # an upper bound: the bytes may also occur inside metadata
+    if scans > MAX_JPEG_SCANS:
+        raise ImageError(f"Unsupported JPEG. Expected at most {MAX_JPEG_SCANS} scans. Received: {scans}")
+    if len(data) > MAX_JPEG_HEADER_BYTES:
+        # Pillow walks the markers before the image data in Python: let it see only the first
+        # MAX_JPEG_HEADER_BYTES. A header that ends there leaves Pillow a tile to decode.
+        try:
+            with Image.open(io.BytesIO(data[:MAX_JPEG_HEADER_BYTES]), formats=["JPEG"]) as head:
+                found = bool(head.tile)
+        except Exception:  # Pillow raises many types for what it cannot read: the file is refused below
+            found = False
+        if not found:
+            raise ImageError(
+                f"Unsupported JPEG. Expected its image data to start within its first {MAX_JPEG_HEADER_BYTES} bytes "
+                "(after the markers and metadata). Received: no image data there"
+            )
+
+
+def _check_size(im, kind: str) -> None:
+    width, height = im.size
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE) or width * height > MAX_PIXELS:
         raise ImageError(
-            f"Unsupported PNG size. Expected width and height 1 to {MAX_SIDE} and at most {MAX_PIXELS} pixels. "
-            f"Received: {width}x{height}"
+            f"Unsupported {_NAMES[kind]} size. Expected width and height 1 to {MAX_SIDE} and at most {MAX_PIXELS} "
+            f"pixels. Received: {width}x{height}"
         )
-    if color not in _DEPTHS or depth not in _DEPTHS[color]:
-        raise ImageError(
-            "Corrupted PNG header. Expected a colour type and bit depth from the PNG standard (gray 1/2/4/8/16, "
-            f"RGB 8/16, palette 1/2/4/8, gray+alpha 8/16, RGBA 8/16). Received: colour type {color}, bit depth {depth}"
-        )
-    if compression != 0 or filtering != 0 or interlace not in (0, 1):
-        raise ImageError(
-            "Corrupted PNG header. Expected compression method 0, filter method 0 and interlace method 0 or 1. "
-            f"Received: {compression}, {filtering}, {interlace}"
-        )
-    if height * ((width * _CHANNELS[color] * depth + 7) // 8) > 4 * MAX_PIXELS:
-        raise ImageError(
-            f"Unsupported PNG size. Expected at most {4 * MAX_PIXELS} bytes of samples. Received: {width}x{height} "
-            f"pixels of {_CHANNELS[color]} {depth}-bit samples"
-        )
-    return width, height, depth, color, interlace
+    if kind == "BMP" and im.info.get("compression") in _BMP_RLE:
+        raise ImageError("Unsupported BMP. Expected an uncompressed BMP. Received: RLE compression")
 
 
-def _parse(data: bytes):
-    """Walk the chunks in order; return the header, the palette (or None) and the compressed data."""
-    header, palette, idat, idat_done = None, None, [], False
-    for kind, body in _chunks(data):
-        if header is None and kind != b"IHDR":
-            raise ImageError(f"Corrupted PNG file. Expected IHDR as the first chunk. Received: {kind.decode()}")
-        if kind == b"IHDR":
-            if header is not None:
-                raise ImageError("Corrupted PNG file. Expected one IHDR chunk. Received: a second one")
-            header = _header(body)
-        elif kind == b"PLTE":
-            if palette is not None or idat:
-                raise ImageError("Corrupted PNG file. Expected one PLTE chunk before the image data. Received: another")
-            depth, color = header[2], header[3]
-            entries = 1 << depth if color == 3 else 256
-            if len(body) == 0 or len(body) % 3 or len(body) > 3 * entries:
-                raise ImageError(
-                    f"Corrupted PNG palette. Expected 1 to {entries} RGB entries (a multiple of 3 bytes). "
-                    f"Received: {len(body)} bytes"
-                )
-            if color in (0, 4):
-                raise ImageError(f"Corrupted PNG file. Expected no PLTE chunk in a colour type {color} image. Received: one")
-            palette = np.frombuffer(body, np.uint8).reshape(-1, 3)
-        elif kind == b"IDAT":
-            if idat_done:
-                raise ImageError("Corrupted PNG file. Expected consecutive IDAT chunks. Received: IDAT after other chunks")
-            idat.append(body)
-        elif kind == b"IEND":
-            if len(body):
-                raise ImageError(f"Corrupted PNG file. Expected an empty IEND chunk. Received: {len(body)} bytes")
-        elif kind[0] < ord("a"):  # an unknown critical chunk (upper-case first letter): the image needs it
-            raise ImageError(f"Unsupported PNG. Expected only known critical chunks. Received: {kind.decode()}")
-        elif idat:
-            idat_done = True
-    if not idat:
-        raise ImageError("Corrupted PNG file. Expected at least one IDAT chunk. Received: none")
-    if header[3] == 3 and palette is None:
-        raise ImageError("Corrupted PNG file. Expected a PLTE chunk in a palette image. Received: none")
-    return header, palette, b"".join(idat)
+def _pixels(im, channels: int) -> np.ndarray:
+    """The decoded image as ``[height, width, channels]`` uint8 (1: gray, 3: RGB)."""
+    from PIL import Image
 
-
-def _inflate(compressed: bytes, size: int) -> bytes:
-    """Inflate exactly ``size`` bytes; never more than ``size + 1`` (a zlib bomb stops here)."""
-    inflater = zlib.decompressobj()
-    try:
-        raw = inflater.decompress(compressed, size + 1)
-    except zlib.error as e:
-        raise ImageError(f"Corrupted PNG data. Expected a zlib stream. Received: bytes zlib refuses ({e})") from None
-    if len(raw) != size or not inflater.eof:
-        got = f"{len(raw)}" if len(raw) <= size else "more"
-        raise ImageError(
-            f"Corrupted PNG data. Expected {size} bytes in one complete zlib stream. Received: {got} bytes"
-            + ("" if len(raw) > size or inflater.eof else " (the stream is cut short)")
-        )
-    return raw
-
-
-def _unfilter(rows: np.ndarray, bpp: int) -> np.ndarray:
-    """Undo the per-row PNG filters (spec section 9) of ``[height, 1 + stride]``; return ``[height, stride // bpp, bpp]``.
-
-    Byte ``x`` of a row is predicted from ``a`` (the byte ``bpp`` to its left), ``b`` (above) and ``c``
-    (above-left), all already decoded. None and Sub rows need nothing from other rows: done first,
-    Sub as a wrapping cumulative sum. Up rows only add the row above. Average and Paeth are sequential
-    along the row, but pixel ``(y, x)`` depends only on ``(y, x-1)``, ``(y-1, x)`` and ``(y-1, x-1)``,
-    so every pixel on an anti-diagonal ``y + x = d`` is independent of the others: one numpy step
-    per diagonal (``width + height`` steps in all) decodes all rows at once.
-    """
-    height, stride = rows.shape[0], rows.shape[1] - 1
-    width = stride // bpp  # in pixels of bpp bytes (one byte per step for depths below 8)
-    filters = rows[:, 0]
-    if int(filters.max()) > 4:
-        y = int(np.argmax(filters > 4))
-        raise ImageError(f"Corrupted PNG data. Expected filter types 0 to 4. Received: {int(filters[y])} in row {y}")
-    # A zero row above and a zero pixel on the left: a, b, c outside the image are 0 (spec 9.2).
-    padded = np.zeros((height + 1, width + 1, bpp), np.uint8)
-    padded[1:, 1:] = rows[:, 1:].reshape(height, width, bpp)
-    sub = np.flatnonzero(filters == 1) + 1
-    if sub.size:
-        padded[sub, 1:] = np.cumsum(padded[sub, 1:], axis=1, dtype=np.uint8)  # uint8 wraps modulo 256
-    sequential = np.flatnonzero(filters >= 3)
-    first = int(sequential[0]) if sequential.size else height
-    for y in np.flatnonzero(filters[:first] == 2) + 1:  # in order: chains of Up rows
-        padded[y] += padded[y - 1]
-    if first < height:
-        _unfilter_diagonals(padded, filters, first + 1)
-    return padded[1:, 1:]  # a view: no copy of what may be 64 MiB
-
-
-def _unfilter_diagonals(padded: np.ndarray, filters: np.ndarray, start: int) -> None:
-    """Decode Up/Average/Paeth rows ``start..`` of ``padded`` (row 0 is the zero row) in place."""
-    rows, cols, bpp = padded.shape  # height + 1, width + 1
-    width = cols - 1
-    # diag[d, r] is padded[r, d - r] (valid for 0 <= d - r <= width): rows advance by width pixels.
-    diag = as_strided(padded, shape=(rows + cols - 1, rows, bpp), strides=(bpp, width * bpp, 1))
-    kind = np.zeros(rows, np.int8)
-    kind[1:] = np.where(filters >= 2, filters, 0)  # None and Sub rows are already final
-    kind = kind[:, None]
-    paeth = bool((kind[start:] == 4).any())
-    only_paeth = paeth and bool((kind[start:] == 4).all())
-    for d in range(start + 1, rows + cols - 1):
-        lo, hi = max(start, d - width), min(rows - 1, d - 1) + 1  # rows whose column d - r is in 1..width
-        a = diag[d - 1, lo:hi].astype(np.int16)
-        b = diag[d - 1, lo - 1 : hi - 1].astype(np.int16)
-        c = diag[d - 2, lo - 1 : hi - 1].astype(np.int16)
-        k = kind[lo:hi]
-        if paeth:  # p = a + b - c; predict whichever of a, b, c is nearest p (ties: a, then b)
-            pa, pb = np.abs(b - c), np.abs(a - c)
-            pc = np.abs(a + b - 2 * c)
-            pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-            if not only_paeth:
-                pred = np.where(k == 4, pred, np.where(k == 3, (a + b) >> 1, np.where(k == 2, b, 0)))
-        else:
-            pred = np.where(k == 3, (a + b) >> 1, np.where(k == 2, b, 0))
-        diag[d, lo:hi] += pred.astype(np.uint8)
-
-
-def _samples(buf: np.ndarray, width: int, channels: int, depth: int, color: int) -> np.ndarray:
-    """Unfiltered bytes ``[height, stride // bpp, bpp]`` -> samples ``[height, width, channels]`` uint8."""
-    height = buf.shape[0]
-    if depth == 8:  # bpp == channels
-        return buf
-    if depth == 16:  # big-endian: the high byte is the 8-bit value (what Pillow keeps for RGB)
-        return buf.reshape(height, width, channels, 2)[..., 0]
-    bits = np.unpackbits(buf[..., 0], axis=1)[:, : width * depth].reshape(height, width, depth)
-    values = (bits << np.arange(depth - 1, -1, -1, dtype=np.uint8)).sum(axis=-1, dtype=np.uint8)
-    if color == 0:
-        values *= np.uint8(255 // ((1 << depth) - 1))  # 1-bit 0/255, 2-bit x85, 4-bit x17: exact
-    return values[..., None]
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """Decode a non-interlaced PNG to ``[height, width, channels]`` uint8 (gray, gray+alpha, RGB or RGBA).
-
-    Palette images come out as RGB. Raises :class:`ImageError` for anything that is not a valid PNG
-    within :data:`MAX_SIDE` and :data:`MAX_PIXELS` (see the module guide for every check).
-    """
-    if not data.startswith(_PNG_SIG):
-        raise ImageError(f"Not a PNG file. Expected the PNG signature. Received: {bytes(data[:8])!r}")
-    (width, height, depth, color, interlace), palette, compressed = _parse(data)
-    if interlace:
-        raise _UnsupportedPNG(
-            "Unsupported PNG. Expected a non-interlaced PNG (install Pillow for interlaced ones). "
-            "Received: Adam7 interlacing"
-        )
-    channels = _CHANNELS[color]
-    bits_per_pixel = channels * depth
-    stride = (width * bits_per_pixel + 7) // 8
-    raw = _inflate(compressed, height * (stride + 1))
-    rows = np.frombuffer(raw, np.uint8).reshape(height, stride + 1)
-    img = _samples(_unfilter(rows, max(1, bits_per_pixel // 8)), width, channels, depth, color)
-    if color == 3:  # an index past the palette is black, as in libpng and Pillow (which write such files)
-        full = np.zeros((256, 3), np.uint8)
-        full[: len(palette)] = palette
-        img = full[img[..., 0]]
-    return np.ascontiguousarray(img)
-
-
-def _read_any(path: Path) -> np.ndarray:
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(f"Image file too large. Expected at most {MAX_FILE_BYTES} bytes. Received: {size} bytes")
-        data = path.read_bytes()
-    except OSError as e:
-        raise ImageError(f"Cannot read image {str(path)!r}: {e.strerror or e}") from None
-    if data.startswith(_PNG_SIG):
-        try:
-            return decode_png(data)
-        except _UnsupportedPNG:
-            pass  # a well-formed variant we do not decode (interlaced): let Pillow try, if installed
-        # A damaged PNG (bad CRC, truncated, malformed) was refused above, not handed to Pillow,
-        # which does not check every CRC; the size caps were checked before this point too.
-    try:
-        from PIL import Image
-    except ImportError:
-        kind = "PNG variant" if data.startswith(_PNG_SIG) else "JPEG" if data[:3] == b"\xff\xd8\xff" else "image"
-        raise ImageError(
-            f"Cannot decode {str(path)!r} without Pillow. Expected a non-interlaced PNG (decoded without Pillow) "
-            f"or Pillow installed (pip install pillow). Received: a {kind}"
-        ) from None
-    try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise ImageError(f"Unsupported image size. Expected at most {MAX_PIXELS} pixels. Received: {im.size}")
-            im = im.convert("RGBA" if im.mode in ("RGBA", "LA", "P") else "RGB" if im.mode != "L" else "L")
-            arr = np.asarray(im)
-    except ImageError:
-        raise
-    except Exception as e:  # Pillow raises many types for bad files
-        raise ImageError(f"Cannot read image {str(path)!r}: {e}") from None
+    if im.mode.startswith("I"):  # 16-bit gray ("I;16", "I;16B", "I"): keep the high byte
+        values = np.asarray(im).astype(np.int64)
+        im = Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8), "L")
+    mode = "L" if channels == 1 else "RGB"
+    if im.mode != mode:
+        im = im.convert(mode)
+    arr = np.asarray(im)
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def _to_channels(img: np.ndarray, channels: int) -> np.ndarray:
-    have = img.shape[-1]
-    if have in (2, 4):  # drop alpha (composite over black would change the pixel values)
-        img, have = img[..., : have - 1], have - 1
-    if have == channels:
-        return img.astype(np.float32)
-    if have == 3 and channels == 1:
-        rgb = img.astype(np.float32)
-        return (rgb[..., :1] * 0.299 + rgb[..., 1:2] * 0.587 + rgb[..., 2:3] * 0.114)
-    if have == 1 and channels == 3:
-        return np.repeat(img, 3, axis=-1).astype(np.float32)
-    raise ImageError(f"Cannot convert a {have}-channel image. Expected 1 or 3 channels. Received: {channels}")
+def decode_image(data: bytes, *, channels: int) -> np.ndarray:
+    """Decode a PNG, JPEG, WebP or BMP file's bytes to ``[height, width, channels]`` uint8.
+
+    ``channels`` is 1 (gray) or 3 (RGB). Raises :class:`ImageError` for anything that is not such
+    an image within the limits of this module (see the module guide).
+    """
+    if channels not in (1, 3):
+        raise ImageError(f"Cannot convert an image to {channels} channels. Expected 1 or 3. Received: {channels}")
+    data = bytes(data)
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"Image too large. Expected at most {MAX_FILE_BYTES} bytes. Received: {len(data)} bytes")
+    kind = _format_of(data)
+    if kind is None:
+        got = "an empty file" if not data else f"a file starting {data[:8]!r}"
+        raise ImageError(f"Unsupported image. Expected {_ACCEPTED}. Received: {got}")
+    name = _NAMES[kind]
+    # Imported here: an .npy input, and `import edgekit.runtime`, never pay for Pillow (~10 ms).
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on metadata edgekit does not use (EXIF, ICC)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if kind == "PNG":
+                _count_png_chunks(data)
+            elif kind == "JPEG":
+                _check_jpeg(data)
+            with Image.open(io.BytesIO(data), formats=[kind]) as im:  # reads the header only
+                _check_size(im, kind)
+                if kind == "PNG":
+                    im.verify()  # every chunk's CRC, from the image data to IEND
+            if kind == "PNG" and _IEND not in data:
+                raise ImageError("Corrupted PNG file. Expected an intact IEND chunk at its end. Received: none")
+            with Image.open(io.BytesIO(data), formats=[kind]) as im:
+                im.load()
+                return _pixels(im, channels)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(
+            f"Unsupported {name} size. Expected at most {MAX_PIXELS} pixels. Received: {_line(e)}"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"Corrupted {name} file. Expected {_ACCEPTED}. Received: a file Pillow cannot read as {name} "
+            f"(starting {data[:8]!r})"
+        ) from None
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, even IndexError for bad files
+        raise ImageError(
+            f"Corrupted {name} file. Expected a complete, undamaged {name}. Received: {type(e).__name__}: {_line(e)}"
+        ) from None
+
+
+def _line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def resize_bilinear(img: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -360,6 +243,18 @@ def resize_bilinear(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return top * (1 - fy)[:, None, None] + bot * fy[:, None, None]
 
 
+def _read(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageError(f"Image file too large. Expected at most {MAX_FILE_BYTES} bytes. Received: {size} bytes")
+        return path.read_bytes()
+    except OSError as e:
+        raise ImageError(
+            f"Cannot read image {str(path)!r}. Expected a readable file. Received: {e.strerror or e}"
+        ) from None
+
+
 def load_image(path: str | os.PathLike, spec: dict) -> np.ndarray:
     """Read an image and turn it into one model input ``[height, width, channels]`` float32.
 
@@ -373,6 +268,8 @@ def load_image(path: str | os.PathLike, spec: dict) -> np.ndarray:
             "The model's input.image metadata is incomplete. Expected height, width, channels, scale, offset. "
             f"Received: {spec!r}"
         ) from None
-    img = _read_any(Path(path))
-    img = resize_bilinear(_to_channels(img, channels), height, width)
+    if channels not in (1, 3):
+        raise ImageError(f"Cannot convert an image to {channels} channels. Expected 1 or 3. Received: {channels}")
+    img = decode_image(_read(Path(path)), channels=channels).astype(np.float32)
+    img = resize_bilinear(img, height, width)
     return (img * np.float32(scale) + np.float32(offset)).astype(np.float32)

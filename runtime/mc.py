@@ -78,7 +78,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, InvalidArgumentError, InvalidTypeError
 from edgekit.runtime.metadata import masked_twin, read_metadata, twin_mask_inputs, verify_integrity
 from edgekit.runtime.safety import ModelLoadError, declared_tensors, probe_model
 
@@ -847,7 +847,7 @@ class MCModel:
             lo, hi = (-128 - t.zero_point) * t.scale, (127 - t.zero_point) * t.scale
             bad = (x < lo - t.scale / 2) | (x > hi + t.scale / 2)
             if bad.any():
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"The model's {what} is int8 (scale={t.scale:g}, zero_point={t.zero_point}), which represents "
                     f"[{lo:g}, {hi:g}]. Expected values in that range. Received: min={float(x.min()):g}, "
                     f"max={float(x.max()):g}"
@@ -978,31 +978,31 @@ class MCModel:
             try:
                 x = np.asarray(x)
             except Exception:
-                raise TypeError(f"Expected a numpy array as input. Received: {type(x).__name__}") from None
+                raise InvalidTypeError(f"Expected a numpy array as input. Received: {type(x).__name__}") from None
         shape = self.input.shape
         if x.dtype.kind not in "fiu" or x.dtype == np.bool_:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"Expected a float input (float32 preferred). Received: dtype={x.dtype}"
             )
         if x.dtype.kind in "iu" and not (self.input.dtype == np.int8 and x.dtype == np.int8):
-            raise TypeError(
+            raise InvalidTypeError(
                 f"Expected a float input (float32), already scaled as the model expects (see the metadata's "
                 f"input.range). Received: dtype={x.dtype}"
             )
         if x.shape == shape:
             x = x[None]
         if x.ndim != len(shape) + 1 or x.shape[1:] != shape:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Input has the wrong shape. Expected {shape} for one input or (batch, {', '.join(map(str, shape))}) "
                 f"for a batch. Received: shape={x.shape}"
             )
         if x.shape[0] == 0:
-            raise ValueError(f"Input batch is empty. Expected at least one input of shape {shape}. Received: shape={x.shape}")
+            raise InvalidArgumentError(f"Input batch is empty. Expected at least one input of shape {shape}. Received: shape={x.shape}")
         if x.dtype.kind == "f":
             finite = np.isfinite(x)
             if not finite.all():
                 bad = np.argwhere(~finite)[0]
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"Input contains NaN or Inf. Expected finite values. Received: {int((~finite).sum())} non-finite "
                     f"value(s), the first at index {tuple(int(i) for i in bad)} = {x[tuple(bad)]!r}"
                 )
@@ -1057,7 +1057,7 @@ class MCModel:
         else:
             cap = int(samples or DEFAULT_MAX_SAMPLES)
         if cap > self.max_batch and budget_ms is None and tolerance is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"samples={cap} needs more tensor memory than the budget allows. Expected samples <= "
                 f"{self.max_batch} (memory budget {self.memory_bytes} bytes). Received: samples={cap}"
             )

@@ -1,8 +1,7 @@
 """Read and write the ``edgekit`` metadata entry of a ``.tflite`` file, and check its digest.
 
-Pure Python (``struct``, ``json``, ``hashlib``): no TensorFlow, no flatbuffers package. The
-format is described in ``docs/format.md``; in short, ``Model.metadata`` holds an entry named
-``edgekit`` whose buffer is UTF-8 JSON, and that JSON carries a SHA-256 of the whole file.
+No TensorFlow. The format is described in ``docs/format.md``; in short, ``Model.metadata`` holds an
+entry named ``edgekit`` whose buffer is UTF-8 JSON, and that JSON carries a SHA-256 of the whole file.
 
 >>> from edgekit.runtime.metadata import embed_metadata, read_metadata, verify_integrity
 >>> tagged = embed_metadata(tflite_bytes, {"format": "edgekit/1", "stochastic": "in-graph"})
@@ -10,18 +9,30 @@ format is described in ``docs/format.md``; in short, ``Model.metadata`` holds an
 'in-graph'
 >>> verify_integrity(tagged)            # raises IntegrityError if any byte changed
 
+Reading a damaged file
+----------------------
+The flatbuffer is read through the TFLite schema bindings that ship with LiteRT
+(``ai_edge_litert.schema_py_generated``, on the ``flatbuffers`` package), as ``runtime/inspect.py``
+does. Those generated readers trust the file: they do not check that an offset stays inside it, so
+a damaged file makes them raise ``struct.error``, ``TypeError`` (a negative offset) or
+``ValueError`` from deep inside, or return a vector length of billions. Every read here therefore
+runs under :func:`_reading`, which turns those into :class:`MetadataError`, and every vector length
+is checked against the file size before a loop walks it. The schema module is imported on the
+first read, not with ``edgekit.runtime``.
+
 How the entry is added without touching a single existing byte
 --------------------------------------------------------------
 Re-serializing the model with the flatbuffers object API would move (and may re-align) every
-weight buffer. Instead, :func:`embed_metadata` relies on one property of flatbuffers: every
-``uoffset`` points *forward*. So a block can be inserted right after the 8-byte header (root
-offset + ``"TFL3"``); everything after it simply moves by the block's size, which is a multiple of
-16 so every weight buffer keeps its alignment. The block holds a new root ``Model`` table that
-copies every field of the old one (offsets recomputed to the shifted old data), a new
+weight buffer. So :func:`embed_metadata` writes its bytes by hand, relying on one property of
+flatbuffers: every ``uoffset`` points *forward*. A block is inserted right after the 8-byte header
+(root offset + ``"TFL3"``); everything after it simply moves by the block's size, which is a
+multiple of 16 so every weight buffer keeps its alignment. The block holds a new root ``Model``
+table that copies every field of the old one (offsets recomputed to the shifted old data), a new
 ``metadata`` vector (the old entries plus ``edgekit``) and a new ``buffers`` vector (the old
 entries plus one new ``Buffer`` holding the JSON). Then the root offset is pointed at the new
 table. The old root table stays in the file, unreferenced. Embedding again replaces the
-``edgekit`` entry (the older JSON also stays as dead bytes, covered by the digest).
+``edgekit`` entry (the older JSON also stays as dead bytes, covered by the digest). Where the old
+tables are is read through the bindings; only the new block is written by hand.
 
 The digest
 ----------
@@ -32,13 +43,15 @@ replaced by 64 ASCII ``0``. :func:`verify_integrity` recomputes it; a one-byte c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import struct
+from dataclasses import dataclass
 from typing import Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, InvalidTypeError
 
 __all__ = [
     "METADATA_NAME",
@@ -62,11 +75,10 @@ _HEX64 = re.compile(rb"^[0-9a-f]{64}$")
 
 # tflite schema: Model field ids. Field 0 (version) is a uint32 scalar; every other known field is
 # a uoffset to a vector or string. A field id above the last known one means a newer schema whose
-# field types we cannot know, so we refuse rather than guess.
+# field types we cannot know, so embed_metadata refuses rather than guess.
 _MODEL_VERSION, _MODEL_BUFFERS, _MODEL_METADATA = 0, 4, 6
 _MODEL_LAST_KNOWN_FIELD = 9
-# Buffer fields: 0 data [ubyte] (force_align 16), 1 offset uint64, 2 size uint64.
-# Metadata fields: 0 name string, 1 buffer uint32.
+_BUFFER_DATA_SLOT = 4  # vtable slot of Buffer.data (field 0): the bindings give its bytes, not where they are
 
 
 class MetadataError(EdgekitError, ValueError):
@@ -78,117 +90,64 @@ class IntegrityError(EdgekitError, ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Bounds-checked flatbuffer reading. A damaged file must give a clean MetadataError, never an
-# IndexError or struct.error from deep inside.
+# Guarded reading through the schema bindings.
 
 
-class _Reader:
-    def __init__(self, data: bytes):
-        self.buf = data
-        self.n = len(data)
-
-    def _need(self, pos: int, size: int) -> None:
-        if pos < 0 or pos + size > self.n:
-            raise MetadataError(
-                f"Malformed .tflite flatbuffer: a field points outside the file. Expected an offset in "
-                f"[0, {self.n - size}]. Received: {pos}"
-            )
-
-    def u8(self, pos: int) -> int:
-        self._need(pos, 1)
-        return self.buf[pos]
-
-    def u16(self, pos: int) -> int:
-        self._need(pos, 2)
-        return struct.unpack_from("<H", self.buf, pos)[0]
-
-    def u32(self, pos: int) -> int:
-        self._need(pos, 4)
-        return struct.unpack_from("<I", self.buf, pos)[0]
-
-    def i32(self, pos: int) -> int:
-        self._need(pos, 4)
-        return struct.unpack_from("<i", self.buf, pos)[0]
-
-    def u64(self, pos: int) -> int:
-        self._need(pos, 8)
-        return struct.unpack_from("<Q", self.buf, pos)[0]
-
-    def deref(self, pos: int) -> int:
-        """Target of the uoffset stored at ``pos``."""
-        return pos + self.u32(pos)
-
-    def vtable(self, table: int) -> list[int]:
-        """Field offsets (relative to ``table``; 0 = absent) of the table at ``table``."""
-        vt = table - self.i32(table)
-        size = self.u16(vt)
-        if size < 4 or size % 2:
-            raise MetadataError(f"Malformed .tflite flatbuffer: bad vtable size. Received: {size}")
-        self._need(vt, size)
-        return [self.u16(vt + 4 + 2 * i) for i in range((size - 4) // 2)]
-
-    def field_pos(self, table: int, field: int) -> int | None:
-        offsets = self.vtable(table)
-        if field >= len(offsets) or offsets[field] == 0:
-            return None
-        return table + offsets[field]
-
-    def vector(self, pos: int) -> tuple[int, int]:
-        """(start of elements, length) of the vector at ``pos``."""
-        length = self.u32(pos)
-        self._need(pos + 4, length)  # at least one byte per element
-        return pos + 4, length
-
-    def table_vector(self, pos: int, elem_size: int = 4) -> list[int]:
-        start, length = self.vector(pos)
-        self._need(start, length * elem_size)
-        return [self.deref(start + 4 * i) for i in range(length)]
-
-    def string(self, pos: int) -> bytes:
-        start, length = self.vector(pos)
-        return bytes(self.buf[start : start + length])
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - a tflite_runtime install
+        from tflite_runtime import schema_py_generated as schema  # type: ignore[no-redef]
+    return schema
 
 
-def _root(r: _Reader) -> int:
-    if r.n < 8 or bytes(r.buf[4:8]) != _IDENT:
-        got = bytes(r.buf[4:8]) if r.n >= 8 else b""
+@contextlib.contextmanager
+def _reading():
+    """Turn what the unchecked generated readers raise on a damaged file into :class:`MetadataError`."""
+    try:
+        yield
+    except MetadataError:
+        raise
+    except (struct.error, TypeError, ValueError, IndexError, OverflowError) as e:
+        raise MetadataError(
+            "Malformed .tflite flatbuffer: a field points outside the file. Expected a well-formed TFLite "
+            f"flatbuffer. Received: {type(e).__name__} ({str(e).strip().splitlines()[0] if str(e).strip() else '-'})"
+        ) from None
+
+
+def _model(data: bytes):
+    """The root ``Model`` of ``data`` (call under :func:`_reading`)."""
+    if len(data) < 8 or bytes(data[4:8]) != _IDENT:
+        got = bytes(data[4:8]) if len(data) >= 8 else b""
         raise MetadataError(
             f"Not a .tflite flatbuffer. Expected the file identifier {_IDENT!r} at bytes 4-8. Received: {got!r}"
         )
-    return r.deref(0)
+    return _schema().Model.GetRootAs(data, 0)
 
 
-def _entries(r: _Reader, root: int) -> list[tuple[int, bytes, int]]:
-    """(Metadata table position, name, buffer index) for every entry of Model.metadata."""
-    pos = r.field_pos(root, _MODEL_METADATA)
-    if pos is None:
-        return []
-    out = []
-    for table in r.table_vector(r.deref(pos)):
-        name_pos = r.field_pos(table, 0)
-        name = r.string(r.deref(name_pos)) if name_pos is not None else b""
-        buf_pos = r.field_pos(table, 1)
-        out.append((table, name, r.u32(buf_pos) if buf_pos is not None else 0))
-    return out
+def _count(n: int, data: bytes, what: str) -> int:
+    """``n`` if a vector of ``n`` offsets (4 bytes each) fits in ``data``; a damaged length otherwise."""
+    if not 0 <= n <= len(data) // 4:
+        raise MetadataError(
+            f"Malformed .tflite flatbuffer: the {what} vector claims {n} entries. Expected at most "
+            f"{len(data) // 4} in a file of {len(data)} bytes. Received: {n}"
+        )
+    return n
 
 
-def _buffer_tables(r: _Reader, root: int) -> list[int]:
-    pos = r.field_pos(root, _MODEL_BUFFERS)
-    return [] if pos is None else r.table_vector(r.deref(pos))
-
-
-def _buffer_data(r: _Reader, buffer_table: int) -> tuple[int, int]:
-    """(absolute start, length) of a Buffer's bytes, inline or via offset/size."""
-    data_pos = r.field_pos(buffer_table, 0)
-    if data_pos is not None:
-        start, length = r.vector(r.deref(data_pos))
-        return start, length
-    off_pos, size_pos = r.field_pos(buffer_table, 1), r.field_pos(buffer_table, 2)
-    if off_pos is not None and size_pos is not None:
-        start, length = r.u64(off_pos), r.u64(size_pos)
-        r._need(start, length)
-        return start, length
-    return 0, 0
+def _buffer_span(buffer, data: bytes) -> tuple[int, int]:
+    """(absolute start, length) of a ``Buffer``'s bytes, inline or via offset/size."""
+    if not buffer.DataIsNone():
+        tab = buffer._tab  # flatbuffers' Table under every generated class: where the vector starts
+        start, length = tab.Vector(tab.Offset(_BUFFER_DATA_SLOT)), buffer.DataLength()
+    else:
+        start, length = buffer.Offset(), buffer.Size()
+    if start < 0 or length < 0 or start + length > len(data):
+        raise MetadataError(
+            f"Malformed .tflite flatbuffer: a buffer lies outside the file. Expected bytes within [0, {len(data)}]. "
+            f"Received: [{start}, {start + length}]"
+        )
+    return start, length
 
 
 def _find_entry(data: bytes) -> tuple[dict, int, int] | None:
@@ -198,40 +157,42 @@ def _find_entry(data: bytes) -> tuple[dict, int, int] | None:
     ``"format": "edgekit/..."``, so a damaged name is caught as damage rather than read as a
     foreign file.
     """
-    r = _Reader(data)
-    root = _root(r)
-    entries = _entries(r, root)
-    if not entries:
-        return None
-    buffers = _buffer_tables(r, root)
-    found = None
-    for _table, name, index in entries:
-        named = name == METADATA_NAME.encode()
-        if index >= len(buffers):
-            if named:
-                raise MetadataError(
-                    f"Malformed edgekit metadata: the entry points at buffer {index}. Expected an index "
-                    f"below {len(buffers)}. Received: {index}"
-                )
-            continue
-        start, length = _buffer_data(r, buffers[index])
-        raw = bytes(data[start : start + length])
-        try:
-            meta = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            if named:
-                raise MetadataError("Malformed edgekit metadata: the entry's buffer is not UTF-8 JSON.") from None
-            continue
-        ours = isinstance(meta, dict) and str(meta.get("format", "")).startswith("edgekit/")
-        if named or ours:
-            if not isinstance(meta, dict):
-                raise MetadataError(
-                    f"Malformed edgekit metadata. Expected a JSON object. Received: {type(meta).__name__}"
-                )
-            if found is not None:
-                raise MetadataError("Malformed edgekit metadata: the file holds more than one edgekit entry.")
-            found = (meta, start, length)
-    return found
+    with _reading():
+        model = _model(data)
+        n_entries = _count(model.MetadataLength(), data, "metadata")
+        if not n_entries:
+            return None
+        n_buffers = _count(model.BuffersLength(), data, "buffers")
+        found = None
+        for i in range(n_entries):
+            entry = model.Metadata(i)
+            named = (entry.Name() or b"") == METADATA_NAME.encode()
+            index = entry.Buffer()
+            if index >= n_buffers:
+                if named:
+                    raise MetadataError(
+                        f"Malformed edgekit metadata: the entry points at buffer {index}. Expected an index "
+                        f"below {n_buffers}. Received: {index}"
+                    )
+                continue
+            start, length = _buffer_span(model.Buffers(index), data)
+            raw = bytes(data[start : start + length])
+            try:
+                meta = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                if named:
+                    raise MetadataError("Malformed edgekit metadata: the entry's buffer is not UTF-8 JSON.") from None
+                continue
+            ours = isinstance(meta, dict) and str(meta.get("format", "")).startswith("edgekit/")
+            if named or ours:
+                if not isinstance(meta, dict):
+                    raise MetadataError(
+                        f"Malformed edgekit metadata. Expected a JSON object. Received: {type(meta).__name__}"
+                    )
+                if found is not None:
+                    raise MetadataError("Malformed edgekit metadata: the file holds more than one edgekit entry.")
+                found = (meta, start, length)
+        return found
 
 
 def twin_mask_inputs(mc_layers: list[dict]) -> list[tuple[str, dict]]:
@@ -344,6 +305,44 @@ def verify_integrity(tflite: bytes, *, require_metadata: bool = True) -> bool:
 # Writing.
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where the parts of the old file are, as :func:`embed_metadata` needs them (absolute positions)."""
+
+    fields: tuple[int, ...]  # the Model table's vtable: offset of each field in the table, 0 = absent
+    version: int
+    targets: dict[int, int]  # field id -> what its uoffset points at (every field but version)
+    entries: tuple[tuple[int, bytes, int], ...]  # Model.metadata: (Metadata table, name, buffer index)
+    buffers: tuple[int, ...]  # Model.buffers: the Buffer tables
+    external: bool  # a buffer stored after the flatbuffer (offset/size instead of data)
+
+
+def _layout(data: bytes) -> _Layout:
+    from flatbuffers import number_types as N
+
+    with _reading():
+        model = _model(data)
+        tab = model._tab  # flatbuffers' Table: positions, which the generated accessors do not give
+        vtable = tab.Pos - tab.Get(N.SOffsetTFlags, tab.Pos)
+        size = tab.Get(N.VOffsetTFlags, vtable)
+        if size < 4 or size % 2:
+            raise MetadataError(
+                f"Malformed .tflite flatbuffer: bad vtable size. Expected an even size >= 4. Received: {size}"
+            )
+        fields = tuple(tab.Offset(4 + 2 * f) for f in range((size - 4) // 2))
+        targets = {f: tab.Indirect(tab.Pos + off) for f, off in enumerate(fields) if off and f != _MODEL_VERSION}
+        metadata = [model.Metadata(i) for i in range(_count(model.MetadataLength(), data, "metadata"))]
+        buffers = [model.Buffers(i) for i in range(_count(model.BuffersLength(), data, "buffers"))]
+        return _Layout(
+            fields=fields,
+            version=model.Version(),
+            targets=targets,
+            entries=tuple((m._tab.Pos, m.Name() or b"", m.Buffer()) for m in metadata),
+            buffers=tuple(b._tab.Pos for b in buffers),
+            external=any(b.Offset() > 1 for b in buffers),
+        )
+
+
 def _pad_to(buf: bytearray, align: int, base: int = 0) -> None:
     while (base + len(buf)) % align:
         buf.append(0)
@@ -360,37 +359,32 @@ def embed_metadata(tflite: bytes, meta: dict[str, Any]) -> bytes:
     Raises:
         MetadataError: not a ``.tflite`` flatbuffer, a schema field edgekit does not know, or a
             model that stores its weights outside the flatbuffer (> 2 GB).
-        TypeError: ``meta`` is not a dict or not JSON-serializable.
+        InvalidTypeError: ``meta`` is not a dict or not JSON-serializable (a ``TypeError``).
     """
     if not isinstance(meta, dict):
-        raise TypeError(f"Expected `meta` to be a dict. Received: {type(meta).__name__}")
+        raise InvalidTypeError(f"Expected `meta` to be a dict. Received: {type(meta).__name__}")
     data = bytes(tflite)
-    r = _Reader(data)
-    root = _root(r)
-    model_fields = r.vtable(root)
-    for field, off in enumerate(model_fields):
+    old = _layout(data)
+    for field, off in enumerate(old.fields):
         if off and field > _MODEL_LAST_KNOWN_FIELD:
             raise MetadataError(
                 f"The .tflite Model table has field {field}, newer than the schema edgekit knows. Expected "
                 f"fields 0-{_MODEL_LAST_KNOWN_FIELD}. Received: field {field}"
             )
-    buffers = _buffer_tables(r, root)
-    for b in buffers:
-        off_pos = r.field_pos(b, 1)
-        if off_pos is not None and r.u64(off_pos) > 1:
-            raise MetadataError(
-                "The model keeps its weights after the flatbuffer (a > 2 GB model); edgekit cannot add "
-                "metadata to it. Expected inline buffers. Received: a buffer with an offset"
-            )
-    entries = _entries(r, root)
+    if old.external:
+        raise MetadataError(
+            "The model keeps its weights after the flatbuffer (a > 2 GB model); edgekit cannot add "
+            "metadata to it. Expected inline buffers. Received: a buffer with an offset"
+        )
+    model_fields, entries, buffers = old.fields, old.entries, old.buffers
 
     body = {k: v for k, v in meta.items() if k != "sha256"}
     body.setdefault("format", FORMAT)
     body["sha256"] = _ZERO_DIGEST  # last key, zeroed while hashing
     try:
         json_bytes = json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except ValueError as e:  # NaN/Inf
-        raise TypeError(f"Expected `meta` to be JSON-serializable without NaN/Inf. Received: {e}") from None
+    except (TypeError, ValueError) as e:  # an object JSON cannot hold, or NaN/Inf
+        raise InvalidTypeError(f"Expected `meta` to be JSON-serializable without NaN/Inf. Received: {e}") from None
 
     existing = [i for i, (_t, name, _b) in enumerate(entries) if name == METADATA_NAME.encode()]
     if existing:
@@ -446,13 +440,13 @@ def embed_metadata(tflite: bytes, meta: dict[str, Any]) -> bytes:
     refs: dict[str, int] = {}
     for f in present:
         if f == _MODEL_VERSION:
-            blk.extend(struct.pack("<I", r.u32(r.field_pos(root, f))))
+            blk.extend(struct.pack("<I", old.version))
         elif f == _MODEL_METADATA:
             refs["metadata"] = put_ref_new()
         elif f == _MODEL_BUFFERS:
             refs["buffers"] = put_ref_new()
         else:
-            put_ref_old(r.deref(r.field_pos(root, f)))
+            put_ref_old(old.targets[f])
 
     # 2. metadata vector: old entries (one of them possibly replaced) + the edgekit entry.
     n_entries = max(len(entries), entry_slot + 1)

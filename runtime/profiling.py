@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.errors import InvalidArgumentError
 from edgekit.runtime.inspect import estimate_arena_bytes, model_dtypes, model_ops
 from edgekit.runtime.mc import mask_plan, new_keep_masks
 from edgekit.runtime.metadata import masked_twin, read_metadata, twin_mask_inputs
@@ -515,7 +516,7 @@ def profile_model(
         if x.ndim >= 1 and x.shape[1:] != in_shape and x.shape[0] and x[0].size == int(np.prod(in_shape)):
             x = x.reshape(len(x), *in_shape)
         if x.shape[1:] != in_shape:
-            raise ValueError(f"Expected data inputs shaped [N, {', '.join(map(str, in_shape))}]. Received: {list(x.shape)}")
+            raise InvalidArgumentError(f"Expected data inputs shaped [N, {', '.join(map(str, in_shape))}]. Received: {list(x.shape)}")
         x1 = x[:1]
     else:
         # A synthetic input inside the range the metadata records (absent or null: [0, 1]).
@@ -551,7 +552,7 @@ def profile_model(
     if x is not None and y is not None:
         y = np.asarray(y).reshape(-1)
         if len(y) != len(x):
-            raise ValueError(f"Expected one label per input. Received: {len(x)} inputs, {len(y)} labels")
+            raise InvalidArgumentError(f"Expected one label per input. Received: {len(x)} inputs, {len(y)} labels")
         probs = mc_probabilities(runners[threads[-1]], x, max(samples))
         accuracy = tuple(accuracy_curve(probs, y, samples))
         if progress is not None:

@@ -8,11 +8,10 @@ signature once on zeros, and reports how the child ended. A child killed by a si
 :class:`ModelLoadError` here, and the host process lives on. Passing models are remembered by
 content hash (in memory and in ``$XDG_CACHE_HOME/edgekit/probed/``), so the probe costs once.
 
-:func:`declared_tensor_bytes` reads every tensor's declared shape and type from the flatbuffer in
-pure Python, so an absurd tensor (say ``[1, 2**31]`` floats) is refused before LiteRT tries to
-allocate it.
-
-Only the standard library (and ``edgekit.runtime.metadata``'s flatbuffer reader) is used.
+:func:`declared_tensors` reads every tensor's declared shape and type from the flatbuffer, through
+the TFLite schema bindings shipped with LiteRT (guarded as in :mod:`edgekit.runtime.metadata`: a
+damaged file is a ``MetadataError``), so an absurd tensor (say ``[1, 2**31]`` floats) is refused
+before LiteRT tries to allocate it. Nothing here runs LiteRT in this process.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from edgekit.errors import EdgekitError
 from edgekit.runtime.fileio import atomic_write_bytes
-from edgekit.runtime.metadata import _Reader, _root
+from edgekit.runtime.metadata import _count, _model, _reading, _schema
 
 __all__ = ["ModelLoadError", "TensorInfo", "declared_tensors", "probe_model", "probe_cache_dir"]
 
@@ -35,9 +34,12 @@ class ModelLoadError(EdgekitError, RuntimeError):
     """LiteRT cannot load or run the model (the probe child died or reported an error)."""
 
 
-# TFLite TensorType enum -> bytes per element (schema.fbs order). Unknown types count as 8 bytes.
-_TYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 5: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8, 13: 1,
-               14: 8, 15: 4, 16: 2, 17: 1, 18: 1}
+# Bytes per element of each TFLite TensorType (sub-byte types count a whole byte; STRING, RESOURCE
+# and VARIANT a pointer). A type this table does not know counts as 8 bytes.
+_NAMED_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "UINT8": 1, "INT64": 8, "STRING": 8, "BOOL": 1, "INT16": 2,
+                "COMPLEX64": 8, "INT8": 1, "FLOAT64": 8, "COMPLEX128": 16, "UINT64": 8, "RESOURCE": 8, "VARIANT": 8,
+                "UINT32": 4, "UINT16": 2, "INT4": 1, "BFLOAT16": 2, "INT2": 1, "UINT4": 1, "FLOAT8_E4M3FN": 1,
+                "FLOAT8_E5M2": 1}
 
 
 @dataclass(frozen=True)
@@ -62,28 +64,20 @@ def declared_tensors(tflite: bytes) -> list[TensorInfo]:
     Raises:
         MetadataError: the flatbuffer cannot be read.
     """
-    r = _Reader(tflite)
-    root = _root(r)
-    pos = r.field_pos(root, 2)  # Model.subgraphs
+    schema = _schema()
+    types = schema.TensorType
+    itemsize = {getattr(types, name): n for name, n in _NAMED_BYTES.items() if hasattr(types, name)}
     out: list[TensorInfo] = []
-    if pos is None:
-        return out
-    for si, sg in enumerate(r.table_vector(r.deref(pos))):
-        tpos = r.field_pos(sg, 0)  # SubGraph.tensors
-        if tpos is None:
-            continue
-        for t in r.table_vector(r.deref(tpos)):
-            shape_pos = r.field_pos(t, 7) or r.field_pos(t, 0)  # shape_signature, else shape
-            shape: tuple[int, ...] = ()
-            if shape_pos is not None:
-                start, n = r.vector(r.deref(shape_pos))
-                r._need(start, 4 * n)
-                shape = tuple(r.i32(start + 4 * i) for i in range(n))
-            type_pos = r.field_pos(t, 1)
-            ttype = r.u8(type_pos) if type_pos is not None else 0
-            name_pos = r.field_pos(t, 3)
-            name = r.string(r.deref(name_pos)).decode("utf-8", "replace") if name_pos is not None else ""
-            out.append(TensorInfo(si, name, shape, _TYPE_BYTES.get(ttype, 8)))
+    with _reading():
+        model = _model(tflite)
+        for si in range(_count(model.SubgraphsLength(), tflite, "subgraphs")):
+            sg = model.Subgraphs(si)
+            for ti in range(_count(sg.TensorsLength(), tflite, "tensors")):
+                t = sg.Tensors(ti)
+                dims = t.ShapeAsNumpy() if t.ShapeSignatureIsNone() else t.ShapeSignatureAsNumpy()
+                shape = () if isinstance(dims, int) else tuple(dims.tolist())  # 0: no shape vector
+                name = (t.Name() or b"").decode("utf-8", "replace")
+                out.append(TensorInfo(si, name, shape, itemsize.get(t.Type(), 8)))
     return out
 
 

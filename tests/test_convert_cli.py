@@ -51,6 +51,9 @@ def files(tmp_path_factory, tiny_mlp, mlp_data):
     relu = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"),
                              MCDropout(0.2), keras.layers.Dense(10, activation="softmax")])
     relu.save(d / "relu.keras")
+    seq = keras.Sequential([keras.Input((64, 3)), keras.layers.Flatten(), keras.layers.Dense(8, activation="relu"),
+                            MCDropout(0.2), keras.layers.Dense(3, activation="softmax")])
+    seq.save(d / "seq.keras")
     return d
 
 
@@ -61,7 +64,7 @@ def run(*args):
 def test_convert_writes_a_verified_file_and_json_report(files):
     out, rep = files / "m.tflite", files / "m.json"
     r = run("convert", files / "mlp.keras", "-o", out, "--quantize", "int8", "--data", files / "data.npz",
-            "--calibration-samples", 50, "--eval-samples", 40, "--mc-samples", 5, "--report", rep, "--json")
+            "--calibration-examples", 50, "--examples", 40, "--samples", 5, "--report", rep, "--json")
     assert r.exit_code == 0, r.output
     printed = json.loads(r.stdout)
     assert printed == json.loads(rep.read_text())
@@ -73,7 +76,7 @@ def test_convert_writes_a_verified_file_and_json_report(files):
 
 def test_convert_table_for_people(files):
     r = run("convert", files / "mlp.keras", "-o", files / "t.tflite", "--data", files / "data.npz",
-            "--eval-samples", 20, "--mc-samples", 3, "--class-names", ",".join("abcdefghij"))
+            "--examples", 20, "--samples", 3, "--class-names", ",".join("abcdefghij"))
     assert r.exit_code == 0, r.output
     # The file's signature defs in its own (alphabetical) order, `masked` included (unseeded in-graph).
     assert "signatures       full(x), head(features), masked(features, mask_0, mask_1), trunk(x)" in r.stdout
@@ -90,7 +93,6 @@ def _error(r) -> str:
 @pytest.mark.parametrize(
     "model, extra, message",
     [
-        ("missing.keras", [], "Keras model file not found"),
         ("notes.txt", [], "not a zip"),
         ("lambda.keras", [], "Lambda"),
         ("svd.keras", [], "convert to TFLite builtin ops"),
@@ -102,7 +104,7 @@ def _error(r) -> str:
 )
 def test_bad_input_is_one_line_and_exit_1(files, model, extra, message):
     extra = [str(files / e) if e.endswith(".npz") else e for e in extra]
-    r = run("convert", files / model, "-o", files / "bad.tflite", "--eval-samples", 0, *extra)
+    r = run("convert", files / model, "-o", files / "bad.tflite", "--examples", 0, *extra)
     assert r.exit_code == 1, r.output
     assert message.lower() in _error(r).lower()
     assert not (files / "bad.tflite").exists()
@@ -116,7 +118,7 @@ def test_device_defaults_are_the_library_ones(files, mlp_data):
 
     out = files / "tpu.tflite"
     r = run("convert", files / "relu.keras", "-o", out, "--device", "coral-edgetpu", "--data", files / "data.npz",
-            "--calibration-samples", 50, "--eval-samples", 0)
+            "--calibration-examples", 50, "--examples", 0)
     assert r.exit_code == 0, r.output
     assert "device           coral-edgetpu: fits" in r.stdout
     cli = read_metadata(out.read_bytes())
@@ -136,7 +138,7 @@ def test_convert_device_checks_the_tensor_arena(files):
         'default_quantization = "int8"', 'default_quantization = "float32"')
     (files / "tiny.toml").write_text(text)
     r = run("convert", files / "relu.keras", "-o", files / "tiny.tflite", "--device", files / "tiny.toml",
-            "--eval-samples", 0)
+            "--examples", 0)
     assert r.exit_code == 1, r.output
     assert "does not fit device 'tiny-board'" in _error(r) and "tiny-board has 100,000 bytes of RAM" in _error(r)
     assert not (files / "tiny.tflite").exists()
@@ -153,10 +155,31 @@ def test_usage_errors_exit_2(files):
     assert run("convert", files / "mlp.keras", "-o", files / "u.tflite", "--quantize", "int4").exit_code == 2
     r = run("convert", files / "mlp.keras", "-o", files / "u.tflite", "--int8-io")
     assert r.exit_code == 2 and "--int8-io needs --quantize int8" in r.stderr
+    for command in ("convert", "sparsify"):  # a missing input file is a usage error, before any work
+        r = run(command, files / "missing.keras", "-o", files / "u.keras")
+        assert r.exit_code == 2 and "does not exist" in r.stderr, r.output
+    r = run("convert", files / "mlp.keras", "-o", files / "u.tflite", "--data", files / "missing.npz")
+    assert r.exit_code == 2 and "Expected 'fashion-mnist' or an existing .npz file" in r.stderr
+
+
+def test_int8_without_data_on_a_model_fashion_mnist_does_not_fit(files):
+    # Input (64, 3): the default data (28x28 images) must not be used, and calibration needs inputs.
+    r = run("convert", files / "seq.keras", "-o", files / "seq.tflite", "--quantize", "int8")
+    assert r.exit_code == 2, r.output
+    assert "calibrates on training inputs" in r.stderr and "--data FILE.npz" in r.stderr
+    assert "x_train of shape (n, 64, 3)" in r.stderr
+    assert not (files / "seq.tflite").exists()
+    # float32 needs no calibration: it converts, and says why the report has no accuracy part.
+    r = run("convert", files / "seq.keras", "-o", files / "seq.tflite")
+    assert r.exit_code == 0, r.output
+    assert "Warning: the report has no accuracy part" in r.stderr and "MC acc" not in r.stdout
+    # With the data given explicitly, Fashion-MNIST that does not fit is a library error naming the model.
+    r = run("convert", files / "seq.keras", "-o", files / "seq8.tflite", "--quantize", "int8", "--data", "fashion-mnist")
+    assert r.exit_code == 1 and "Expected data that fits the model (input (64, 3), 3 classes)" in _error(r)
 
 
 def test_model_without_mc_layer_converts_with_a_warning(files):
-    r = run("convert", files / "plain.keras", "-o", files / "plain.tflite", "--eval-samples", 0)
+    r = run("convert", files / "plain.keras", "-o", files / "plain.tflite", "--examples", 0)
     assert r.exit_code == 0, r.output
     assert "Warning: the model has no MC layer" in r.stderr
 

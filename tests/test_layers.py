@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.train
+
 keras = pytest.importorskip("keras", reason="the MC layers need the [train] extra (TensorFlow)")
 tf = pytest.importorskip("tensorflow")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.train
+
 keras = pytest.importorskip("keras", reason="edgekit.mc needs the [train] extra (TensorFlow)")
 
 from edgekit import mc  # noqa: E402

@@ -174,3 +174,68 @@ def test_root_offset_points_into_new_block():
     block = len(out) - len(FOREIGN)
     (root,) = struct.unpack_from("<I", out, 0)
     assert 8 <= root < 8 + block and out[4:8] == b"TFL3"
+
+
+# --- Reading damaged files through the (unchecked) schema bindings ---------------------------------
+
+
+def _vector_length_position(data: bytes, vector: str) -> int:
+    """Byte position of the length of Model.<vector> (metadata or buffers)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(data, 0)
+    slot = {"metadata": 16, "buffers": 12}[vector]
+    tab = model._tab
+    return tab.Vector(tab.Offset(slot)) - 4
+
+
+@pytest.mark.parametrize("vector", ["metadata", "buffers"])
+def test_a_vector_length_of_billions_is_refused_not_walked(vector):
+    data = bytearray(embed_metadata(FOREIGN, {"a": 1}))
+    struct.pack_into("<I", data, _vector_length_position(bytes(data), vector), 0xFFFFFFF0)
+    with pytest.raises(MetadataError, match=f"the {vector} vector claims 4294967280 entries"):
+        read_metadata(bytes(data))
+    with pytest.raises(MetadataError):
+        embed_metadata(bytes(data), {"b": 2})
+
+
+def test_deeply_nested_json_is_a_metadata_error():
+    # json.loads raises RecursionError on deep nesting: the entry is damaged, not a crash.
+    out = bytearray(embed_metadata(FOREIGN, {"pad": "x" * 5000}))
+    start = out.index(b'{"pad"')
+    end = out.index(b"}", out.index(b'"sha256"')) + 1
+    out[start:end] = b"[" * (end - start)
+    with pytest.raises(MetadataError, match="not UTF-8 JSON"):
+        read_metadata(bytes(out))
+
+
+def test_every_damaged_byte_near_the_root_gives_a_clean_error():
+    # The header, the root table, its vtable and the vectors sit in the first bytes; flipping each
+    # of them (and 200 seeded positions elsewhere) must give a result or a MetadataError from every
+    # reader, never struct.error, IndexError or TypeError from the generated bindings.
+    from edgekit.runtime.safety import declared_tensors
+
+    data = (FIXTURES / "mlp_twin.tflite").read_bytes()
+    positions = sorted(set(range(0, 640)) | set(random.Random(1).sample(range(len(data)), 200)))
+    for pos in positions:
+        for mask in (0x01, 0xFF):
+            bad = bytearray(data)
+            bad[pos] ^= mask
+            for read in (read_metadata, declared_tensors, lambda d: embed_metadata(d, {"a": 1})):
+                try:
+                    read(bytes(bad))
+                except MetadataError:
+                    pass
+            with pytest.raises(IntegrityError):
+                verify_integrity(bytes(bad), require_metadata=False)
+
+
+def test_import_does_not_load_the_schema_bindings():
+    # The generated schema module is large (some 20,000 lines): a model load imports it,
+    # `import edgekit.runtime` does not.
+    import subprocess
+    import sys
+
+    code = "import sys, edgekit.runtime; print('ai_edge_litert.schema_py_generated' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

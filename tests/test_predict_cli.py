@@ -1,4 +1,4 @@
-"""`edgekit predict` end to end with CliRunner on the committed fixtures, and the PNG decoder."""
+"""`edgekit predict` end to end with CliRunner on the committed fixtures, .npy and image inputs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgekit.cli import cli
-from edgekit.runtime.images import ImageError, decode_png, load_image, resize_bilinear
+from edgekit.runtime.images import ImageError, decode_image, load_image, resize_bilinear
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -54,20 +54,11 @@ def _png(img: np.ndarray, filters: list[int], color: int) -> bytes:
 
 
 @pytest.mark.parametrize("color, channels", [(0, 1), (2, 3), (4, 2), (6, 4)])
-def test_png_decoder_handles_every_filter(color, channels):
+def test_png_of_every_filter_decodes_to_its_pixels(color, channels):
     img = np.random.default_rng(color).integers(0, 256, (9, 7, channels), dtype=np.uint8)
     data = _png(img, filters=[0, 1, 2, 3, 4], color=color)
-    np.testing.assert_array_equal(decode_png(data), img)
-
-
-def test_png_decoder_agrees_with_pillow():
-    PIL = pytest.importorskip("PIL.Image")  # dev extra; the decoder itself needs no Pillow
-    import io
-
-    img = (np.arange(12 * 10 * 3).reshape(12, 10, 3) * 7 % 256).astype(np.uint8)
-    buf = io.BytesIO()
-    PIL.fromarray(img, "RGB").save(buf, format="PNG", optimize=True)
-    np.testing.assert_array_equal(decode_png(buf.getvalue()), img)
+    want = img[..., : 1 if channels <= 2 else 3]  # alpha dropped
+    np.testing.assert_array_equal(decode_image(data, channels=want.shape[-1]), want)
 
 
 def test_resize_and_normalize(tmp_path):
@@ -83,7 +74,7 @@ def test_resize_and_normalize(tmp_path):
 
 def test_corrupted_png_is_a_clean_error():
     with pytest.raises(ImageError):
-        decode_png(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+        decode_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, channels=1)
 
 
 def test_predict_npy_table(tmp_path):
@@ -135,6 +126,31 @@ def test_predict_png_on_image_model(tmp_path):
     assert json.loads(res.output)["class_names"] == ["up", "down", "left", "right"]
 
 
+@pytest.mark.parametrize("fmt, suffix", [("JPEG", ".jpg"), ("JPEG", ".jpeg"), ("WEBP", ".webp"), ("BMP", ".bmp")])
+def test_predict_reads_jpeg_webp_and_bmp(tmp_path, fmt, suffix):
+    import io
+
+    from PIL import Image
+
+    img = np.random.default_rng(2).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, fmt)
+    path = tmp_path / f"img{suffix}"
+    path.write_bytes(buf.getvalue())
+    res = _run(FIX / "cnn_ingraph.tflite", path, "--samples", "10", "--json")
+    assert res.exit_code == 0, res.output
+    assert abs(sum(json.loads(res.output)["predictions"][0]["mean"]) - 1) < 1e-5  # float32 softmax rounding
+
+
+def test_predict_refuses_other_suffixes(tmp_path):
+    path = tmp_path / "img.gif"
+    path.write_bytes(b"GIF89a")
+    res = _run(FIX / "cnn_ingraph.tflite", path)
+    assert res.exit_code == 1
+    assert res.stderr.strip() == ("Error: Unsupported input file. Expected .npy or an image (.png, .jpg, .jpeg, .webp, "
+                                  ".bmp). Received: 'img.gif'")
+
+
 def test_usage_and_library_errors(tmp_path):
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((2, 7), np.float32))
@@ -144,7 +160,7 @@ def test_usage_and_library_errors(tmp_path):
     assert res.exit_code == 1
     assert res.output.strip().splitlines()[-1].startswith("Error: Input has the wrong shape. Expected (20,)")
     res = _run(FIX / "mlp_ingraph.tflite", x, "--budget-ms", "-1")
-    assert res.exit_code == 1 and "Received: budget_ms=-1.0" in res.output
+    assert res.exit_code == 2 and "-1.0 is not in the range x>0" in res.output
     png = tmp_path / "a.png"
     png.write_bytes(_png(np.zeros((4, 4, 1), np.uint8), [0], color=0))
     res = _run(FIX / "mlp_ingraph.tflite", png)

@@ -105,7 +105,7 @@ def labelled(tmp_path_factory):
 
 
 def test_json_output_follows_the_documented_schema(labelled):
-    result = _run("profile", BOOK, "--runs", 5, "--warmup", 1, "--samples", "1,4", "--threads", "1,2",
+    result = _run("profile", BOOK, "--runs", 5, "--warmup", 1, "--sweep", "1,4", "--threads", "1,2",
                   "--data", labelled, "--examples", 40, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -117,7 +117,7 @@ def test_json_output_follows_the_documented_schema(labelled):
 
 
 def test_compare_mode_reports_ratios_and_validates():
-    result = _run("profile", MLP, MLP_MASK, "--runs", 5, "--warmup", 1, "--samples", "1,8", "--json", "--no-runtime")
+    result = _run("profile", MLP, MLP_MASK, "--runs", 5, "--warmup", 1, "--sweep", "1,8", "--json", "--no-runtime")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert _validate(report, _schema()) == []
@@ -131,7 +131,7 @@ def test_compare_mode_reports_ratios_and_validates():
 
 
 def test_the_validator_rejects_what_the_schema_forbids():
-    report = json.loads(_run("profile", MLP, "--runs", 3, "--warmup", 0, "--samples", "2", "--json").stdout)
+    report = json.loads(_run("profile", MLP, "--runs", 3, "--warmup", 0, "--sweep", "2", "--json").stdout)
     assert _validate(report, _schema()) == []
     broken = json.loads(json.dumps(report))
     broken["models"][0]["latency"][0]["p50_ms"] = "fast"
@@ -144,7 +144,7 @@ def test_the_validator_rejects_what_the_schema_forbids():
 
 
 def test_human_table_and_device_fit_check():
-    result = _run("profile", MLP, "--runs", 3, "--warmup", 0, "--samples", "1,2", "--device", "coral-edgetpu", "--threads", "1")
+    result = _run("profile", MLP, "--runs", 3, "--warmup", 0, "--sweep", "1,2", "--device", "coral-edgetpu", "--threads", "1")
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "threads  T  p50 ms  p90 ms  p99 ms  p99 bound  max ms  trunk ms  head ms  runtime p50" in out.splitlines()
@@ -158,7 +158,7 @@ def test_plot_is_a_png_and_never_overwrites_an_input(tmp_path, labelled):
     from PIL import Image
 
     png = tmp_path / "p.png"
-    result = _run("profile", BOOK, "--runs", 5, "--warmup", 1, "--samples", "1,3", "--data", labelled,
+    result = _run("profile", BOOK, "--runs", 5, "--warmup", 1, "--sweep", "1,3", "--data", labelled,
                   "--examples", 20, "--plot", png)
     assert result.exit_code == 0, result.output
     with Image.open(png) as im:
@@ -174,7 +174,7 @@ def test_plot_is_a_png_and_never_overwrites_an_input(tmp_path, labelled):
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        (["--samples", "0,3"], 2, "Expected a comma-separated list of integers >= 1. Received: '0,3'"),
+        (["--sweep", "0,3"], 2, "Expected a comma-separated list of integers >= 1. Received: '0,3'"),
         (["--threads", "two"], 2, "Expected a comma-separated list of integers >= 1. Received: 'two'"),
         (["--runs", "0"], 2, "--runs"),
         (["--device", "rpi9"], 1, "Error: Unknown device profile."),
@@ -344,7 +344,7 @@ def test_profile_runs_with_tensorflow_and_keras_blocked(tmp_path):
         sys.meta_path.insert(0, Block())
         from edgekit.cli import cli
         try:
-            cli(["profile", {str(MLP_MASK)!r}, "--runs", "3", "--warmup", "0", "--samples", "1,4", "--json"],
+            cli(["profile", {str(MLP_MASK)!r}, "--runs", "3", "--warmup", "0", "--sweep", "1,4", "--json"],
                 prog_name="edgekit", standalone_mode=False)
         finally:
             assert not any(m.split(".")[0] in ("tensorflow", "keras") for m in sys.modules)
@@ -365,7 +365,7 @@ def test_progress_counts_every_prediction():
 
 
 def test_device_problems_in_json_for_an_mcu():
-    result = _run("profile", MLP_MASK, "--runs", 2, "--warmup", 0, "--samples", "1,300", "--device", "cortex-m-tflm",
+    result = _run("profile", MLP_MASK, "--runs", 2, "--warmup", 0, "--sweep", "1,300", "--device", "cortex-m-tflm",
                   "--no-runtime", "--json")
     assert result.exit_code == 0, result.output
     m = json.loads(result.stdout)["models"][0]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.train
+
 keras = pytest.importorskip("keras", reason="recipes need the [train] extra (TensorFlow)")
 
 from edgekit import recipes  # noqa: E402

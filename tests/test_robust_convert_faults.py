@@ -36,7 +36,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def _convert_cmd(model: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "edgekit", "convert", str(model), "-o", str(out), "--eval-samples", "0"]
+    return [sys.executable, "-m", "edgekit", "convert", str(model), "-o", str(out), "--examples", "0"]
 
 
 @pytest.fixture(scope="module")

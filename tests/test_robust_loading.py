@@ -283,7 +283,7 @@ def _convert(args):
 
     from edgekit.cli import cli
 
-    return CliRunner().invoke(cli, ["convert", *map(str, args), "--eval-samples", "0"])
+    return CliRunner().invoke(cli, ["convert", *map(str, args), "--examples", "0"])
 
 
 def test_convert_cli_refuses_a_lambda_file_in_one_line(lambda_file, tmp_path):

@@ -15,7 +15,19 @@ from pathlib import Path
 
 import click
 
-from edgekit.commands._common import echo_json, json_option, library_errors, warn
+from edgekit.commands._common import (
+    DATA,
+    FASHION_MNIST,
+    SEED,
+    FiniteFloatRange,
+    echo_json,
+    json_option,
+    library_errors,
+    status,
+    stderr_is_tty,
+    warn,
+)
+from edgekit.errors import InvalidArgumentError
 from edgekit.qtyping import CALIBRATED, QUANTIZATIONS, STOCHASTIC_MODES
 
 __all__ = ["convert", "sparsify"]
@@ -39,30 +51,45 @@ def _c_stdout_to_stderr():
         os.close(saved)
 
 
-def _load_data(spec: str | None, need_train: bool, need_test: bool):
+# Fashion-MNIST: 28x28 gray images, 10 classes. The default data set only for models it fits.
+_FASHION_PIXELS, _FASHION_CLASSES = 28 * 28, 10
+
+
+def _fits_fashion_mnist(in_shape, num_classes) -> bool:
+    """Whether Fashion-MNIST can feed a model of input ``in_shape`` (28x28 in some layout) and ``num_classes``."""
+    import math
+
+    if in_shape is None or any(d is None for d in in_shape):
+        return False
+    return math.prod(int(d) for d in in_shape) == _FASHION_PIXELS and num_classes in (None, _FASHION_CLASSES)
+
+
+def _load_data(spec: str, need_train: bool, need_test: bool):
     """(x_train, y_train, x_test, y_test, class_names, image) from 'fashion-mnist' or an .npz file."""
     import numpy as np
 
-    if spec in (None, "fashion-mnist"):
+    if spec == FASHION_MNIST:
         from edgekit.data import load_fashion_mnist
 
         ds = load_fashion_mnist()
         image = {"height": 28, "width": 28, "channels": 1, "scale": 1.0 / 255.0, "offset": 0.0}
         return ds.x_train, ds.y_train, ds.x_test, ds.y_test, list(ds.class_names), image
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Data file not found. Expected 'fashion-mnist' or an existing .npz file. Received: --data {spec!r}"
-        )
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError) as e:
-        raise ValueError(f"Expected an .npz file of arrays. Received: {spec!r} ({str(e).splitlines()[0]})") from None
+        with open(spec, "rb") as f:
+            npz = np.load(f, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise InvalidArgumentError(
+                    f"Expected an .npz file of arrays (np.savez). Received: --data {spec!r}, a single .npy array"
+                )
+            with npz:
+                arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, EOFError) as e:  # not an npz, an object array (pickle), or an empty file
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidArgumentError(f"Expected an .npz file of arrays. Received: --data {spec!r} ({why})") from None
     wanted = (["x_train"] if need_train else []) + (["x_test", "y_test"] if need_test else [])
     missing = [k for k in wanted if k not in arrays]
     if missing:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected arrays {', '.join(wanted)} in {spec!r}. Received: {', '.join(sorted(arrays)) or 'none'}"
         )
     names = [str(c) for c in arrays["class_names"]] if "class_names" in arrays else None
@@ -82,28 +109,63 @@ def _fit_shape(x, shape):
     return x
 
 
+def _shape_text(in_shape) -> str:
+    return "(n, " + ", ".join(str(d) for d in in_shape) + ")"
+
+
+def _choose_data(data, in_shape, num_classes, quantize, need_train, need_test):
+    """(data source, need_test): Fashion-MNIST by default only where it fits the model.
+
+    A model it does not fit gets no silent fallback: calibration (int8, int16x8) needs inputs
+    shaped like the model's, so that is a usage error naming ``--data``; the accuracy part of the
+    report is skipped with a warning.
+    """
+    if data is not None:
+        if data == FASHION_MNIST and (need_train or need_test) and not _fits_fashion_mnist(in_shape, num_classes):
+            raise InvalidArgumentError(
+                f"Expected data that fits the model (input {in_shape}, {num_classes} classes). Received: --data "
+                f"fashion-mnist (28x28 images, 10 classes); pass --data FILE.npz with x_train (and x_test, y_test)"
+            )
+        return data, need_test
+    if _fits_fashion_mnist(in_shape, num_classes):
+        return FASHION_MNIST, need_test
+    if need_train:
+        raise click.UsageError(
+            f"--quantize {quantize} calibrates on training inputs, and the default data (Fashion-MNIST, 28x28 "
+            f"images) does not fit this model's input {in_shape}. Pass calibration inputs with --data FILE.npz "
+            f"holding x_train of shape {_shape_text(in_shape)} (numpy.savez('FILE.npz', x_train=x)), or choose "
+            f"--quantize float16 or dynamic, which need no data."
+        )
+    if need_test:
+        warn(f"the report has no accuracy part: the default data (Fashion-MNIST, 28x28 images, 10 classes) does "
+             f"not fit this model (input {in_shape}, {num_classes} classes). Pass --data FILE.npz with x_test and "
+             f"y_test for it, or --examples 0 to skip it quietly.")
+    return None, False
+
+
 @click.command()
-@click.argument("model_path", metavar="MODEL.keras", type=click.Path(dir_okay=False))
+@click.argument("model_path", metavar="MODEL.keras", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the .tflite.")
 @click.option("--quantize", type=click.Choice(QUANTIZATIONS), default=None,
               help="Quantization mode [default: float32, or the device's default].")
 @click.option("--int8-io", is_flag=True, default=None, help="int8 input and output tensors (with --quantize int8).")
 @click.option("--device", default=None, help="Device profile name or .toml path; the result is checked against it.")
-@click.option("--calibration-samples", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Training inputs used to calibrate int8/int16x8 ranges.")
+@click.option("--calibration-examples", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Training inputs (x_train) used to calibrate int8/int16x8 ranges.")
 @click.option("--no-fold-bn", is_flag=True, help="Do not fold BatchNormalization into Dense/Conv layers.")
-@click.option("--seed", type=click.IntRange(min=0), default=None,
+@click.option("--seed", type=SEED, default=None,
               help="Bake a seed into the random ops: reproducible, but every device draws the same masks.")
 @click.option("--stochastic", type=click.Choice(STOCHASTIC_MODES), default=None,
               help="in-graph: RANDOM_UNIFORM draws the masks; mask-input: masks are inputs [default: in-graph, "
                    "or the device's mode].")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the report as JSON to this file.")
-@click.option("--data", default="fashion-mnist", show_default=True,
-              help="'fashion-mnist' or an .npz with x_train (calibration) and x_test/y_test (evaluation).")
-@click.option("--eval-samples", type=click.IntRange(min=0), default=2000, show_default=True,
+@click.option("--data", type=DATA, default=None,
+              help="fashion-mnist, or an .npz with x_train (calibration) and x_test/y_test (evaluation) "
+                   "[default: fashion-mnist if it fits the model's input].")
+@click.option("--examples", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Test inputs for the accuracy part of the report (0: skip it).")
-@click.option("--mc-samples", type=click.IntRange(min=1), default=100, show_default=True,
+@click.option("--samples", "-T", type=click.IntRange(min=1), default=100, show_default=True,
               help="MC samples T per test input in the report.")
 @click.option("--class-names", default=None, help="Comma-separated class names [default: from the data].")
 @click.option("--sparse", is_flag=True, help="Sparse flatbuffer encoding of weights (float32 only).")
@@ -112,8 +174,8 @@ def _fit_shape(x, shape):
                    "[default: per kernel for int8, per unit otherwise].")
 @json_option
 @library_errors
-def convert(model_path, output, quantize, int8_io, device, calibration_samples, no_fold_bn, seed, stochastic,
-            report_path, data, eval_samples, mc_samples, class_names, sparse, per_channel_dense, as_json):
+def convert(model_path, output, quantize, int8_io, device, calibration_examples, no_fold_bn, seed, stochastic,
+            report_path, data, examples, samples, class_names, sparse, per_channel_dense, as_json):
     """Convert a Keras MC-dropout model to one .tflite whose dropout stays random.
 
     The file runs on the stock LiteRT interpreter, has signatures full, trunk and head (and
@@ -122,15 +184,17 @@ def convert(model_path, output, quantize, int8_io, device, calibration_samples, 
     JSON with --json) gives sizes, ops, float islands and, on the test set, deterministic and MC
     accuracy, NLL and ECE against the float Keras model.
 
+    int8 and int16x8 calibrate on training inputs: Fashion-MNIST by default (when it fits the
+    model's input), else x_train from --data FILE.npz.
+
     \b
     Examples:
       edgekit convert model.keras -o model.tflite --quantize int8
+      edgekit convert model.keras -o model.tflite --quantize int8 --data mydata.npz
       edgekit convert model.keras -o tpu.tflite --device coral-edgetpu --report report.json
     """
     from edgekit.runtime.fileio import atomic_write_bytes, refuse_overwrite_input
 
-    if not Path(model_path).exists():
-        raise FileNotFoundError(f"Keras model file not found. Expected an existing .keras file. Received: {model_path!r}")
     refuse_overwrite_input(output, [model_path])
     if report_path is not None:
         refuse_overwrite_input(report_path, [model_path, output])
@@ -153,31 +217,32 @@ def convert(model_path, output, quantize, int8_io, device, calibration_samples, 
     from edgekit.converters import evaluate
     from edgekit.converters.loading import load_keras_model
 
+    status(f"Loading {model_path}")
     model = load_keras_model(model_path)
     in_shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
+    num_classes = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None
     need_train = quantize in CALIBRATED
-    need_test = eval_samples > 0
+    need_test = examples > 0
+    data, need_test = _choose_data(data, in_shape, num_classes, quantize, need_train, need_test)
     x_train = x_test = y_test = None
     names, image = None, None
     if need_train or need_test:
         x_train, _, x_test, y_test, names, image = _load_data(data, need_train, need_test)
     if class_names is not None:
         names = [c.strip() for c in class_names.split(",")]
-    num_classes = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None
     if names is not None and len(names) != num_classes and class_names is None:
         names = None  # the data's names do not describe this model
-    if image is not None and in_shape is not None and int(np.prod(in_shape)) != 28 * 28:
-        image = None  # Fashion-MNIST's pixel recipe only describes 28x28x1 inputs
     if in_shape is not None:
         x_train, x_test = _fit_shape(x_train, in_shape), _fit_shape(x_test, in_shape)
     rep = None
     if x_train is not None:
         # A fixed, spread-out subset of the training set (not the first N, which may be ordered).
-        idx = np.random.default_rng(0).permutation(len(x_train))[:calibration_samples]
+        idx = np.random.default_rng(0).permutation(len(x_train))[:calibration_examples]
         rep = x_train[np.sort(idx)]
 
     with warnings.catch_warnings(record=True) as caught, _c_stdout_to_stderr():
         warnings.simplefilter("always")
+        status(f"Converting to TFLite ({quantize}, {stochastic})")
         result = convert_model(
             model, quantize=quantize, representative_data=rep, fold_batchnorm=not no_fold_bn, device=profile,
             stochastic=stochastic, seed=seed, class_names=names, input_image=image, int8_io=int8_io,
@@ -185,7 +250,8 @@ def convert(model_path, output, quantize, int8_io, device, calibration_samples, 
         )
         report = result.report
         if need_test:
-            report = evaluate(result, model, x_test[:eval_samples], y_test[:eval_samples], samples=mc_samples)
+            status(f"Evaluating on {min(examples, len(x_test))} test inputs, T={samples}")
+            report = evaluate(result, model, x_test[:examples], y_test[:examples], samples=samples)
     atomic_write_bytes(output, result.tflite)
     shown = set()
     for w in caught:
@@ -207,14 +273,15 @@ def _report_json(report, output) -> dict:
 
 
 @click.command()
-@click.argument("model_path", metavar="MODEL.keras", type=click.Path(dir_okay=False))
+@click.argument("model_path", metavar="MODEL.keras", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to save the pruned .keras.")
-@click.option("--target", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.8, show_default=True,
+@click.option("--target", type=FiniteFloatRange(0.0, 1.0, max_open=True), default=0.8, show_default=True,
               help="Fraction of each prunable kernel set to zero.")
 @click.option("--epochs", type=click.IntRange(min=0), default=2, show_default=True,
               help="Fine-tuning epochs while the sparsity ramps up (0: prune once, no fine-tuning).")
-@click.option("--data", default="fashion-mnist", show_default=True,
-              help="'fashion-mnist' or an .npz with x_train/y_train (and x_test/y_test for the report).")
+@click.option("--data", type=DATA, default=None,
+              help="fashion-mnist, or an .npz with x_train/y_train (and x_test/y_test for the report) "
+                   "[default: fashion-mnist if it fits the model].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @json_option
 @library_errors
@@ -234,23 +301,40 @@ def sparsify(model_path, output, target, epochs, data, batch_size, as_json):
     from edgekit.runtime.fileio import atomic_write_bytes, refuse_overwrite_input
 
     if not str(output).endswith(".keras"):
-        raise click.BadParameter(f"Expected a path ending in .keras. Received: {output!r}", param_hint="-o")
-    if not Path(model_path).exists():
-        raise FileNotFoundError(f"Keras model file not found. Expected an existing .keras file. Received: {model_path!r}")
+        raise click.BadParameter(f"Expected a path ending in .keras. Received: {output!r}",
+                                 param_hint="'-o' / '--output'")
     refuse_overwrite_input(output, [model_path])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgekit.converters.loading import load_keras_model
     from edgekit.sparsity import sparsify as sparsify_model
 
+    status(f"Loading {model_path}")
     model = load_keras_model(model_path)
+    in_shape = tuple(model.inputs[0].shape[1:])
+    num_classes = int(model.outputs[0].shape[-1])
+    if data is None:
+        if not _fits_fashion_mnist(in_shape, num_classes):
+            raise click.UsageError(
+                f"sparsify fine-tunes on labelled training data, and the default data (Fashion-MNIST, 28x28 images, "
+                f"10 classes) does not fit this model (input {in_shape}, {num_classes} classes). Pass --data "
+                f"FILE.npz holding x_train of shape {_shape_text(in_shape)} and y_train (integer labels)."
+            )
+        data = FASHION_MNIST
+    elif data == FASHION_MNIST and not _fits_fashion_mnist(in_shape, num_classes):
+        raise InvalidArgumentError(
+            f"Expected data that fits the model (input {in_shape}, {num_classes} classes). Received: --data "
+            f"fashion-mnist (28x28 images, 10 classes); pass --data FILE.npz with x_train and y_train"
+        )
     x, y, xt, yt, _, _ = _load_data(data, need_train=True, need_test=False)
     if y is None:
-        raise ValueError(f"Expected arrays x_train and y_train in {data!r}. Received: no y_train")
-    in_shape = tuple(model.inputs[0].shape[1:])
+        raise InvalidArgumentError(f"Expected arrays x_train and y_train in {data!r}. Received: no y_train")
     x, xt = _fit_shape(x, in_shape), _fit_shape(xt, in_shape)
+    status(f"Pruning to {target:.0%} sparsity, {epochs} epoch(s) of fine-tuning")
     with _c_stdout_to_stderr():
+        # Keras' progress bar for people at a terminal; it goes to stderr, as fd 1 does here.
         result = sparsify_model(model, x, y, target=target, epochs=epochs, batch_size=batch_size,
-                                validation_data=(xt, yt) if xt is not None and yt is not None else None)
+                                validation_data=(xt, yt) if xt is not None and yt is not None else None,
+                                verbose=1 if stderr_is_tty() else 0)
     # model.save writes through a path; save to a temporary file, then move the bytes atomically.
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "model.keras"

@@ -34,7 +34,13 @@ def devices():
 @json_option
 @library_errors
 def list_(as_json: bool):
-    """List the built-in device profiles."""
+    """List the built-in device profiles.
+
+    \b
+    Examples:
+      edgekit devices list
+      edgekit devices list --json
+    """
     from edgekit.devices import list_profiles
 
     profiles = list_profiles()

@@ -7,30 +7,36 @@ from pathlib import Path
 
 import click
 
-from edgekit.commands._common import echo_json, json_option, library_errors, warn
+from edgekit.commands._common import SEED, FiniteFloatRange, echo_json, json_option, library_errors, warn
+from edgekit.errors import InvalidArgumentError
 
 __all__ = ["predict"]
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 def _load_input(path: Path, meta: dict):
     import numpy as np
 
+    from edgekit.runtime.images import SUFFIXES, load_image
+
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:
-            return np.load(path, allow_pickle=False)
+            x = np.load(path, allow_pickle=False)
         except (ValueError, EOFError, MemoryError) as e:
             # EOFError: an empty file (click would print a bare "Aborted!"); MemoryError: a header
             # declaring an array far larger than the file.
-            raise ValueError(f"Cannot read {str(path)!r} as a .npy array: {str(e) or type(e).__name__}") from None
-    if suffix in _IMAGE_SUFFIXES:
-        from edgekit.runtime.images import load_image
-
+            raise InvalidArgumentError(
+                f"Expected a .npy array file. Received: {str(path)!r} ({str(e) or type(e).__name__})"
+            ) from None
+        if not isinstance(x, np.ndarray):  # an .npz archive saved under a .npy name
+            x.close()
+            raise InvalidArgumentError(f"Expected a .npy array file. Received: {str(path)!r}, an .npz archive")
+        return x
+    if suffix in SUFFIXES:
         spec = (meta.get("input") or {}).get("image")
         if not spec:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"The model does not take images. Expected a .npy input for this model (its metadata has no "
                 f"input.image). Received: {path.name!r}"
             )
@@ -39,7 +45,9 @@ def _load_input(path: Path, meta: dict):
         if x.size == int(np.prod(shape)):
             x = x.reshape(shape)  # e.g. a [28, 28] model input from a [28, 28, 1] image
         return x
-    raise ValueError(f"Unsupported input file. Expected .npy, .png, .jpg or .jpeg. Received: {path.name!r}")
+    raise InvalidArgumentError(
+        f"Unsupported input file. Expected .npy or an image ({', '.join(SUFFIXES)}). Received: {path.name!r}"
+    )
 
 
 def _table(pred, model) -> str:
@@ -77,11 +85,11 @@ def _table(pred, model) -> str:
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
 @click.option("--samples", "-T", type=click.IntRange(min=1), default=None,
               help="MC samples per input (default 100). Exclusive with --budget-ms.")
-@click.option("--budget-ms", type=float, default=None,
+@click.option("--budget-ms", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Latency budget per input in ms: as many samples as fit (at p99).")
-@click.option("--tolerance", type=float, default=None,
+@click.option("--tolerance", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Stop once the top class's standard error is below this (e.g. 0.01).")
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=SEED, default=None,
               help="Seed for the masks the runtime draws (mask-input models, in-graph models with `masked`).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default 1).")
 @click.option("--device", default=None, help="Device profile (threads, memory budget, default budget).")
@@ -91,8 +99,8 @@ def _table(pred, model) -> str:
 def predict(model_path, input_path, samples, budget_ms, tolerance, seed, threads, device, no_probe, as_json):
     """Predict with MC dropout: mean class probabilities, their spread, and uncertainty.
 
-    INPUT is a .npy array (one input or a batch) or, for image models, a PNG (decoded without
-    Pillow) or JPEG (needs Pillow), resized and scaled as the model's metadata says.
+    INPUT is a .npy array (one input or a batch) or, for image models, a PNG, JPEG, WebP or BMP
+    image, resized and scaled as the model's metadata says.
 
     \b
     Examples:
@@ -115,7 +123,7 @@ def predict(model_path, input_path, samples, budget_ms, tolerance, seed, threads
     if budget_ms is None and samples is None and model.profile is not None:
         budget_ms = model.profile.default_budget_ms
     x = _load_input(Path(input_path), model.metadata)
-    if budget_ms is not None and budget_ms > 0:
+    if budget_ms is not None:
         model.warmup(budget_ms=budget_ms, samples=samples)  # allocate now, outside the budget
     pred = model.predict(x, samples=samples, budget_ms=budget_ms, tolerance=tolerance)
     if as_json:

@@ -14,7 +14,18 @@ from pathlib import Path
 
 import click
 
-from edgekit.commands._common import echo_json, json_option, library_errors, stderr_is_tty, warn
+from edgekit.commands._common import (
+    DATA,
+    FASHION_MNIST,
+    SEED,
+    FiniteFloatRange,
+    echo_json,
+    json_option,
+    library_errors,
+    stderr_is_tty,
+    warn,
+)
+from edgekit.errors import InvalidArgumentError
 
 __all__ = ["profile", "SCHEMA_ID", "build_report", "render_plot"]
 
@@ -42,24 +53,30 @@ def _load_data(spec: str, examples: int, meta: dict | None):
     """(x, y, description) from ``fashion-mnist`` or a labelled .npz (keys x/y or x_test/y_test)."""
     import numpy as np
 
-    if spec == "fashion-mnist":
+    if spec == FASHION_MNIST:
         from edgekit.data import load_fashion_mnist
 
         ds = load_fashion_mnist()
         return ds.x_test[:examples], ds.y_test[:examples], "fashion-mnist test set"
     path = Path(spec)
-    if not path.is_file():
-        raise click.BadParameter(
-            f"Expected 'fashion-mnist' or an existing .npz file. Received: {spec!r}", param_hint="'--data'"
-        )
-    with np.load(path, allow_pickle=False) as f:
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as e:  # not an npz, an object array (pickle), or an empty file
+        raise InvalidArgumentError(
+            f"Expected an .npz file of labelled arrays. Received: --data {spec!r} ({e})"
+        ) from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise InvalidArgumentError(f"Expected an .npz file of labelled arrays. Received: --data {spec!r}, one array")
+    with f:
         keys = set(f.files)
         for kx, ky in (("x", "y"), ("x_test", "y_test")):
             if {kx, ky} <= keys:
                 x, y = f[kx][:examples], f[ky][:examples]
                 break
         else:
-            raise ValueError(f"{path}: Expected arrays named x and y (or x_test and y_test). Received: {sorted(keys)}")
+            raise InvalidArgumentError(
+                f"{path}: Expected arrays named x and y (or x_test and y_test). Received: {sorted(keys)}"
+            )
     image = ((meta or {}).get("input") or {}).get("image")
     if x.dtype.kind in "iu" and image:
         # 8-bit images: scale them the way the model's metadata says (docs/format.md).
@@ -268,28 +285,35 @@ def render_plot(models, budget_ms: float, device_name: str) -> bytes:
 @click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--device", default="host", show_default=True, help="Device profile name or .toml path (defaults for threads and budget).")
 @click.option("--threads", type=_IntList(), default=None, help="Interpreter thread counts, e.g. 1,2 [default: the device's].")
-@click.option("--samples", type=_IntList(), default="1,10,30,100", show_default=True, help="MC sample counts T to time.")
+@click.option("--sweep", "sweep", type=_IntList(), default="1,10,30,100", show_default=True,
+              help="The MC sample counts T to time, one prediction of one input at each.")
 @click.option("--runs", type=click.IntRange(min=1), default=100, show_default=True, help="Measured predictions per (threads, T).")
 @click.option("--warmup", type=click.IntRange(min=0), default=None, help="Unmeasured predictions first [default: max(10, runs/5)].")
-@click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), default=None, help="Latency budget in ms [default: the device's].")
-@click.option("--data", default=None, metavar="LABELLED.npz|fashion-mnist", help="Labelled data (arrays x, y) for accuracy, NLL and ECE against T.")
+@click.option("--budget-ms", type=FiniteFloatRange(min=0, min_open=True), default=None,
+              help="Latency budget in ms [default: the device's].")
+@click.option("--data", type=DATA, default=None,
+              help="fashion-mnist, or a labelled .npz (arrays x, y) for accuracy, NLL and ECE against T.")
 @click.option("--examples", type=click.IntRange(min=1), default=1000, show_default=True, help="Labelled examples used with --data.")
 @click.option("--runtime/--no-runtime", "time_runtime", default=True, show_default=True,
               help="Also time each (threads, T) through MCModel.predict (the runtime's full path).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the mask generator (mask-input models) and the synthetic input.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="Seed of the mask generator (mask-input models) and the synthetic input.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG: latency and accuracy vs T, latency histogram.")
 @json_option
 @library_errors
-def profile(models, device, threads, samples, runs, warmup, budget_ms, data, examples, time_runtime, seed, plot_path,
+def profile(models, device, threads, sweep, runs, warmup, budget_ms, data, examples, time_runtime, seed, plot_path,
             as_json):
     """Time MC prediction of MODEL.tflite against T and recommend T for a latency budget.
 
     Give two models (e.g. float32 and int8) to compare them side by side with ratios.
     Latencies are of the machine this runs on: run it on the target for the target's numbers.
 
+    --sweep lists the values of T (MC samples per input) to time.
+
     \b
     Examples:
       edgekit profile model.tflite --threads 1,2 --budget-ms 5
+      edgekit profile model.tflite --sweep 1,10,30,100,300 --runs 200
       edgekit profile fp32.tflite int8.tflite --data fashion-mnist --plot profile.png
     """
     from edgekit.devices import load_profile
@@ -313,7 +337,7 @@ def profile(models, device, threads, samples, runs, warmup, budget_ms, data, exa
         x, y, data_desc = _load_data(data, examples, read_metadata(Path(models[0]).read_bytes()))
 
     warm = max(10, runs // 5) if warmup is None else warmup
-    total = len(models) * len(threads) * len(samples) * (warm + runs) * (2 if time_runtime else 1) + (len(models) * len(x) if x is not None else 0)
+    total = len(models) * len(threads) * len(sweep) * (warm + runs) * (2 if time_runtime else 1) + (len(models) * len(x) if x is not None else 0)
     results = []
     show_bar = stderr_is_tty() and total >= 500
     bar = click.progressbar(length=total, label="Profiling", file=sys.stderr) if show_bar else None
@@ -322,14 +346,14 @@ def profile(models, device, threads, samples, runs, warmup, budget_ms, data, exa
             bar.__enter__()
         for path in models:
             results.append(profile_model(
-                path, threads=threads, samples=samples, runs=runs, warmup=warm, budget_ms=budget_ms,
+                path, threads=threads, samples=sweep, runs=runs, warmup=warm, budget_ms=budget_ms,
                 x=x, y=y, seed=seed, progress=bar.update if bar is not None else None, runtime=time_runtime,
             ))
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
 
-    report = build_report(results, device=dev, budget_ms=budget_ms, threads=threads, samples=samples, runs=runs,
+    report = build_report(results, device=dev, budget_ms=budget_ms, threads=threads, samples=sweep, runs=runs,
                           data_desc=data_desc, examples=None if x is None else len(x))
     if plot_path is not None:
         atomic_write_bytes(plot_path, render_plot(results, budget_ms, dev.name))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.commands._common import echo_json, json_option, library_errors
+from edgekit.commands._common import SEED, FiniteFloatRange, echo_json, json_option, library_errors
 
 __all__ = ["train", "evaluate"]
 
@@ -30,18 +30,19 @@ def evaluate(model, x, y, samples: int = 100) -> dict:
 
 @click.command()
 @click.option("--recipe", type=click.Choice(["book", "default", "selu"]), default="book", show_default=True,
-              help="book: the seed's MLP; default: Table 11-3 (He, ELU, BN if deep); selu: Table 11-4.")
+              help="book: the Hands-On ML chapter 11 MLP (the reference MLP); default: its Table 11-3 (He, ELU, "
+                   "BN if deep); selu: its Table 11-4.")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
               help="Maximum epochs (early stopping may end sooner).")
-@click.option("--out", "out", type=click.Path(dir_okay=False, writable=True), required=True,
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, writable=True), required=True,
               help="Where to save the trained model (.keras).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--optimizer", type=click.Choice(["nadam", "momentum"]), default="nadam", show_default=True)
-@click.option("--l1", type=click.FloatRange(min=0), default=None, help="ℓ1 kernel regularization (default recipe).")
-@click.option("--l2", type=click.FloatRange(min=0), default=None, help="ℓ2 kernel regularization (default recipe).")
-@click.option("--max-norm", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--l1", type=FiniteFloatRange(min=0), default=None, help="ℓ1 kernel regularization (default recipe).")
+@click.option("--l2", type=FiniteFloatRange(min=0), default=None, help="ℓ2 kernel regularization (default recipe).")
+@click.option("--max-norm", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Max-norm constraint r on each neuron's incoming weights.")
-@click.option("--seed", type=int, default=None, help="Seed for reproducible training (keras.utils.set_random_seed).")
+@click.option("--seed", type=SEED, default=None, help="Seed for reproducible training (keras.utils.set_random_seed).")
 @click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True,
               help="MC samples for the final test accuracy.")
 @json_option
@@ -50,18 +51,19 @@ def train(recipe, epochs, out, batch_size, optimizer, l1, l2, max_norm, seed, sa
     """Train an MC-dropout model on Fashion-MNIST and save it as a .keras file.
 
     Shows Keras' progress bar, then prints the test accuracy with dropout off
-    (deterministic) and with MC dropout.
+    (deterministic) and with MC dropout. The recipes are those of Hands-On ML (Géron),
+    chapter 11.
 
     \b
     Example:
-      edgekit train --recipe book --epochs 20 --out model.keras
+      edgekit train --recipe book --epochs 20 -o model.keras
     """
     if not str(out).endswith(".keras"):
-        raise click.BadParameter(f"Expected a path ending in .keras. Received: {out!r}", param_hint="--out")
+        raise click.BadParameter(f"Expected a path ending in .keras. Received: {out!r}", param_hint="'-o' / '--output'")
     if recipe != "default" and (l1 or l2):
-        raise click.UsageError("--l1/--l2 apply to --recipe default only (the seed: they break self-normalization).")
+        raise click.UsageError("--l1/--l2 apply to --recipe default only (with selu they break self-normalization).")
     if recipe == "book" and max_norm:
-        raise click.UsageError("--max-norm applies to --recipe default or selu; book is the seed's model as is.")
+        raise click.UsageError("--max-norm applies to --recipe default or selu; book is the reference MLP as is.")
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -90,7 +92,7 @@ def train(recipe, epochs, out, batch_size, optimizer, l1, l2, max_norm, seed, sa
         atomic_write_bytes(out, tmp.read_bytes())
     finally:
         tmp.unlink(missing_ok=True)
-    summary = {"recipe": recipe, "out": str(out), "epochs_run": fit.epochs_run,
+    summary = {"recipe": recipe, "output": str(out), "epochs_run": fit.epochs_run,
                "val_accuracy": fit.val_accuracy,
                **{k: v for k, v in scores.items() if not k.startswith("_")}}
     if as_json:

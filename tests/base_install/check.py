@@ -1,8 +1,8 @@
-"""Run by `make test-base` with a venv holding only the base install (numpy, click, ai-edge-litert).
+"""Run by `make test-base` with a venv holding only the base install (numpy, click, ai-edge-litert, Pillow).
 
 It proves what a device gets: `import edgekit.runtime`, `MCModel.predict`, `edgekit --help`, `edgekit predict`
-and `edgekit profile` all work where TensorFlow and Keras are not installed at all. Not a pytest file: pytest
-and hypothesis are not in that venv either. Exit status 0 means every check passed.
+(on an array and on a JPEG image) and `edgekit profile` all work where TensorFlow and Keras are not installed at
+all. Not a pytest file: pytest and hypothesis are not in that venv either. Exit status 0 means every check passed.
 """
 
 from __future__ import annotations
@@ -33,10 +33,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "x.npy"
         np.save(npy, x[:1])
+        from PIL import Image  # part of the base install: image inputs
+
+        jpeg = Path(tmp) / "x.jpg"
+        Image.fromarray((np.random.default_rng(1).random((24, 24)) * 255).astype(np.uint8)).save(jpeg)
         runs = {
             "help": [exe, "--help"],
             "predict": [exe, "predict", str(FIXTURES / "book_ingraph.tflite"), str(npy), "--samples", "20", "--json"],
-            "profile": [exe, "profile", str(FIXTURES / "book_ingraph.tflite"), "--samples", "1,10", "--runs", "5",
+            "predict an image": [exe, "predict", str(FIXTURES / "cnn_ingraph.tflite"), str(jpeg), "--samples", "5",
+                                 "--json"],
+            "profile": [exe, "profile", str(FIXTURES / "book_ingraph.tflite"), "--sweep", "1,10", "--runs", "5",
                         "--json"],
         }
         for name, cmd in runs.items():
@@ -44,7 +50,8 @@ def main() -> int:
             assert proc.returncode == 0, f"edgekit {name} failed:\n{proc.stderr}"
             if name != "help":
                 json.loads(proc.stdout)  # machines get valid JSON
-    print("base install: import, MCModel.predict, edgekit --help, predict and profile work without TensorFlow")
+    print("base install: import, MCModel.predict, edgekit --help, predict (array, image) and profile work without "
+          "TensorFlow")
     return 0
 
 

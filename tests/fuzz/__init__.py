@@ -1,7 +1,7 @@
 """Helpers for the robustness suite (``tests/test_robust_*.py`` and ``bench/robustness.py``).
 
 - :mod:`fuzz.corrupt`: corrupted ``.tflite`` files made from the committed fixtures.
-- :mod:`fuzz.images`, :mod:`fuzz.arrays`: hostile PNG and ``.npy`` inputs.
+- :mod:`fuzz.images`, :mod:`fuzz.arrays`: hostile image (PNG, JPEG, WebP, BMP) and ``.npy`` inputs.
 - :mod:`fuzz.harness` and :mod:`fuzz.worker`: run many files through batched child processes,
   surviving crashes and hangs.
 - :mod:`fuzz.checks`: what counts as a kept promise for each case.

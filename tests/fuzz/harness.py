@@ -5,7 +5,8 @@ one request at a time and waits for its answer with a per-case timeout. Only whe
 EOF on its stdout) or hangs (no answer in time: the child is SIGKILLed) is a fresh child started,
 for the next case. So 500 files cost a handful of process starts, not 500.
 
-Each result is the worker's JSON plus ``case`` (the case name); a dead child gives
+Each result is the worker's JSON plus ``case`` (the case name) and ``seconds`` (from the request to
+the answer, or to the child's death or the timeout); a dead child gives
 ``{"status": "crash", "signal": N, "stderr": "..."}`` and a timeout ``{"status": "hang"}``.
 """
 
@@ -137,9 +138,11 @@ def _run_shard(
             request = {"path": path, "input_shape": input_shape_for(case)}
             if model is not None:
                 request["model"] = model
+            started = time.monotonic()
             child.proc.stdin.write(json.dumps(request) + "\n")
             child.proc.stdin.flush()
             line = child.read(timeout)
+            elapsed = time.monotonic() - started
             if line:
                 result = json.loads(line)
             elif line is None:
@@ -158,6 +161,7 @@ def _run_shard(
                 child.kill()
                 child = None
             result["case"] = case.name
+            result["seconds"] = round(elapsed, 3)
             results.append(result)
             if case.special is None and case.data is not None:
                 os.unlink(path)  # keep the scratch folder small; the corpus is regenerated from its seed

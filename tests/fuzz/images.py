@@ -1,16 +1,23 @@
-"""Corrupted and hostile PNG inputs for ``edgekit predict`` on an image model.
+"""Corrupted and hostile image inputs for ``edgekit predict`` on an image model.
 
-The runtime decodes PNG itself (``edgekit.runtime.images``, no Pillow on a device), so its decoder
-gets the same treatment as model files. :func:`make_png_corpus` writes valid PNGs (gray, RGB, RGBA,
-palette; every filter type; a size that needs resizing) and damages them:
+An image is untrusted input that reaches Pillow (``edgekit.runtime.images``), so it gets the same
+treatment as model files. :func:`make_image_corpus` writes valid images and damages them:
 
-- ``png-truncate``: cut at many offsets; ``png-flip``: one byte changed in the IHDR, PLTE, IDAT
-  or a CRC (a PNG carries a CRC per chunk, so a changed byte is detectable);
+- ``png-valid``: gray, RGB, RGBA, gray+alpha and palette PNGs, every filter type, a size that
+  needs resizing; ``png-truncate``: cut at many offsets; ``png-flip``: one byte changed in the IHDR,
+  PLTE, IDAT or a CRC (a PNG carries a CRC per chunk, so a changed byte is detectable);
 - ``png-header``: IHDR too short or too long, zero or 2**31 sizes, 16-bit depth, interlacing, an
   unknown colour type; ``png-palette``: an empty or ragged PLTE, or none;
-- ``png-bomb``: a 1x1 image whose IDAT inflates to 512 MiB (memory), and a 3000x3000 image whose
-  rows all use the Paeth filter (time: the decoder's per-byte Python loop);
-- ``png-not-image``: empty file, text, JPEG magic followed by junk.
+- ``other-valid``: a JPEG, a lossless WebP and a BMP; ``other-damaged``: the same cut short or with
+  one byte changed (these formats carry no CRC: a changed byte may decode to other pixels, so it
+  must only never crash, hang or print a traceback);
+- ``bomb``: a 1x1 PNG whose IDAT inflates to 512 MiB (memory), a 3000x3000 PNG whose rows all use
+  the Paeth filter (decoding time), a PNG of 2**18 + 1 empty chunks and a JPEG of 4 MiB of comment
+  markers (what Pillow walks in Python), a progressive JPEG repeating one scan 1,000 times (libjpeg
+  passes over the whole image per scan), a 4096x4096 RLE4 BMP (Pillow decodes RLE in Python, pixel by
+  pixel) and a WebP declaring a 12000x12000 canvas;
+- ``not-image``: empty file, text, JPEG magic followed by junk, a GIF and an EPS header (formats
+  edgekit never hands to Pillow).
 
 ``expect`` is ``"valid"`` for the undamaged images (must run) and ``"no-crash"`` otherwise (a clear
 error, or a run; never a traceback, a crash or a hang).
@@ -18,13 +25,14 @@ error, or a run; never a traceback, a crash or a hang).
 
 from __future__ import annotations
 
+import io
 import random
 import struct
 import zlib
 
 from .corrupt import Case
 
-__all__ = ["png", "make_png_corpus"]
+__all__ = ["png", "bmp", "make_image_corpus"]
 
 _SIG = b"\x89PNG\r\n\x1a\n"
 _BPP = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -54,13 +62,68 @@ def png(width: int, height: int, color: int = 0, *, filters=(0,), seed: int = 0,
     return body + _chunk(b"IDAT", zlib.compress(raw, 9)) + _chunk(b"IEND", b"")
 
 
+def bmp(width: int, height: int, pixels: bytes, *, bits: int = 8, compression: int = 0) -> bytes:
+    """A bottom-up palette BMP (BITMAPINFOHEADER, gray palette) whose pixel data is ``pixels`` as given."""
+    colors = 1 << bits
+    palette = b"".join(bytes([v, v, v, 0]) for v in (i * 255 // (colors - 1) for i in range(colors)))
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, bits, compression, len(pixels), 2835, 2835, colors, 0)
+    offset = 14 + len(info) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
+
+
 def _zlib_bomb(size: int) -> bytes:
     comp = zlib.compressobj(9)
     block = bytes(1 << 22)
     return b"".join(comp.compress(block) for _ in range(size // len(block))) + comp.flush()
 
 
-def make_png_corpus(seed: int = 0) -> list[Case]:
+def _others(seed: int) -> dict[str, tuple[bytes, str]]:
+    """A JPEG, a lossless WebP and a BMP of a smooth 16x14 RGB image: name -> (bytes, suffix)."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:14, 0:16]
+    rgb = np.stack([xx * 15, yy * 17, (xx + yy + seed) * 8], axis=-1).astype(np.uint8)
+    out = {}
+    for name, fmt, suffix, kwargs in (("jpeg16x14", "JPEG", ".jpg", {"quality": 90}),
+                                      ("webp16x14", "WEBP", ".webp", {"lossless": True}),
+                                      ("bmp16x14", "BMP", ".bmp", {})):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, fmt, **kwargs)
+        out[name] = (buf.getvalue(), suffix)
+    return out
+
+
+def _bombs() -> list[tuple[str, bytes, str]]:
+    """(name, bytes, suffix) of the files built to cost memory or time."""
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    bomb = _SIG + _chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)) + _chunk(b"IDAT", _zlib_bomb(512 << 20)) + _chunk(b"IEND", b"")
+    out.append(("png:zlib-bomb-512MiB", bomb, ".png"))
+    slow = png(3000, 3000, 0, raw=b"".join(b"\x04" + bytes(3000) for _ in range(3000)))
+    out.append(("png:paeth-3000x3000", slow, ".png"))
+    small = png(4, 3)
+    out.append(("png:chunk-flood", small[:33] + _chunk(b"tEXt", b"") * ((1 << 18) + 1) + small[33:], ".png"))
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, "JPEG")
+    jpeg = buf.getvalue()
+    out.append(("jpeg:comment-flood-4MiB", jpeg[:2] + b"\xff\xfe\x00\x02" * (1 << 20) + jpeg[2:], ".jpg"))
+    buf = io.BytesIO()
+    Image.fromarray(np.full((2048, 2048), 128, np.uint8)).save(buf, "JPEG", progressive=True, quality=90)
+    prog = buf.getvalue()
+    last, eoi = prog.rfind(b"\xff\xda"), prog.rfind(b"\xff\xd9")
+    out.append(("jpeg:scan-flood-1000", prog[:eoi] + prog[last:eoi] * 1000 + prog[eoi:], ".jpg"))
+    row = b"\xff\x11" * 16 + b"\x10\x11" + b"\x00\x00"  # 16 runs of 255 pixels + 16 pixels, end of line
+    out.append(("bmp:rle4-4096x4096", bmp(4096, 4096, row * 4096, bits=4, compression=2), ".bmp"))
+    vp8x = struct.pack("<I", 10) + bytes(4) + (12000 - 1).to_bytes(3, "little") + (12000 - 1).to_bytes(3, "little")
+    body = b"WEBP" + b"VP8X" + vp8x
+    out.append(("webp:canvas-12000x12000", b"RIFF" + struct.pack("<I", len(body)) + body, ".webp"))
+    return out
+
+
+def make_image_corpus(seed: int = 0) -> list[Case]:
     rng = random.Random(seed)
     valid = {
         "gray12": png(12, 12, 0, filters=(0, 1, 2, 3, 4), seed=1),
@@ -99,13 +162,21 @@ def make_png_corpus(seed: int = 0) -> list[Case]:
     }
     for name, data in palettes.items():
         cases.append(Case(f"png:{name}", "png-palette", name, "no-crash", data, suffix=".png"))
-    bomb = _SIG + _chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)) + _chunk(b"IDAT", _zlib_bomb(512 << 20)) + _chunk(b"IEND", b"")
-    cases.append(Case("png:zlib-bomb-512MiB", "png-bomb", "zlib", "no-crash", bomb, suffix=".png"))
-    slow = png(3000, 3000, 0, raw=b"".join(b"\x04" + bytes(3000) for _ in range(3000)))
-    cases.append(Case("png:paeth-3000x3000", "png-bomb", "paeth", "no-crash", slow, suffix=".png"))
+    for name, (data, suffix) in _others(seed).items():
+        cases.append(Case(f"{name}", "other-valid", name, "valid", data, suffix=suffix))
+        for cut in sorted(set([1, 4, 12] + rng.sample(range(1, len(data)), 6))):
+            cases.append(Case(f"{name}:truncate:{cut}", "other-damaged", name, "no-crash", data[:cut], offset=cut, suffix=suffix))
+        for pos in rng.sample(range(len(data)), 10):
+            bad = bytearray(data)
+            bad[pos] ^= rng.choice((0x01, 0x80, 0xFF))
+            cases.append(Case(f"{name}:flip:{pos}", "other-damaged", name, "no-crash", bytes(bad), offset=pos, suffix=suffix))
+    for name, data, suffix in _bombs():
+        cases.append(Case(name, "bomb", name.split(":")[1], "no-crash", data, suffix=suffix))
     cases += [
-        Case("png:empty", "png-not-image", "-", "no-crash", b"", suffix=".png"),
-        Case("png:text", "png-not-image", "-", "no-crash", b"not an image\n", suffix=".png"),
-        Case("jpg:junk", "png-not-image", "-", "no-crash", b"\xff\xd8\xff\xe0" + rng.randbytes(500), suffix=".jpg"),
+        Case("png:empty", "not-image", "-", "no-crash", b"", suffix=".png"),
+        Case("png:text", "not-image", "-", "no-crash", b"not an image\n", suffix=".png"),
+        Case("jpg:junk", "not-image", "-", "no-crash", b"\xff\xd8\xff\xe0" + rng.randbytes(500), suffix=".jpg"),
+        Case("png:gif", "not-image", "-", "no-crash", b"GIF89a\x0c\x00\x0c\x00\x00\x00\x00;", suffix=".png"),
+        Case("jpg:eps", "not-image", "-", "no-crash", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 12 12\n", suffix=".jpg"),
     ]
     return cases
