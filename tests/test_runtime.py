@@ -25,7 +25,8 @@ from edgekit.runtime import (
     embed_metadata,
     read_metadata,
 )
-from edgekit.runtime.mc import LatencyModel, _SlackTracker, summarize
+from edgekit.runtime.budget import LatencyModel, SlackTracker as _SlackTracker
+from edgekit.runtime.summaries import summarize
 from edgekit.runtime.safety import declared_tensors, probe_model
 
 FIX = Path(__file__).parent / "fixtures"
@@ -190,7 +191,7 @@ def test_seeded_file_is_reproducible_and_never_restarts_its_sequence():
 
 
 def test_seeded_file_under_a_budget_uses_few_batch_sizes():
-    from edgekit.runtime.mc import _ladder_floor
+    from edgekit.runtime.budget import ladder_floor as _ladder_floor
 
     assert [_ladder_floor(n) for n in (1, 2, 3, 5, 7, 11, 13, 100, 191, 192)] == [1, 2, 3, 4, 6, 8, 12, 96, 128, 192]
     model = MCModel(FIX / "mlp_seeded.tflite")
