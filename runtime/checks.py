@@ -13,7 +13,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, InvalidArgumentError, InvalidTypeError
 
-__all__ = ["OutputError", "check_options", "check_input", "check_probs"]
+__all__ = ["OutputError", "check_options", "check_input", "check_probs", "check_row"]
 
 
 class OutputError(EdgekitError, RuntimeError):
@@ -32,15 +32,20 @@ def check_options(samples, budget_ms, tolerance) -> None:
         raise InvalidArgumentError(f"Expected `tolerance` to be a number in (0, 1). Received: tolerance={tolerance!r}")
 
 
-def check_input(x, shape: tuple[int, ...], int8_ok: bool = False) -> np.ndarray:
+def check_input(x, shape: tuple[int, ...], int8_ok: bool = False, ones: np.ndarray | None = None) -> np.ndarray:
     """``x`` as a batch ``[N, *shape]`` (one input gets a batch axis), refused with a clear message if it
     is not a float array of that shape, is empty, or holds NaN/Inf. ``int8_ok``: int8 arrays pass too
-    (already-quantized input for an int8 model)."""
+    (already-quantized input for an int8 model). ``ones``: float32 ones of one input's size, which
+    makes the common single-input check a BLAS dot product (the fastest finite-sum numpy has)."""
     if type(x) is np.ndarray and x.dtype == np.float32 and (x.shape == shape or x.shape[1:] == shape):
         # The common case: a finite sum means no NaN or Inf (NaN propagates, Inf stays Inf or meets
         # -Inf as NaN); only an overflowing sum of finite values needs the full check below.
         x = x[None] if x.shape == shape else x
-        if x.shape[0] and math.isfinite(float(x.sum())):
+        if x.shape[0] == 1 and ones is not None and x.flags.c_contiguous:
+            total = float(np.dot(x.reshape(-1), ones))
+        else:
+            total = float(np.add.reduce(x, None)) if x.shape[0] else math.nan
+        if math.isfinite(total):
             return x
     elif not isinstance(x, np.ndarray):
         try:
@@ -83,17 +88,20 @@ def check_probs(probs: np.ndarray, num_classes: int, slack: float, source: str) 
     if probs.ndim != 2 or probs.shape[1] != num_classes:  # e.g. SOFTMAX flipped to SQUEEZE
         raise OutputError(f"{source}: the model's output has the wrong shape. Expected [samples, {num_classes}]. "
                           f"Received: shape={probs.shape}")
-    if probs.size <= 64:  # small outputs: Python floats beat numpy's per-call overhead
+    tol = slack * max(1, num_classes)
+    if probs.shape[0] == 1:  # one sample (the latency-critical case): Python floats beat numpy's per-call cost
+        check_row(probs[0].tolist(), slack, source)
+        return
+    if probs.size <= 64:
         flat = probs.ravel().tolist()
         lo, hi = min(flat), max(flat)
         sums = [math.fsum(flat[i:i + num_classes]) for i in range(0, len(flat), num_classes)]
-        tol = slack * max(1, num_classes)
         sums_ok = all(abs(s - 1) <= tol for s in sums)  # a NaN or Inf anywhere makes its row fail here
         smin, smax = min(sums), max(sums)
     else:
         s = probs.sum(axis=1)
         lo, hi = float(probs.min()), float(probs.max())
-        sums_ok = float(np.abs(s - 1).max()) <= slack * max(1, num_classes)
+        sums_ok = float(np.abs(s - 1).max()) <= tol
         smin, smax = float(np.nanmin(s)), float(np.nanmax(s))
     # NaN fails every comparison (and makes its row's sum NaN), Inf fails the range: no separate
     # finiteness pass is needed.
@@ -101,4 +109,15 @@ def check_probs(probs: np.ndarray, num_classes: int, slack: float, source: str) 
         raise OutputError(
             f"{source}: the model's output is not class probabilities. Expected values in [0, 1] "
             f"summing to 1 per sample. Received: min={lo:g}, max={hi:g}, sums in [{smin:g}, {smax:g}]"
+        )
+
+
+def check_row(flat: list[float], slack: float, source: str) -> None:
+    """:func:`check_probs` for one sample's probabilities as Python floats (``probs[0].tolist()``)."""
+    lo, hi, total = min(flat), max(flat), math.fsum(flat)
+    # A NaN or Inf anywhere makes the sum fail (min/max may skip a NaN).
+    if not (lo >= -slack and hi <= 1 + slack and abs(total - 1) <= slack * max(1, len(flat))):
+        raise OutputError(
+            f"{source}: the model's output is not class probabilities. Expected values in [0, 1] "
+            f"summing to 1 per sample. Received: min={lo:g}, max={hi:g}, sums in [{total:g}, {total:g}]"
         )

@@ -146,6 +146,18 @@ class Runner:
         w.Invoke(sg)
         return {name: w.GetTensor(index, sg) for name, index in self._outputs}
 
+    def run(self, name: str, value: np.ndarray, out: str) -> np.ndarray:
+        """Set the one input ``name`` to ``value`` (copied), invoke, return output ``out``: the
+        shortest path for a signature with a single input (a trunk, ``full`` of an in-graph file)."""
+        if self._wrapper is None:  # pragma: no cover
+            return self._public(**{name: value})[out]
+        w, sg = self._wrapper, self._subgraph
+        if self._shapes.get(name) != value.shape:
+            self._resize({name: value.shape})
+        w.SetTensor(self._inputs[name], value, sg)
+        w.Invoke(sg)
+        return w.GetTensor(self._outputs_by_name[out], sg)
+
     def output(self, name: str) -> np.ndarray:
         """Run on what :meth:`inputs` handed out and return one output (a copy)."""
         if self._wrapper is None:  # pragma: no cover
@@ -172,6 +184,7 @@ class ThreadInterpreters(threading.local):
         # cost several times an invoke); going back to any smaller batch is cheap.
         self.high_water = 0
         self.runners: dict[int, dict[str, Runner]] = {}  # id(interpreter) -> signature -> runner
+        self.main_runners: dict[str, Runner] = {}  # signature -> runner on `main`
 
 
 class PlanRunner:
@@ -198,9 +211,13 @@ class PlanRunner:
         self._full_batch = plan.static_batch("full")
         self._out = plan.output.tensor
         self._full_out = self._out.name
-        outs = self.interpreter().get_signature_list()[plan.full]["outputs"]
+        sigs = self.interpreter().get_signature_list()
+        outs = sigs[plan.full]["outputs"]
         if self._out.name not in outs:
             self._full_out = outs[0]
+        if plan.trunk is not None:
+            outs = sigs[plan.trunk]["outputs"]
+            self._trunk_out = outs[0] if len(outs) == 1 or plan.feed.name not in outs else plan.feed.name
         self.broadcast = self._feed_broadcasts()
 
     def interpreter(self):
@@ -211,6 +228,10 @@ class PlanRunner:
 
     def runner(self, key: str, batch: int | None = None) -> Runner:
         local = self.local
+        if batch is None or not self.plan.seeded:
+            runner = local.main_runners.get(key)  # the common case, one dict lookup
+            if runner is not None:
+                return runner
         interp = self.interpreter()
         if batch is not None and self.plan.seeded:
             interp = local.by_size.get(batch)
@@ -220,6 +241,8 @@ class PlanRunner:
         runner = runners.get(key)
         if runner is None:
             runner = runners[key] = Runner(interp, key)
+            if interp is local.main:
+                local.main_runners[key] = runner
         return runner
 
     def grows(self, batch: int) -> bool:
@@ -266,18 +289,14 @@ class PlanRunner:
         plan = self.plan
         if plan.trunk is None:
             return xq
-        name = plan.input.name
+        name, out = plan.input.name, self._trunk_out
         runner = self.runner(plan.trunk)
-
-        def pick(out):
-            return next(iter(out.values())) if len(out) == 1 else out[plan.feed.name]
-
         b = self._trunk_batch
         if b is None:
-            return pick(runner(**{name: xq}))
-        return _in_static_batches(xq, b, lambda chunk: pick(runner(**{name: chunk})))
+            return runner.run(name, xq, out)
+        return _in_static_batches(xq, b, lambda chunk: runner.run(name, chunk, out))
 
-    def sample(self, feats: np.ndarray, per: int) -> np.ndarray:
+    def sample(self, feats: np.ndarray, per: int, *, check: bool = True) -> np.ndarray:
         """``per`` samples for each of the K rows of ``feats`` ``[K, *feature]`` through the sampler:
         probs ``[K * per, C]``, input-major. A static sampler runs ``K * per / step`` invokes of its batch."""
         plan, feed = self.plan, self.plan.feed
@@ -309,15 +328,22 @@ class PlanRunner:
             probs = dequantize(self._out, runner.output(self._out.name))
             if grew:
                 self.local.high_water = max(self.local.high_water, batch)
-        self._check(probs)
+        if check:
+            self._check(probs)
         return probs
 
-    def full(self, xq: np.ndarray, per: int) -> np.ndarray:
-        """``full`` at batch ``K * per`` for the K inputs of ``xq``: probs ``[K * per, C]``, input-major."""
+    def full(self, xq: np.ndarray, per: int, *, check: bool = True) -> np.ndarray:
+        """``full`` at batch ``K * per`` for the K inputs of ``xq``: probs ``[K * per, C]``, input-major.
+        ``check=False``: the caller checks the probabilities itself."""
         plan, x = self.plan, self.plan.input
         runner = self.runner(plan.full)
         k = xq.shape[0]
         batch = k * per
+        if batch == 1 and not plan.full_masks:
+            probs = dequantize(self._out, runner.run(x.name, xq, self._full_out))
+            if check:
+                self._check(probs)
+            return probs
         shapes = {x.name: (batch, *x.shape)}
         for p in plan.full_masks:
             shapes[p.name] = (batch, *p.shape)
@@ -327,7 +353,8 @@ class PlanRunner:
             fill_keep_masks(self._random_raw, arrays, plan.full_masks, batch)
         del arrays
         probs = dequantize(self._out, runner.output(self._full_out))
-        self._check(probs)
+        if check:
+            self._check(probs)
         return probs
 
     def full_expected(self, xq: np.ndarray, rows: int) -> np.ndarray:

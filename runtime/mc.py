@@ -56,6 +56,7 @@ interpreter(s); ``predict`` may be called from many threads at once. Uncertainty
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -70,7 +71,7 @@ import numpy as np
 
 from edgekit.errors import InvalidArgumentError, InvalidTypeError, MissingFileError
 from edgekit.runtime.budget import BudgetCall, BudgetController, BudgetError, LatencyModel, SlackTracker, ladder_floor
-from edgekit.runtime.checks import OutputError, check_input, check_options, check_probs
+from edgekit.runtime.checks import OutputError, check_input, check_options, check_probs, check_row
 from edgekit.runtime.interpreter import PlanRunner, Runner, interpreter_class, quantize
 from edgekit.runtime.masks import mask_plan, new_keep_masks
 from edgekit.runtime.metadata import read_metadata, verify_integrity
@@ -123,6 +124,14 @@ class MCPrediction:
     budget_cut: np.ndarray
     class_names: tuple[str, ...]
 
+    @classmethod
+    def _of(cls, *values) -> MCPrediction:
+        """A result from its fields in order, without the frozen ``__init__``'s per-field
+        ``object.__setattr__`` (a few microseconds of a T=1 prediction); the same object."""
+        obj = object.__new__(cls)
+        obj.__dict__.update(zip(cls._FIELDS, values))
+        return obj
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: one dict per input."""
         rows = []
@@ -140,6 +149,9 @@ class MCPrediction:
                 "budget_cut": bool(self.budget_cut[i]),
             })
         return {"class_names": list(self.class_names), "predictions": rows}
+
+
+MCPrediction._FIELDS = tuple(f.name for f in dataclasses.fields(MCPrediction))
 
 
 class MCModel:
@@ -222,7 +234,7 @@ class MCModel:
         plan = self.plan
         self.input, self._feed, self._out = plan.input, plan.feed, plan.output.tensor
         self.num_classes, self.class_names = plan.output.num_classes, plan.output.class_names
-        slack = plan.output.prob_slack
+        self._prob_slack = slack = plan.output.prob_slack
         self.max_batch = self._max_batch(interp, plan.sampler, "one MC sample")
         # SFC64: a small, fast generator of good statistical quality (its raw output is 1.4x faster
         # to draw than PCG64's here). One generator, never reset.
@@ -233,6 +245,7 @@ class MCModel:
         self._step = self._run.step
         self._budget = BudgetController(clock=_clock, calibrate=self._calibrate)
         self._chooser = None
+        self._ones = np.ones(math.prod(self.input.shape), dtype=np.float32)  # see check_input
         self._full_rows = self._max_batch(interp, plan.full, "one sample of `full`")
         if FULL in plan.strategies and plan.has_trunk and seed is None:
             self._chooser = StrategyChooser(self._measure_strategies, max_rows=self._full_rows)
@@ -343,21 +356,22 @@ class MCModel:
             self._draw(feature, batch, observe=False)
             self._draw(feature, batch, observe=False)
 
-    def _rows(self, x: np.ndarray, per: int) -> np.ndarray:
-        """``per`` samples for each input of ``x`` by the strategy for that size: probs ``[K * per, C]``."""
+    def _rows(self, x: np.ndarray, per: int, *, check: bool = True) -> np.ndarray:
+        """``per`` samples for each input of ``x`` by the strategy for that size: probs ``[K * per, C]``
+        (``check=False``: the caller checks they are probabilities)."""
         xq = quantize(self.input, x, "input", self.source)
         if self._chooser is not None and self._chooser.choose(x.shape[0] * per) == FULL:
-            return self._run.full(xq, per)
+            return self._run.full(xq, per, check=check)
         feats = self._run.trunk(xq)
         start = _clock()
         grew = self._run.grows(feats.shape[0] * per)
-        probs = self._run.sample(feats, per)
+        probs = self._run.sample(feats, per, check=check)
         if not (grew and self._step == 1):
             self._budget.observe(feats.shape[0] * per, _clock() - start)
         return probs
 
     def _check_input(self, x) -> np.ndarray:
-        return check_input(x, self.input.shape, int8_ok=self.input.dtype == np.int8)
+        return check_input(x, self.input.shape, int8_ok=self.input.dtype == np.int8, ones=self._ones)
 
     def _fixed_cap(self, samples) -> int:
         cap = self._round_up(DEFAULT_SAMPLES if samples is None else int(samples))
@@ -431,6 +445,9 @@ class MCModel:
             cap = self._fixed_cap(samples)
             x = self._check_input(x)
             n = x.shape[0]
+            if n == 1:
+                t0 = _clock()
+                return self._result_one(self._rows(x, cap, check=cap != 1), cap, t0)
             # Several inputs share one invoke (input-major rows), up to _ROWS_PER_INVOKE rows.
             # elapsed_ms is the group's time split evenly between its inputs.
             group = max(1, min(n, min(_ROWS_PER_INVOKE, self.max_batch) // cap))
@@ -452,6 +469,28 @@ class MCModel:
         x = self._check_input(x)
         cap = self._round_up(min(int(samples or DEFAULT_MAX_SAMPLES), self.max_batch))
         return self._predict_adaptive(x, cap, None if budget_ms is None else budget_ms / 1e3, tolerance, t_call)
+
+    def _result_one(self, probs: np.ndarray, cap: int, t0: float) -> MCPrediction:
+        """The result for one input's ``probs [T, C]``. At T=1 in plain Python on the C values (the
+        latency-critical case: each numpy call here costs about as much as the arithmetic of all)."""
+        if cap != 1:
+            s = summarize_classes(probs[None])
+            mean = s[0]
+            return MCPrediction._of(mean.astype(np.float32), s[1].astype(np.float32), mean.argmax(axis=1),
+                                    mean.max(axis=1).astype(np.float32), s[2], s[3], np.array([cap]),
+                                    np.array([(_clock() - t0) * 1e3]), np.zeros(1, dtype=bool), self.class_names)
+        if probs.shape != (1, self.num_classes):
+            check_probs(probs, self.num_classes, self._prob_slack, self.source)  # raises: the wrong shape
+        flat = probs[0].tolist()
+        check_row(flat, self._prob_slack, self.source)  # the check the runner left to this one pass
+        top = flat.index(max(flat))
+        log = math.log
+        # One sample: no spread, and no mutual information (the mean per-sample entropy is the entropy).
+        entropy = -sum([p * log(p + 1e-12) for p in flat])
+        return MCPrediction._of(probs, np.zeros(probs.shape, dtype=np.float32), np.array([top]),
+                                np.array([flat[top]], dtype=np.float32), np.array([entropy]), np.zeros(1),
+                                np.array([cap]), np.array([(_clock() - t0) * 1e3]), np.zeros(1, dtype=bool),
+                                self.class_names)
 
     def _result(self, s: ClassSummary, used: np.ndarray, elapsed: np.ndarray, cut: np.ndarray) -> MCPrediction:
         mean = s[0]
