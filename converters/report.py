@@ -289,7 +289,7 @@ def _keras_probs(model, x, samples: int, rows: int) -> tuple[np.ndarray, np.ndar
     return np.concatenate(mc), det
 
 
-def tflite_probs(tflite: bytes, x, samples: int, *, seed: int | None = 0, rows: int = 5000
+def tflite_probs(tflite: bytes, x, samples: int, *, seed: int | None = 0, rows: int = 5000, threads: int = 2
                  ) -> tuple[np.ndarray, np.ndarray | None, str]:
     """The ``.tflite`` file's MC-mean and dropout-off probabilities on ``x``, and the strategy that ran.
 
@@ -301,7 +301,7 @@ def tflite_probs(tflite: bytes, x, samples: int, *, seed: int | None = 0, rows: 
     """
     from edgekit.runtime import MCModel
 
-    model = MCModel(tflite, threads=2, seed=seed, probe=False)  # the converter's own output
+    model = MCModel(tflite, threads=threads, seed=seed, probe=False)  # the converter's own output
     x = np.asarray(x, dtype=np.float32)
     chunk = max(1, rows // samples)
     mc = [model.sample(x[i : i + chunk], samples, rows=rows).mean(axis=1) for i in range(0, len(x), chunk)]

@@ -57,6 +57,7 @@ interpreter(s); ``predict`` may be called from many threads at once. Uncertainty
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import threading
@@ -90,6 +91,8 @@ DEFAULT_MEMORY_BYTES = 512 * 2**20
 # overhead, small enough to stay in cache-friendly, modest arenas.
 _ROWS_PER_INVOKE = 1024
 _clock = time.perf_counter
+_CHOOSERS: dict[tuple, StrategyChooser] = {}
+_CHOOSERS_LOCK = threading.Lock()
 
 
 class UnverifiedModelWarning(UserWarning):
@@ -248,7 +251,10 @@ class MCModel:
         self._ones = np.ones(math.prod(self.input.shape), dtype=np.float32)  # see check_input
         self._full_rows = self._max_batch(interp, plan.full, "one sample of `full`")
         if FULL in plan.strategies and plan.has_trunk and seed is None:
-            self._chooser = StrategyChooser(self._measure_strategies, max_rows=self._full_rows)
+            key = (self.metadata.get("sha256") if self.verified else None) or hashlib.sha256(data).hexdigest()
+            with _CHOOSERS_LOCK:  # one per file, threads and memory budget in a process (see strategy.py)
+                self._chooser = _CHOOSERS.setdefault((key, threads, rng, self._full_rows),
+                                                     StrategyChooser(max_rows=self._full_rows))
         # One sample now, so a file whose output is not probabilities is refused at load.
         self._draw(np.zeros((1, *self._feed.shape), dtype=self._feed.dtype), self._step, observe=False)
 
@@ -281,7 +287,7 @@ class MCModel:
             return FULL
         if self._chooser is None:
             return SPLIT
-        return self._chooser.choose(int(inputs) * self._round_up(int(samples)))
+        return self._chooser.choose(int(inputs) * self._round_up(int(samples)), self._measure_strategies)
 
     def _interpreter(self):
         try:
@@ -360,7 +366,7 @@ class MCModel:
         """``per`` samples for each input of ``x`` by the strategy for that size: probs ``[K * per, C]``
         (``check=False``: the caller checks they are probabilities)."""
         xq = quantize(self.input, x, "input", self.source)
-        if self._chooser is not None and self._chooser.choose(x.shape[0] * per) == FULL:
+        if self._chooser is not None and self._chooser.choose(x.shape[0] * per, self._measure_strategies) == FULL:
             return self._run.full(xq, per, check=check)
         feats = self._run.trunk(xq)
         start = _clock()

@@ -12,6 +12,11 @@ sizes not yet bracketed by earlier measurements: it measures at 1, 2, 4, ... (do
 largest size known to win) up to the size asked, and stops at the first loss, so a file whose
 trunk is expensive pays for a measurement at 1 and 2 rows only, once. Nothing is measured at load:
 the first prediction at a new size pays (a few invokes). Thread-safe.
+
+The runtime keeps one chooser per (file, thread count, memory budget) in a process, shared by
+every :class:`~edgekit.runtime.MCModel` of that file: models loaded twice (``edgekit profile``
+beside a prediction service, the conversion report) run the same strategy at each size, and
+measure once.
 """
 
 from __future__ import annotations
@@ -29,20 +34,19 @@ class StrategyChooser:
     """Decides ``full`` or ``trunk+head`` for a number of rows (inputs x samples per invoke).
 
     Args:
-        measure: ``measure(rows) -> (full_seconds, split_seconds)``, each the best of a few runs.
         max_rows: ``full`` is never used above this many rows (its memory budget).
     """
 
-    def __init__(self, measure: Callable[[int], tuple[float, float]], max_rows: int):
-        self._measure = measure
+    def __init__(self, max_rows: int):
         self._max_rows = max_rows
         self._win_max = 0  # largest rows measured where `full` was faster
         self._lose_min = max_rows + 1  # smallest rows measured where it was not
         self._lock = threading.Lock()
         self.measured: dict[int, tuple[float, float]] = {}  # rows -> (full s, split s), for reports
 
-    def choose(self, rows: int) -> str:
-        """``"full"`` or ``"trunk+head"`` for ``rows`` rows (measures if not yet known)."""
+    def choose(self, rows: int, measure: Callable[[int], tuple[float, float]]) -> str:
+        """``"full"`` or ``"trunk+head"`` for ``rows`` rows. If not yet known, calls ``measure(rows) ->
+        (full_seconds, split_seconds)`` (each the best of a few runs) for the sizes it must."""
         if rows <= self._win_max:
             return FULL
         if rows >= self._lose_min:
@@ -50,7 +54,7 @@ class StrategyChooser:
         with self._lock:
             while self._win_max < rows < self._lose_min:
                 probe = min(rows, max(1, 2 * self._win_max))
-                full_s, split_s = self._measure(probe)
+                full_s, split_s = measure(probe)
                 self.measured[probe] = (full_s, split_s)
                 if full_s < split_s:
                     self._win_max = probe

@@ -289,13 +289,13 @@ def test_strategy_chooser_measures_only_what_it_must():
         measured.append(rows)
         return 1 + rows, 4 + 0.2 * rows
 
-    chooser = StrategyChooser(measure, max_rows=10_000)
-    assert chooser.choose(1) == "full" and measured == [1]
-    assert chooser.choose(100) == "trunk+head" and measured == [1, 2, 4]
-    assert chooser.choose(3) == "full" and measured == [1, 2, 4, 3]
-    assert [chooser.choose(r) for r in (2, 3, 4, 50, 10_000)] == ["full"] * 2 + ["trunk+head"] * 3
+    chooser = StrategyChooser(max_rows=10_000)
+    assert chooser.choose(1, measure) == "full" and measured == [1]
+    assert chooser.choose(100, measure) == "trunk+head" and measured == [1, 2, 4]
+    assert chooser.choose(3, measure) == "full" and measured == [1, 2, 4, 3]
+    assert [chooser.choose(r, measure) for r in (2, 3, 4, 50, 10_000)] == ["full"] * 2 + ["trunk+head"] * 3
     assert measured == [1, 2, 4, 3]
-    assert chooser.choose(20_000) == "trunk+head"  # above the memory budget of `full`: never measured
+    assert chooser.choose(20_000, measure) == "trunk+head"  # above the memory budget of `full`: never measured
 
 
 def test_which_files_may_switch_strategy():
