@@ -42,7 +42,7 @@ from collections.abc import Callable
 
 from edgekit.errors import EdgekitError
 
-__all__ = ["BudgetError", "LatencyModel", "SlackTracker", "BudgetController", "BudgetCall", "ladder_floor"]
+__all__ = ["BudgetCall", "BudgetController", "BudgetError", "LatencyModel", "SlackTracker", "ladder_floor"]
 
 # Budgeted sampling goes in chunks of at most 1/_BUDGET_CHUNKS of the budget, none shorter than
 # _MIN_CHUNK_S (each invoke has a fixed cost: ~0.1 ms for the book MLP). 1 ms, not 2: a 2 ms
@@ -365,7 +365,7 @@ class BudgetController:
                 f"Received: budget_ms={budget_s * 1e3:g}"
             )
         if self._after_n % _RESERVE_EVERY == 0:
-            after = sorted(tuple(self._after))  # tuple() copies a deque in one C call: safe while others append
+            after = sorted(tuple(self._after))  # noqa: C414 - tuple() copies a deque in one C call: safe while others append
             self._reserve_s = _quantile(after, LatencyModel._QUANTILE)
             self._after_med = _quantile(after, 0.5)
         # A stall after sampling longer than a quarter of the budget breaks its call whatever is

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, InvalidArgumentError, InvalidTypeError
 
-__all__ = ["OutputError", "check_options", "check_input", "check_probs", "check_row"]
+__all__ = ["OutputError", "check_input", "check_model_options", "check_options", "check_probs", "check_row"]
 
 
 class OutputError(EdgekitError, RuntimeError):
@@ -30,6 +30,16 @@ def check_options(samples, budget_ms, tolerance) -> None:
     if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
                                   or not 0 < tolerance < 1):
         raise InvalidArgumentError(f"Expected `tolerance` to be a number in (0, 1). Received: tolerance={tolerance!r}")
+
+
+def check_model_options(threads, rng, seed) -> None:
+    """``MCModel``'s options: ``threads`` an integer >= 1, ``rng`` "auto" or "graph", ``seed`` None or >= 0."""
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise InvalidArgumentError(f"Expected `threads` to be an integer >= 1. Received: threads={threads!r}")
+    if rng not in ("auto", "graph"):
+        raise InvalidArgumentError(f"Expected `rng` to be 'auto' or 'graph'. Received: rng={rng!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise InvalidArgumentError(f"Expected `seed` to be a non-negative integer or None. Received: seed={seed!r}")
 
 
 def check_input(x, shape: tuple[int, ...], int8_ok: bool = False, ones: np.ndarray | None = None) -> np.ndarray:
@@ -50,7 +60,7 @@ def check_input(x, shape: tuple[int, ...], int8_ok: bool = False, ones: np.ndarr
     elif not isinstance(x, np.ndarray):
         try:
             x = np.asarray(x)
-        except Exception:
+        except (TypeError, ValueError):
             raise InvalidTypeError(f"Expected a numpy array as input. Received: {type(x).__name__}") from None
     if x.dtype.kind not in "fiu" or x.dtype == np.bool_:
         raise InvalidTypeError(f"Expected a float input (float32 preferred). Received: dtype={x.dtype}")

@@ -24,7 +24,7 @@ from edgekit.runtime.masks import expected_keep_masks, fill_keep_masks, new_keep
 from edgekit.runtime.plan import SignaturePlan, TensorSpec
 from edgekit.runtime.safety import ModelLoadError
 
-__all__ = ["PlanRunner", "Runner", "ThreadInterpreters", "interpreter_class", "quantize", "dequantize"]
+__all__ = ["PlanRunner", "Runner", "ThreadInterpreters", "dequantize", "interpreter_class", "quantize"]
 
 
 def interpreter_class():

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MaskPlan", "mask_plan", "fill_keep_masks", "new_keep_masks", "expected_keep_masks"]
+__all__ = ["MaskPlan", "expected_keep_masks", "fill_keep_masks", "mask_plan", "new_keep_masks"]
 
 
 @dataclass(frozen=True)

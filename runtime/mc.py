@@ -9,13 +9,11 @@
 >>> model.sample(x, 30).shape                        # per-sample outputs [N, T, C]
 >>> model.strategy_at(100)                           # "trunk+head" or "full"
 
-The parts
----------
-- :mod:`edgekit.runtime.interpreter`: the file's :class:`SignaturePlan` (which signature runs
-  once, which at batch T, which masks it takes) and the zero-copy signature runner.
-- :mod:`edgekit.runtime.masks`: keep-masks drawn with numpy; :mod:`edgekit.runtime.summaries`:
-  mean, std, entropy, mutual information; :mod:`edgekit.runtime.budget`: how many samples fit a
-  latency budget; :mod:`edgekit.runtime.strategy`: ``trunk+head`` or ``full`` at each T.
+The parts: :mod:`~edgekit.runtime.plan` (the file's one :class:`SignaturePlan`: which signature
+runs once, which at batch T, with which masks), :mod:`~edgekit.runtime.interpreter` (running it),
+:mod:`~edgekit.runtime.masks`, :mod:`~edgekit.runtime.summaries` (mean, std, entropy, mutual
+information), :mod:`~edgekit.runtime.budget` (how many samples fit a latency budget),
+:mod:`~edgekit.runtime.strategy` (``trunk+head`` or ``full`` at each T), :mod:`~edgekit.runtime.checks`.
 
 How the work is kept small
 --------------------------
@@ -72,7 +70,14 @@ import numpy as np
 
 from edgekit.errors import InvalidArgumentError, InvalidTypeError, MissingFileError
 from edgekit.runtime.budget import BudgetCall, BudgetController, BudgetError, LatencyModel, SlackTracker, ladder_floor
-from edgekit.runtime.checks import OutputError, check_input, check_options, check_probs, check_row
+from edgekit.runtime.checks import (
+    OutputError,
+    check_input,
+    check_model_options,
+    check_options,
+    check_probs,
+    check_row,
+)
 from edgekit.runtime.interpreter import PlanRunner, Runner, interpreter_class, quantize
 from edgekit.runtime.masks import mask_plan, new_keep_masks
 from edgekit.runtime.metadata import read_metadata, verify_integrity
@@ -81,8 +86,18 @@ from edgekit.runtime.safety import ModelLoadError, declared_tensors, probe_model
 from edgekit.runtime.strategy import FULL, SPLIT, StrategyChooser
 from edgekit.runtime.summaries import ClassSummary, summarize, summarize_classes
 
-__all__ = ["MCModel", "MCPrediction", "BudgetError", "OutputError", "UnverifiedModelWarning", "LatencyModel",
-           "SlackTracker", "mask_plan", "new_keep_masks", "summarize"]
+__all__ = [
+    "BudgetError",
+    "LatencyModel",
+    "MCModel",
+    "MCPrediction",
+    "OutputError",
+    "SlackTracker",
+    "UnverifiedModelWarning",
+    "mask_plan",
+    "new_keep_masks",
+    "summarize",
+]
 
 DEFAULT_SAMPLES = 100  # the book's T
 DEFAULT_MAX_SAMPLES = 1000  # cap for budget/tolerance sampling when `samples` is not given
@@ -137,20 +152,12 @@ class MCPrediction:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: one dict per input."""
-        rows = []
-        for i in range(len(self.predicted)):
-            rows.append({
-                "predicted": int(self.predicted[i]),
-                "label": self.class_names[int(self.predicted[i])],
-                "confidence": float(self.confidence[i]),
-                "mean": [float(v) for v in self.mean[i]],
-                "std": [float(v) for v in self.std[i]],
-                "entropy": float(self.entropy[i]),
-                "mutual_information": float(self.mutual_information[i]),
-                "samples": int(self.samples[i]),
-                "elapsed_ms": float(self.elapsed_ms[i]),
-                "budget_cut": bool(self.budget_cut[i]),
-            })
+        rows = [{"predicted": int(self.predicted[i]), "label": self.class_names[int(self.predicted[i])],
+                 "confidence": float(self.confidence[i]), "mean": [float(v) for v in self.mean[i]],
+                 "std": [float(v) for v in self.std[i]], "entropy": float(self.entropy[i]),
+                 "mutual_information": float(self.mutual_information[i]), "samples": int(self.samples[i]),
+                 "elapsed_ms": float(self.elapsed_ms[i]), "budget_cut": bool(self.budget_cut[i])}
+                for i in range(len(self.predicted))]
         return {"class_names": list(self.class_names), "predictions": rows}
 
 
@@ -202,14 +209,9 @@ class MCModel:
             self.profile = load_profile(device)
         if threads is None:
             threads = self.profile.default_threads if self.profile else 1
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise InvalidArgumentError(f"Expected `threads` to be an integer >= 1. Received: threads={threads!r}")
         if memory_bytes is None:
             memory_bytes = self.profile.ram_bytes if self.profile else DEFAULT_MEMORY_BYTES
-        if rng not in ("auto", "graph"):
-            raise InvalidArgumentError(f"Expected `rng` to be 'auto' or 'graph'. Received: rng={rng!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise InvalidArgumentError(f"Expected `seed` to be a non-negative integer or None. Received: seed={seed!r}")
+        check_model_options(threads, rng, seed)
         self.threads = threads
         self.memory_bytes = int(memory_bytes)
         self._data = data
@@ -333,10 +335,10 @@ class MCModel:
     def _measure_strategies(self, rows: int) -> tuple[float, float]:
         """Best of 3 (after one untimed run each) seconds of ``full`` and of trunk + sampler for ``rows`` rows."""
         x = np.zeros((1, *self.input.shape), dtype=self.input.dtype)
-        full = lambda: self._run.full(x, rows)  # noqa: E731
-        split = lambda: self._run.sample(self._run.trunk(x), rows)  # noqa: E731
-        full(), split()
-        times = [(self._timed(full), self._timed(split)) for _ in range(3)]
+        work = (lambda: self._run.full(x, rows), lambda: self._run.sample(self._run.trunk(x), rows))
+        for fn in work:
+            fn()
+        times = [[self._timed(fn) for fn in work] for _ in range(3)]
         return min(t[0] for t in times), min(t[1] for t in times)
 
     # ------------------------------------------------------------------ running
@@ -345,12 +347,13 @@ class MCModel:
         with self._rng_lock:  # one generator, never reset: masks never repeat across calls/sizes
             return self._bits.random_raw(n)
 
-    def _draw(self, feature: np.ndarray, batch: int, *, observe: bool = True) -> np.ndarray:
-        """``batch`` MC samples for one input's features ``[1, *feature]`` through the sampler: probs
-        ``[batch, C]``. Timed into the latency model unless ``observe`` is False or it allocated."""
+    def _draw(self, feats: np.ndarray, per: int, *, observe: bool = True, check: bool = True) -> np.ndarray:
+        """``per`` MC samples for each of the K rows of features ``[K, *feature]`` through the sampler:
+        probs ``[K * per, C]``. Timed into the latency model unless ``observe`` is False or it allocated."""
         start = _clock()
+        batch = feats.shape[0] * per
         grew = self._run.grows(batch)
-        probs = self._run.sample(feature, batch)
+        probs = self._run.sample(feats, per, check=check)
         if observe and not (grew and self._step == 1):  # an allocating invoke is no latency sample
             self._budget.observe(batch, _clock() - start)
         return probs
@@ -368,13 +371,7 @@ class MCModel:
         xq = quantize(self.input, x, "input", self.source)
         if self._chooser is not None and self._chooser.choose(x.shape[0] * per, self._measure_strategies) == FULL:
             return self._run.full(xq, per, check=check)
-        feats = self._run.trunk(xq)
-        start = _clock()
-        grew = self._run.grows(feats.shape[0] * per)
-        probs = self._run.sample(feats, per, check=check)
-        if not (grew and self._step == 1):
-            self._budget.observe(feats.shape[0] * per, _clock() - start)
-        return probs
+        return self._draw(self._run.trunk(xq), per, check=check)
 
     def _check_input(self, x) -> np.ndarray:
         return check_input(x, self.input.shape, int8_ok=self.input.dtype == np.int8, ones=self._ones)

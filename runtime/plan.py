@@ -41,7 +41,7 @@ from edgekit.runtime.masks import MaskPlan, mask_plan
 from edgekit.runtime.metadata import masked_twin, twin_mask_inputs
 from edgekit.runtime.safety import ModelLoadError
 
-__all__ = ["TensorSpec", "OutputSpec", "SignaturePlan", "build_plan", "ROLES"]
+__all__ = ["ROLES", "OutputSpec", "SignaturePlan", "TensorSpec", "build_plan"]
 
 ROLES = ("full", "trunk", "head", "masked")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-__all__ = ["StrategyChooser", "SPLIT", "FULL"]
+__all__ = ["FULL", "SPLIT", "StrategyChooser"]
 
 SPLIT = "trunk+head"
 FULL = "full"
