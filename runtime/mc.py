@@ -393,7 +393,8 @@ class MCModel:
         return self._run.trunk(quantize(self.input, self._check_input(x), "input", self.source))
 
     def sample(self, x, samples: int, *, rows: int = _ROWS_PER_INVOKE) -> np.ndarray:
-        """Per-sample class probabilities ``[N, T, C]`` (float32) for one input or a batch.
+        """Per-sample class probabilities ``[N, T, C]`` (float32) of the plan's output (the one
+        output files have today; a file with several will name the one wanted) for one input or a batch.
 
         The samples of each input are independent draws, run as :meth:`predict` runs a fixed T
         (same plan, same strategy at each size, at most ``rows`` rows per invoke); the first t of
@@ -497,9 +498,8 @@ class MCModel:
 
     def _result(self, s: ClassSummary, used: np.ndarray, elapsed: np.ndarray, cut: np.ndarray) -> MCPrediction:
         mean = s[0]
-        return MCPrediction(mean=mean.astype(np.float32), std=s[1].astype(np.float32), predicted=mean.argmax(axis=1),
-                            confidence=mean.max(axis=1).astype(np.float32), entropy=s[2], mutual_information=s[3],
-                            samples=used, elapsed_ms=elapsed, budget_cut=cut, class_names=self.class_names)
+        return MCPrediction._of(mean.astype(np.float32), s[1].astype(np.float32), mean.argmax(axis=1),
+                                mean.max(axis=1).astype(np.float32), s[2], s[3], used, elapsed, cut, self.class_names)
 
     def _predict_adaptive(self, x, cap: int, budget_s: float | None, tolerance: float | None,
                           t_call: float) -> MCPrediction:
