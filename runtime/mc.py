@@ -478,11 +478,12 @@ class MCModel:
         """The result for one input's ``probs [T, C]``. At T=1 in plain Python on the C values (the
         latency-critical case: each numpy call here costs about as much as the arithmetic of all)."""
         if cap != 1:
-            s = summarize_classes(probs[None])
-            mean = s[0]
-            return MCPrediction._of(mean.astype(np.float32), s[1].astype(np.float32), mean.argmax(axis=1),
-                                    mean.max(axis=1).astype(np.float32), s[2], s[3], np.array([cap]),
-                                    np.array([(_clock() - t0) * 1e3]), np.zeros(1, dtype=bool), self.class_names)
+            mean, std, entropy, mi = summarize(probs)
+            top = int(mean.argmax())
+            return MCPrediction._of(mean[None].astype(np.float32), std[None].astype(np.float32), np.array([top]),
+                                    np.array([mean[top]], dtype=np.float32), np.array([entropy]), np.array([mi]),
+                                    np.array([cap]), np.array([(_clock() - t0) * 1e3]), np.zeros(1, dtype=bool),
+                                    self.class_names)
         if probs.shape != (1, self.num_classes):
             check_probs(probs, self.num_classes, self._prob_slack, self.source)  # raises: the wrong shape
         flat = probs[0].tolist()
