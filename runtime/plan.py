@@ -95,7 +95,6 @@ class SignaturePlan:
     feed: TensorSpec
     masks: tuple[MaskPlan, ...]
     full_masks: tuple[MaskPlan, ...]
-    full_input: TensorSpec
     outputs: tuple[OutputSpec, ...]
     batch: Mapping[str, int | None] = field(default_factory=dict)
     stochastic: str = "in-graph"
@@ -250,7 +249,6 @@ def build_plan(meta: dict, interp, *, source: str = "<bytes>", rng: str = "auto"
         feed=s_in[feeds[0]],
         masks=plans(s_in, fed),
         full_masks=plans(full_in, full_fed),
-        full_input=full_in[x_name],
         outputs=(OutputSpec(out, "classification", class_names, 1e-4 + step / 2),),
         batch=batch,
         stochastic=stochastic,
