@@ -181,6 +181,8 @@ def bench_book(model, data, rounds: int) -> dict:
         "runtime_over_numpy_floor <= 2": r["runtime_over_numpy_floor"] <= 2,
     }
     out["parts_ms"] = {name: runtimes[name].time_parts(samples=T, repeats=50) for name in ("runtime", "runtime_graph_rng")}
+    # What each runtime runs at T (MCModel.strategy_at: "trunk+head", or "full" where that measured faster).
+    out["strategy"] = {name: rt.strategy_at(T) for name, rt in runtimes.items()}
 
     # MC mean vs Keras MC mean, 3 standard errors per class.
     n = 4000
@@ -210,7 +212,7 @@ def bench_cnn(rounds: int) -> dict:
     x = np.random.default_rng(0).random((1, 28, 28, 1)).astype(np.float32)
     xb = np.repeat(x, T, axis=0)
     times = _interleaved({"runtime": lambda: rt.predict(x, samples=T), "full_batch_t_invoke": lambda: full(x=xb)}, rounds)
-    out = {"head_mac_fraction": head_fraction, "masks_from": rt.masks_from}
+    out = {"head_mac_fraction": head_fraction, "masks_from": rt.masks_from, "strategy": rt.strategy_at(T)}
     for kind, by in times.items():
         ms = {k: v * 1e3 for k, v in by.items()}
         out[kind] = {"median_ms": ms, "full_batch_over_runtime": ms["full_batch_t_invoke"] / ms["runtime"]}

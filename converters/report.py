@@ -16,14 +16,16 @@ flatbuffer schema that ships with ``ai_edge_litert``; nothing is executed) and r
 the benchmark), against the float Keras model:
 
 - **MC accuracy** (T samples, default 100), **NLL** and **ECE** (15 equal-width confidence bins)
-  of the mean MC prediction, for the Keras model and for the ``.tflite`` file run by the stock
-  LiteRT interpreter (``trunk`` once, ``head`` at batch T: the file's own ``RANDOM_UNIFORM``, as a
-  stock-interpreter user runs it; the ``masked`` twin the edgekit runtime feeds is not used here).
+  of the mean MC prediction, for the Keras model and for the ``.tflite`` file run as ``edgekit
+  predict`` runs it (:func:`tflite_probs`: through :class:`edgekit.runtime.MCModel`, the file's one
+  signature plan, so the ``masked`` twin fed numpy masks where the file has it; the strategy that
+  ran is recorded under ``accuracy.tflite.strategy``).
 - **Deterministic accuracy** means "dropout off": every MC layer is the identity, which is what
   Keras' own ``Dropout`` does at inference. For the Keras model it is measured with
   :func:`edgekit.layers.dropout_off`. An in-graph ``.tflite`` has no dropout-off path, so its
   deterministic accuracy is ``None``; a mask-input file gets it by feeding each MCDropout its
-  *expected* keep-mask ``1 - rate`` (which cancels the ``1/(1 - rate)`` scaling exactly).
+  *expected* keep-mask ``1 - rate`` (which cancels the ``1/(1 - rate)`` scaling exactly), through
+  :meth:`edgekit.runtime.MCModel.deterministic`.
 - A ``.tflite`` MC accuracy more than 2 points under the Keras MC accuracy is an **accuracy
   collapse**: a warning is added and :meth:`ConversionReport.to_table` prints it in capitals.
 
@@ -51,6 +53,7 @@ __all__ = [
     "AccuracyCollapseWarning",
     "build_report",
     "evaluate",
+    "tflite_probs",
     "ece",
     "nll",
     "COLLAPSE_POINTS",
@@ -208,71 +211,24 @@ def _keras_probs(model, x, samples: int, rows: int) -> tuple[np.ndarray, np.ndar
     return np.concatenate(mc), det
 
 
-class _Runner:
-    """Run one signature of a ``.tflite`` with float arrays, handling int8 I/O."""
+def tflite_probs(tflite: bytes, x, samples: int, *, seed: int | None = 0, rows: int = 5000, threads: int = 2
+                 ) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The ``.tflite`` file's MC-mean and dropout-off probabilities on ``x``, and the strategy that ran.
 
-    def __init__(self, interpreter, name):
-        self.runner = interpreter.get_signature_runner(name)
-        self.inputs = self.runner.get_input_details()
-        self.outputs = self.runner.get_output_details()
+    The file runs through :class:`edgekit.runtime.MCModel`, as ``edgekit predict`` runs it: the same
+    signature plan (the ``masked`` twin fed numpy masks where the file has it), ``samples`` per
+    input, ``rows`` inputs x samples per invoke. The dropout-off probabilities are
+    :meth:`~edgekit.runtime.MCModel.deterministic` (None for a file without that path). ``seed``
+    seeds the masks the runtime draws (None: unseeded, like ``predict`` without ``--seed``).
+    """
+    from edgekit.runtime import MCModel
 
-    def __call__(self, **arrays) -> np.ndarray:
-        feed = {}
-        for k, v in arrays.items():
-            d = self.inputs[k]
-            if d["dtype"] == np.float32:
-                feed[k] = v.astype(np.float32)
-            else:
-                scale, zp = d["quantization"]
-                info = np.iinfo(d["dtype"])
-                feed[k] = np.clip(np.round(v / scale + zp), info.min, info.max).astype(d["dtype"])
-        out = self.runner(**feed)
-        (key, val), = out.items()
-        d = self.outputs[key]
-        if d["dtype"] != np.float32:
-            scale, zp = d["quantization"]
-            val = (val.astype(np.float32) - zp) * scale
-        return np.asarray(val, dtype=np.float32)
-
-
-def _tflite_probs(tflite: bytes, meta: dict, x, samples: int, rows: int, seed: int):
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=tflite, num_threads=2)
-    sigs = meta["signatures"]
-    masked = [m for m in meta["mc_layers"] if m.get("mask_input")]
-    rng = np.random.default_rng(seed)
-
-    def masks(n, expected=False):
-        out = {}
-        for m in masked:
-            shape = (n, *m["mask_shape"])
-            out[m["mask_input"]] = (
-                np.full(shape, 1.0 - m["rate"], np.float32) if expected
-                else (rng.random(shape) >= m["rate"]).astype(np.float32)
-            )
-        return out
-
-    split = sigs.get("trunk") is not None
-    full = _Runner(it, "full")
-    trunk = _Runner(it, "trunk") if split else None
-    head = _Runner(it, "head") if split else None
+    model = MCModel(tflite, threads=threads, seed=seed, probe=False)  # the converter's own output
+    x = np.asarray(x, dtype=np.float32)
     chunk = max(1, rows // samples)
-    mc = []
-    for i in range(0, len(x), chunk):
-        xb = x[i : i + chunk]
-        if split:
-            feats = trunk(x=xb)
-            p = head(features=np.repeat(feats, samples, axis=0), **masks(len(xb) * samples))
-        else:
-            p = full(x=np.repeat(xb, samples, axis=0), **masks(len(xb) * samples))
-        mc.append(p.reshape(len(xb), samples, -1).mean(axis=1))
-    det = None
-    only_mcdropout = all(m["kind"] in ("MCDropout", "MCSpatialDropout2D") for m in masked)
-    if masked and only_mcdropout and len(masked) == len(meta["mc_layers"]):
-        det = np.concatenate([full(x=x[i : i + rows], **masks(len(x[i : i + rows]), True))
-                              for i in range(0, len(x), rows)])
-    return np.concatenate(mc), det
+    mc = [model.sample(x[i : i + chunk], samples, rows=rows).mean(axis=1) for i in range(0, len(x), chunk)]
+    strategy = model.strategy_at(samples, inputs=min(chunk, len(x)))
+    return np.concatenate(mc), model.deterministic(x, rows=rows), strategy
 
 
 def keras_reference(model, x, *, samples: int = 100, rows: int = 5000) -> tuple[np.ndarray, np.ndarray]:
@@ -293,7 +249,7 @@ def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows:
         model: the float Keras model it came from (before folding).
         x, y: inputs and integer labels (the test set).
         samples: MC samples per input (T).
-        seed: seeds the numpy generator that fills mask inputs (mask-input files only).
+        seed: seeds the numpy generator of the masks the runtime draws (None: unseeded).
         rows: inputs x samples evaluated per batch (memory bound).
         reference: :func:`keras_reference` of ``model`` on ``x`` with the same ``samples``
             (computed here when None).
@@ -312,8 +268,8 @@ def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows:
     k_mc, k_det = reference
     if k_mc.shape[0] != len(x):
         raise ValueError(f"Expected a reference for {len(x)} inputs. Received: {k_mc.shape[0]} rows")
-    t_mc, t_det = _tflite_probs(converted.tflite, converted.metadata, x, samples, rows, seed)
-    keras_m, tfl_m = _metrics(k_mc, y, k_det), _metrics(t_mc, y, t_det)
+    t_mc, t_det, strategy = tflite_probs(converted.tflite, x, samples, seed=seed, rows=rows)
+    keras_m, tfl_m = _metrics(k_mc, y, k_det), {**_metrics(t_mc, y, t_det), "strategy": strategy}
     delta = 100.0 * (tfl_m["mc_accuracy"] - keras_m["mc_accuracy"])
     acc = {"n": int(len(x)), "samples": samples, "keras": keras_m, "tflite": tfl_m,
            "mc_accuracy_delta_points": delta}

@@ -6,7 +6,11 @@
 >>> pred.mean, pred.std, pred.mutual_information, pred.samples
 
 - :class:`MCModel` / :class:`MCPrediction` (:mod:`edgekit.runtime.mc`): trunk once, head at batch
-  T in one invoke, latency budgets, early stop on a tolerance, thread-safe.
+  T in one invoke (or ``full`` at batch T where that is faster), latency budgets, early stop on a
+  tolerance, thread-safe. Its parts: :mod:`~edgekit.runtime.plan` (how a file is run),
+  :mod:`~edgekit.runtime.interpreter` (running it), :mod:`~edgekit.runtime.masks`,
+  :mod:`~edgekit.runtime.summaries`, :mod:`~edgekit.runtime.budget` (the budget controller),
+  :mod:`~edgekit.runtime.strategy`, :mod:`~edgekit.runtime.checks`.
 - :func:`embed_metadata`, :func:`read_metadata`, :func:`verify_integrity`
   (:mod:`edgekit.runtime.metadata`): the ``edgekit`` metadata entry and its SHA-256 digest.
 - :class:`ModelLoadError` (:mod:`edgekit.runtime.safety`): a model LiteRT cannot load, found by a
@@ -16,7 +20,9 @@ Nothing here imports TensorFlow or Keras, and ``ai_edge_litert`` is imported onl
 loaded.
 """
 
-from edgekit.runtime.mc import BudgetError, MCModel, MCPrediction, OutputError, UnverifiedModelWarning
+from edgekit.runtime.budget import BudgetController, BudgetError
+from edgekit.runtime.checks import OutputError
+from edgekit.runtime.mc import MCModel, MCPrediction, UnverifiedModelWarning
 from edgekit.runtime.metadata import (
     IntegrityError,
     MetadataError,
@@ -24,11 +30,14 @@ from edgekit.runtime.metadata import (
     read_metadata,
     verify_integrity,
 )
+from edgekit.runtime.plan import SignaturePlan
 from edgekit.runtime.safety import ModelLoadError
 
 __all__ = [
     "MCModel",
     "MCPrediction",
+    "SignaturePlan",
+    "BudgetController",
     "BudgetError",
     "ModelLoadError",
     "OutputError",

@@ -9,13 +9,13 @@ and cost more. This module measures both sides so you can pick T for a latency b
 >>> report.recommended.samples, report.point(2, 30).p99_ms
 
 For each (threads, T) it runs ``warmup`` unmeasured predictions, then ``runs`` measured ones, each
-one MC prediction of a single input the way the runtime does it (docs/format.md): ``trunk`` once,
-then ``head`` on T copies of the features (plus T fresh numpy keep-masks in mask-input mode), then
-the mean of the T probability vectors. A model without ``trunk``/``head`` runs ``full`` on T copies.
-Like ``MCModel`` (``rng="auto"``), an unseeded in-graph file with a ``masked`` signature runs
-``masked`` instead of ``head`` (or ``full``), fed T fresh numpy keep-masks, not its ``RANDOM_UNIFORM``.
-It reports p50/p90/p99/max, the trunk and head parts, the process's peak RSS, the file size and an
-estimate of the tensor arena (:func:`estimate_arena_bytes`).
+``MCModel.predict(x, samples=T)`` of a single input: exactly what ``edgekit predict`` runs, through
+the file's one :class:`~edgekit.runtime.plan.SignaturePlan` (the strategy at that T, ``trunk+head``
+or ``full``, is reported with each point). It reports p50/p90/p99/max, the trunk and sampler parts
+(timed apart with :meth:`~edgekit.runtime.MCModel.time_parts`), the process's peak RSS, the file
+size and an estimate of the tensor arena (:func:`estimate_arena_bytes`). With ``runtime=True`` a
+second, separately loaded ``MCModel`` is timed in alternation with the first (``runtime_p50_ms``):
+the two agree within the machine's noise, and a gap between them is noise, not the profiler.
 
 Given labelled data (``x``, ``y``), it also measures MC accuracy, negative log-likelihood and
 expected calibration error (15 bins) against T. The recommended T (:func:`recommend`) is then the
@@ -43,8 +43,7 @@ import numpy as np
 
 from edgekit.errors import InvalidArgumentError
 from edgekit.runtime.inspect import estimate_arena_bytes, model_dtypes, model_ops
-from edgekit.runtime.mc import mask_plan, new_keep_masks
-from edgekit.runtime.metadata import masked_twin, read_metadata, twin_mask_inputs
+from edgekit.runtime.mc import MCModel
 from edgekit.runtime.metrics import ECE_BINS, ece, nll
 
 __all__ = [
@@ -65,14 +64,6 @@ __all__ = [
 
 
 
-def _interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - the fallback runtime on old devices
-        from tflite_runtime.interpreter import Interpreter
-    return Interpreter
-
-
 # ---------------------------------------------------------------------------------------------
 # Results (frozen values; to_dict gives the JSON documented in docs/profile-schema.md).
 
@@ -81,14 +72,15 @@ def _interpreter_class():
 class LatencyPoint:
     """Latency of one MC prediction (one input, T samples) with ``threads`` interpreter threads.
 
-    ``p99_upper_ms`` is a distribution-free 95% upper confidence bound of the p99 (see
+    The figures time :meth:`edgekit.runtime.MCModel.predict` (input checks, summary statistics
+    and all). ``p99_upper_ms`` is a distribution-free 95% upper confidence bound of the p99 (see
     :func:`percentile_stats`); the recommendation uses it, not the noisy point estimate.
-    ``runtime_p50_ms``/``runtime_p99_ms`` time the same prediction through
-    :meth:`edgekit.runtime.MCModel.predict` (input checks, summary statistics and all), or are
-    None when that was not measured.
+    ``runtime_p50_ms``/``runtime_p99_ms`` time the same call on a second, separately loaded
+    model, in alternation with the first, or are None when that was not measured.
 
-    ``trunk_p50_ms`` is None when the model runs ``full`` only. ``latencies_ms`` holds every
-    measured run (for histograms) and is left out of :meth:`to_dict`.
+    ``strategy`` is what runs at this T (``"trunk+head"`` or ``"full"``); ``trunk_p50_ms`` is None
+    for ``"full"``, and ``head_p50_ms`` is the signature run at batch T. ``latencies_ms`` holds
+    every measured run (for histograms) and is left out of :meth:`to_dict`.
     """
 
     threads: int
@@ -104,6 +96,7 @@ class LatencyPoint:
     head_p50_ms: float
     runtime_p50_ms: float | None = None
     runtime_p99_ms: float | None = None
+    strategy: str = "full"
     latencies_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,7 +143,7 @@ class ModelProfile:
     sha256: str
     quantization: str | None
     stochastic: str | None
-    strategy: str  # "trunk+head" or "full"
+    strategy: str  # "trunk+head" or "full": what runs at the largest T profiled
     arena_bytes: Mapping[int, int]  # T -> estimated tensor arena in bytes
     peak_rss_bytes: int
     latency: tuple[LatencyPoint, ...]
@@ -177,132 +170,6 @@ class ModelProfile:
             "accuracy": None if self.accuracy is None else [a.to_dict() for a in self.accuracy],
             "recommended": self.recommended.to_dict(),
         }
-
-
-# ---------------------------------------------------------------------------------------------
-# Running one MC prediction the way the runtime does.
-
-
-class _Runner:
-    """Signature runners of one interpreter plus what is needed to feed them."""
-
-    def __init__(self, tflite: bytes, meta: dict | None, threads: int, seed: int):
-        interp = _interpreter_class()(model_content=tflite, num_threads=threads)
-        self.signatures = interp.get_signature_list()
-        self.strategy = "trunk+head" if {"trunk", "head"} <= set(self.signatures) else "full"
-        if "full" not in self.signatures and self.strategy == "full":
-            if len(self.signatures) != 1:
-                raise ValueError(
-                    "Expected an edgekit model with a `full` signature (or a single signature). "
-                    f"Received: signatures {sorted(self.signatures)}"
-                )
-        full_key = "full" if "full" in self.signatures else next(iter(self.signatures))
-        self.full = interp.get_signature_runner(full_key)
-        self.trunk = interp.get_signature_runner("trunk") if self.strategy == "trunk+head" else None
-        self.head_input_name = "features" if self.strategy == "trunk+head" else "x"
-        # The sampler: `head` (or `full`), or, as MCModel(rng="auto") does, the `masked` twin of an
-        # unseeded in-graph file, fed numpy keep-masks `mask_i` (MC layer i, rate > 0).
-        meta = meta or {}
-        layers = meta.get("mc_layers") or []
-        masked_key = masked_twin(meta, self.signatures)
-        twin = masked_key is not None and self.head_input_name in self.signatures[masked_key]["inputs"]
-        self.sampler_key = masked_key if twin else ("head" if self.strategy == "trunk+head" else full_key)
-        self.head = interp.get_signature_runner(self.sampler_key) if self.sampler_key != full_key else self.full
-        head_inputs = self.head.get_input_details()
-        self.head_details = head_inputs
-        self.x_details = self.full.get_input_details()["x"] if "x" in self.full.get_input_details() else None
-        if self.x_details is None:
-            names = sorted(self.full.get_input_details())
-            raise ValueError(f"Expected a model input named `x` (docs/format.md). Received: inputs {names}")
-        masks: list[tuple[str, tuple[int, ...], float]] = []
-        if twin:
-            for name, info in twin_mask_inputs(layers):
-                if name not in head_inputs:
-                    raise ValueError(
-                        f"Expected the `{masked_key}` signature to take mask input `{name}` (docs/format.md). "
-                        f"Received: inputs {sorted(head_inputs)}"
-                    )
-                masks.append((name, tuple(int(d) for d in info["mask_shape"]), float(info["rate"])))
-        mask_names = [] if twin else sorted(n for n in head_inputs if n.startswith("mask_"))
-        if mask_names:
-            by_input = {m.get("mask_input"): m for m in layers}
-            for name in mask_names:
-                info = by_input.get(name)
-                if info is None:
-                    raise ValueError(
-                        f"Expected edgekit metadata describing mask input `{name}` (mask-input mode). "
-                        "Received: a model without it"
-                    )
-                masks.append((name, tuple(int(d) for d in info["mask_shape"]), float(info["rate"])))
-        # Drawn as the runtime draws them (MCModel): SFC64, 16 bits per unit, written as the input's
-        # dtype, so the timings include the mask cost a prediction pays. Other dtypes than float32
-        # and int8 (none that convert() writes) are drawn as float32 and converted.
-        self._bits = np.random.SFC64(seed)
-        self.mask_plans = []
-        for name, shape, rate in masks:
-            d = head_inputs[name]
-            scale, zero = d["quantization"]
-            kind = d["dtype"] if d["dtype"] in (np.float32, np.int8) else np.float32
-            self.mask_plans.append(mask_plan(name, shape, rate, kind, scale, zero))
-        out = self.head.get_output_details()
-        self.out_name = "probs" if "probs" in out else next(iter(out))
-        self.out_details = out[self.out_name]
-
-    @staticmethod
-    def _feed(value: np.ndarray, details: dict) -> np.ndarray:
-        dtype = details["dtype"]
-        if value.dtype == dtype and value.flags.c_contiguous:
-            return value  # the common float32 case: nothing to convert, keep the timed path lean
-        if dtype in (np.int8, np.uint8, np.int16) and value.dtype.kind == "f":
-            scale, zero = details["quantization"]
-            info = np.iinfo(dtype)
-            value = np.clip(np.round(value / scale + zero), info.min, info.max)
-        return np.ascontiguousarray(value, dtype=dtype)
-
-    def _probs(self, raw: np.ndarray) -> np.ndarray:
-        if raw.dtype == np.float32:
-            return raw
-        if raw.dtype.kind in "iu":
-            scale, zero = self.out_details["quantization"]
-            return (raw.astype(np.float32) - zero) * np.float32(scale)
-        return raw.astype(np.float32, copy=False)
-
-    def _mask_feed(self, rows: int) -> dict[str, np.ndarray]:
-        """Fresh keep-masks for ``rows`` samples, ready to feed."""
-        if not self.mask_plans:  # in-graph without a twin: the file draws its own (keep the timed path lean)
-            return {}
-        arrays = new_keep_masks(self._bits.random_raw, self.mask_plans, rows)
-        return {name: self._feed(value, self.head_details[name]) for name, value in arrays.items()}
-
-    def features(self, x: np.ndarray) -> np.ndarray:
-        """Trunk output for a batch of inputs (float32 x), or the fed x itself for `full` models."""
-        xq = self._feed(x, self.x_details)
-        if self.trunk is None:
-            return xq
-        return self.trunk(x=xq)["features"]
-
-    def head_probs(self, feats: np.ndarray, repeats: int) -> np.ndarray:
-        """Probabilities [rows * repeats, C] with each row of ``feats`` repeated ``repeats`` times."""
-        rows = np.repeat(feats, repeats, axis=0)
-        out = self.head(**{self.head_input_name: rows}, **self._mask_feed(rows.shape[0]))[self.out_name]
-        return self._probs(out)
-
-    def predict_timed(self, x1: np.ndarray, samples: int) -> tuple[float, float, np.ndarray]:
-        """One MC prediction of one input: (trunk seconds, head seconds, mean probabilities).
-
-        The same work as :meth:`features` + :meth:`head_probs`, inlined: this is the timed path,
-        and every Python call here would be counted as model latency (bench/profile_check.py
-        holds it within a few percent of a bare LiteRT loop).
-        """
-        perf = time.perf_counter
-        t0 = perf()
-        xq = x1 if x1.dtype == self.x_details["dtype"] else self._feed(x1, self.x_details)
-        feats = xq if self.trunk is None else self.trunk(x=xq)["features"]
-        t1 = perf()
-        feed = {self.head_input_name: np.repeat(feats, samples, axis=0), **self._mask_feed(samples)}
-        mean = self._probs(self.head(**feed)[self.out_name]).mean(axis=0)
-        t2 = perf()
-        return t1 - t0, t2 - t1, mean
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,25 +207,28 @@ def percentile_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
             "mean_ms": float(a.mean()), "p99_upper_ms": upper}
 
 
-def mc_probabilities(runner_or_path, x: np.ndarray, max_samples: int, *, threads: int = 1, seed: int = 0,
+def mc_probabilities(model_or_path, x: np.ndarray, max_samples: int, *, threads: int = 1, seed: int = 0,
                      rows_per_invoke: int = 4096) -> np.ndarray:
     """Per-sample probabilities ``[N, max_samples, C]`` for every input of ``x`` (float32).
 
-    The first T samples of each input are an unbiased T-sample MC prediction, so one call gives
-    the whole accuracy-vs-T curve.
+    Run by :meth:`edgekit.runtime.MCModel.sample` (an :class:`~edgekit.runtime.MCModel`, or a path
+    loaded with ``threads`` and ``seed``). The first T samples of each input are an unbiased
+    T-sample MC prediction, so one call gives the whole accuracy-vs-T curve.
     """
-    runner = runner_or_path
-    if not isinstance(runner, _Runner):
-        data = Path(runner_or_path).read_bytes()
-        runner = _Runner(data, read_metadata(data), threads, seed)
-    n = len(x)
-    chunk = max(1, rows_per_invoke // max_samples)
-    parts = []
-    for start in range(0, n, chunk):
-        feats = runner.features(np.asarray(x[start:start + chunk], dtype=np.float32))
-        probs = runner.head_probs(feats, max_samples)
-        parts.append(probs.reshape(feats.shape[0], max_samples, -1))
-    return np.concatenate(parts, axis=0)
+    model = model_or_path
+    if not isinstance(model, MCModel):
+        model = _load(Path(model_or_path).read_bytes(), threads, seed)
+    return model.sample(np.asarray(x, dtype=np.float32), max_samples, rows=rows_per_invoke)
+
+
+def _load(data: bytes, threads: int, seed: int | None) -> MCModel:
+    import warnings
+
+    from edgekit.runtime.mc import UnverifiedModelWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnverifiedModelWarning)  # the profile reports missing metadata itself
+        return MCModel(data, threads=threads, seed=seed)
 
 
 def accuracy_curve(probs: np.ndarray, y: np.ndarray, samples: Sequence[int], *, bins: int = ECE_BINS) -> list[AccuracyPoint]:
@@ -424,40 +294,6 @@ def recommend(latency: Sequence[LatencyPoint], budget_ms: float,
                           f"largest T with p99 bound {p.p99_upper_ms:.3g} ms <= budget {budget_ms:g} ms")
 
 
-def _time_runtime(cache: dict, data: bytes, threads: int, samples: int, x1: np.ndarray, runs: int, warmup: int,
-                  seed: int) -> tuple[float, float] | None:
-    """(p50, p99) ms of ``MCModel.predict(x1, samples=T)``, or None if T exceeds what the runtime allows.
-
-    A model the runtime refuses (its output, its load or its digest) raises: hiding that in a
-    profile is how an int8 model that `predict` could not run once went unnoticed.
-    """
-    import warnings
-
-    from edgekit.runtime.mc import MCModel, ModelLoadError, OutputError
-    from edgekit.runtime.metadata import IntegrityError
-
-    key = threads
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "no edgekit metadata": profile says so itself
-            model = cache.get(key)
-            if model is None:
-                model = cache[key] = MCModel(data, threads=threads, seed=seed)
-            for _ in range(warmup):
-                model.predict(x1, samples=samples)
-            lat = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                model.predict(x1, samples=samples)
-                lat.append((time.perf_counter() - t0) * 1e3)
-    except (OutputError, ModelLoadError, IntegrityError):
-        raise  # the runtime refuses this model: a profile must say so, not hide it
-    except (ValueError, RuntimeError, OSError):
-        return None  # e.g. T above the runtime's memory budget; the interpreter timing stands
-    p50, p99 = np.percentile(lat, [50, 99])
-    return float(p50), float(p99)
-
-
 def _peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # Linux reports KiB
@@ -466,7 +302,8 @@ def _peak_rss_bytes() -> int:
 def _check_ints(name: str, values: Sequence[int], low: int = 1) -> tuple[int, ...]:
     vals = tuple(values)
     if not vals or any(not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low for v in vals):
-        raise ValueError(f"Invalid value for `{name}`. Expected a non-empty list of integers >= {low}. Received: {list(vals)}")
+        raise InvalidArgumentError(f"Invalid value for `{name}`. Expected a non-empty list of integers >= {low}. "
+                                   f"Received: {list(vals)}")
     return tuple(sorted(set(int(v) for v in vals)))
 
 
@@ -497,26 +334,31 @@ def profile_model(
             for the accuracy/NLL/ECE curve; ``x[0]`` is also the input timed.
         seed: Seeds the numpy generator of mask-input models and the synthetic timing input.
         progress: Called with the number of predictions just done (for a progress bar).
-        runtime: Also time each (threads, T) through ``MCModel.predict`` (the full runtime path,
-            ``runtime_p50_ms``/``runtime_p99_ms``), to show what the runtime adds on top.
+        runtime: Also time each (threads, T) on a second, separately loaded model, in alternation
+            with the first (``runtime_p50_ms``/``runtime_p99_ms``): a check that the figures are the
+            machine's, not one model instance's.
     """
     threads = _check_ints("threads", threads)
     samples = _check_ints("samples", samples)
     if not isinstance(runs, int) or runs < 1:
-        raise ValueError(f"Invalid value for `runs`. Expected an integer >= 1. Received: {runs!r}")
-    # Each new T resizes the head input and re-plans the arena; the first calls after that are slow.
+        raise InvalidArgumentError(f"Invalid value for `runs`. Expected an integer >= 1. Received: {runs!r}")
+    # Each new T resizes the sampler's input and re-plans the arena; the first calls after that are slow.
     warmup = max(10, runs // 5) if warmup is None else int(warmup)
     data = Path(path).read_bytes()
-    meta = read_metadata(data)
-    runners = {t: _Runner(data, meta, t, seed) for t in threads}
-    first = runners[threads[0]]
-    in_shape = tuple(int(d) for d in first.x_details["shape_signature"][1:])
+    # Unseeded, as `edgekit predict` loads a file without --seed: a seed fixes the strategy (see
+    # MCModel), and the timings must be of what a user's predict runs.
+    models = {t: _load(data, t, None) for t in threads}
+    others = {t: _load(data, t, None) for t in threads} if runtime else {}
+    first = models[threads[0]]
+    meta = first.metadata or None
+    in_shape = first.input.shape
     if x is not None:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim >= 1 and x.shape[1:] != in_shape and x.shape[0] and x[0].size == int(np.prod(in_shape)):
             x = x.reshape(len(x), *in_shape)
         if x.shape[1:] != in_shape:
-            raise InvalidArgumentError(f"Expected data inputs shaped [N, {', '.join(map(str, in_shape))}]. Received: {list(x.shape)}")
+            raise InvalidArgumentError(f"Expected data inputs shaped [N, {', '.join(map(str, in_shape))}]. "
+                                       f"Received: {list(x.shape)}")
         x1 = x[:1]
     else:
         # A synthetic input inside the range the metadata records (absent or null: [0, 1]).
@@ -524,26 +366,36 @@ def profile_model(
         x1 = np.random.default_rng(seed).uniform(low, high, (1, *in_shape)).astype(np.float32)
 
     points = []
-    runtime_models: dict[int, Any] = {}  # threads -> MCModel, one per thread count like the runners
+    perf = time.perf_counter
     for t in threads:
-        runner = runners[t]
+        model, other = models[t], others.get(t)
         for s in samples:
             for _ in range(warmup):
-                runner.predict_timed(x1, s)
-            trunk_ms, head_ms, total_ms = [], [], []
-            for _ in range(runs):
-                a, b, _mean = runner.predict_timed(x1, s)
-                trunk_ms.append(a * 1e3)
-                head_ms.append(b * 1e3)
-                total_ms.append((a + b) * 1e3)
-            stats = percentile_stats(total_ms)
-            rt = _time_runtime(runtime_models, data, t, s, x1, runs, warmup, seed) if runtime else None
+                model.predict(x1, samples=s)
+                if other is not None:
+                    other.predict(x1, samples=s)
+            total_ms, other_ms = [], []
+            for k in range(runs):
+                # Alternate which model goes first, so a slow phase of the machine hits both alike.
+                for m in ((model, other) if k % 2 == 0 else (other, model)):
+                    if m is None:
+                        continue
+                    t0 = perf()
+                    m.predict(x1, samples=s)
+                    (total_ms if m is model else other_ms).append((perf() - t0) * 1e3)
+            strategy = model.strategy_at(s)
+            split = strategy == "trunk+head" and model.has_trunk
+            parts = model.time_parts(samples=s, repeats=max(3, min(runs, 30)),
+                                     parts=("trunk_ms", "head_ms") if split else
+                                     ("head_ms",) if not model.has_trunk else ("full_batch_ms",))
+            rt = None if other is None else np.percentile(other_ms, [50, 99])
             points.append(LatencyPoint(
-                threads=t, samples=s, runs=runs, **stats,
-                trunk_p50_ms=float(np.median(trunk_ms)) if runner.trunk is not None else None,
-                head_p50_ms=float(np.median(head_ms)),
-                runtime_p50_ms=None if rt is None else rt[0], runtime_p99_ms=None if rt is None else rt[1],
-                latencies_ms=tuple(total_ms),
+                threads=t, samples=s, runs=runs, **percentile_stats(total_ms),
+                trunk_p50_ms=parts["trunk_ms"] if split else None,
+                head_p50_ms=parts["head_ms"] if split or not model.has_trunk else parts["full_batch_ms"],
+                runtime_p50_ms=None if rt is None else float(rt[0]),
+                runtime_p99_ms=None if rt is None else float(rt[1]),
+                strategy=strategy, latencies_ms=tuple(total_ms),
             ))
             if progress is not None:
                 progress((warmup + runs) * (2 if runtime else 1))
@@ -553,18 +405,21 @@ def profile_model(
         y = np.asarray(y).reshape(-1)
         if len(y) != len(x):
             raise InvalidArgumentError(f"Expected one label per input. Received: {len(x)} inputs, {len(y)} labels")
-        probs = mc_probabilities(runners[threads[-1]], x, max(samples))
+        probs = mc_probabilities(_load(data, threads[-1], seed), x, max(samples))
         accuracy = tuple(accuracy_curve(probs, y, samples))
         if progress is not None:
             progress(len(x))
 
-    arena_sig = first.sampler_key  # the signature that runs at batch T (`masked` when the runtime feeds it)
+    plan = first.plan
     arena = {}
     for s in samples:
-        arena[s] = estimate_arena_bytes(data, arena_sig, s)
-        if first.strategy == "trunk+head":
-            # trunk and head run one after the other: the arena must hold the larger of the two.
-            arena[s] = max(arena[s], estimate_arena_bytes(data, "trunk", 1))
+        if first.strategy_at(s) == "full" and plan.has_trunk:
+            arena[s] = estimate_arena_bytes(data, plan.full, s)
+        else:
+            arena[s] = estimate_arena_bytes(data, plan.sampler, s)  # `masked` when the runtime feeds it
+            if plan.has_trunk:
+                # trunk and sampler run one after the other: the arena must hold the larger of the two.
+                arena[s] = max(arena[s], estimate_arena_bytes(data, plan.trunk, 1))
     quant = ((meta or {}).get("quantization") or {}).get("mode")
     return ModelProfile(
         path=str(path),
@@ -572,7 +427,7 @@ def profile_model(
         sha256=hashlib.sha256(data).hexdigest(),
         quantization=quant,
         stochastic=(meta or {}).get("stochastic"),
-        strategy=first.strategy,
+        strategy=first.strategy_at(samples[-1]),
         arena_bytes=arena,
         peak_rss_bytes=_peak_rss_bytes(),
         latency=tuple(points),

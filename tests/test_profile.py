@@ -147,7 +147,8 @@ def test_human_table_and_device_fit_check():
     result = _run("profile", MLP, "--runs", 3, "--warmup", 0, "--sweep", "1,2", "--device", "coral-edgetpu", "--threads", "1")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "threads  T  p50 ms  p90 ms  p99 ms  p99 bound  max ms  trunk ms  head ms  runtime p50" in out.splitlines()
+    header = "threads T strategy p50 ms p90 ms p99 ms p99 bound max ms trunk ms head ms runtime p50".split()
+    assert header in [line.split() for line in out.splitlines()], out  # columns right-aligned to their values
     # An in-graph float model does not fit the Edge TPU: the random op and the float tensors.
     assert "does not fit coral-edgetpu: op RANDOM_UNIFORM is not supported on coral-edgetpu" in out
     assert "does not fit coral-edgetpu: float32 tensors are not supported" in out
@@ -311,20 +312,28 @@ def test_masked_twin_is_run_with_seeded_numpy_masks(twin, plain_sig, feed):
     # per class (normal), so a false failure over these 10 classes is ~6e-6; the 1e-6 floor is for
     # classes whose probability barely moves. A wrong rate or scale shifts the mean by far more.
     assert np.all(np.abs(a.mean(axis=1) - b.mean(axis=1)) <= 5 * se + 1e-6)
-    # The arena is the one of the signature run at batch T: `masked`, mask inputs included.
+    # The arena is the one of what runs at batch T: `masked` (mask inputs included) after the trunk,
+    # or `full` where the runtime runs that.
     rep = profile_model(twin, threads=(1,), samples=(1, 3), runs=2, warmup=0, runtime=False)
-    trunk = estimate_arena_bytes(data, "trunk", 1) if feed == "features" else 0
-    assert rep.arena_bytes[3] == max(estimate_arena_bytes(data, "masked", 3), trunk)
-    assert rep.strategy == ("trunk+head" if feed == "features" else "full")
+    point = rep.point(1, 3)
+    if point.strategy == "trunk+head":
+        expected = max(estimate_arena_bytes(data, "masked", 3), estimate_arena_bytes(data, "trunk", 1))
+    else:
+        expected = estimate_arena_bytes(data, "full" if feed == "features" else "masked", 3)
+    assert rep.arena_bytes[3] == expected
+    if feed == "x":  # no trunk: one way to run it
+        assert [p.strategy for p in rep.latency] == ["full", "full"]
 
 
 def test_profile_model_points_and_ordering():
-    rep = profile_model(MLP, threads=(1,), samples=(1, 5), runs=8, warmup=1, budget_ms=1e6)
-    assert [p.samples for p in rep.latency] == [1, 5]
+    rep = profile_model(MLP, threads=(1,), samples=(1, 5, 500), runs=8, warmup=1, budget_ms=1e6)
+    assert [p.samples for p in rep.latency] == [1, 5, 500]
     for p in rep.latency:
         assert p.p50_ms <= p.p90_ms <= p.p99_ms <= p.max_ms and len(p.latencies_ms) == 8
-        assert p.trunk_p50_ms is not None and p.trunk_p50_ms > 0
-    assert rep.strategy == "trunk+head" and rep.recommended.samples == 5  # everything fits 1e6 ms
+        # The trunk is timed apart where it runs apart; `full` at batch T has no trunk part.
+        assert (p.trunk_p50_ms is not None and p.trunk_p50_ms > 0) == (p.strategy == "trunk+head")
+        assert p.head_p50_ms > 0
+    assert rep.strategy == rep.latency[-1].strategy and rep.recommended.samples == 500  # everything fits 1e6 ms
     assert all(p.runtime_p50_ms > 0 and p.runtime_p99_ms >= p.runtime_p50_ms for p in rep.latency)
     lean = profile_model(MLP, threads=(1,), samples=(1,), runs=3, warmup=0, runtime=False)
     assert lean.latency[0].runtime_p50_ms is None and lean.latency[0].runtime_p99_ms is None
@@ -409,4 +418,40 @@ def test_int8_io_model_is_quantized_in_and_dequantized_out():
     # (measured difference 0.004), but a sign or scale error in (de)quantization would exceed it.
     np.testing.assert_allclose(q.mean(1), f.mean(1), atol=0.02)
     rep = profile_model(int8io, threads=(1,), samples=(1, 4), runs=3, warmup=1, runtime=False)
-    assert rep.quantization == "int8" and rep.strategy == "trunk+head"
+    assert rep.quantization == "int8" and rep.stochastic == "in-graph"
+
+
+# ------------------------------------------------------------------ one plan for predict, profile and report
+
+ALL_FIXTURES = sorted(p.stem for p in FIX.glob("*.tflite") if p.stem != "crash_segv")
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_predict_profile_and_report_run_the_same_strategy(name):
+    # Every committed fixture (crash_segv kills LiteRT: its probe test is in test_runtime.py)
+    # through `edgekit predict`'s MCModel, `edgekit profile`'s profile_model and the conversion
+    # report's runner: at each T all three name the same strategy, and each one's figures come
+    # from running it (the profile's parts: a trunk time exactly where the trunk runs apart).
+    import warnings
+
+    from edgekit.converters.report import tflite_probs
+    from edgekit.runtime import MCModel
+
+    path = FIX / f"{name}.tflite"
+    data = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # foreign.tflite has no metadata
+        model = MCModel(path)
+    rep = profile_model(path, threads=(1,), samples=(1, 8, 256), runs=3, warmup=1, runtime=False)
+    x = np.random.default_rng(0).uniform(0.0, 0.99, (1, *model.input.shape)).astype(np.float32)
+    for p in rep.latency:
+        strategy = model.strategy_at(p.samples)
+        assert p.strategy == strategy, (p.samples, p.strategy, strategy)
+        assert strategy in model.plan.strategies
+        assert (p.trunk_p50_ms is not None) == (strategy == "trunk+head")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mean, _, report_strategy = tflite_probs(data, x, p.samples, seed=None, threads=1)
+        assert report_strategy == strategy, (p.samples, report_strategy, strategy)
+        assert mean.shape == (1, model.num_classes)
+    assert rep.strategy == rep.latency[-1].strategy

@@ -6,10 +6,10 @@ runtime fails one such check with probability ~6e-5 per class.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,11 @@ from edgekit.runtime import (
     embed_metadata,
     read_metadata,
 )
-from edgekit.runtime.mc import LatencyModel, _SlackTracker, summarize
+from edgekit.runtime.checks import check_probs
+from edgekit.runtime.interpreter import PlanRunner, interpreter_class
 from edgekit.runtime.safety import declared_tensors, probe_model
+from edgekit.runtime.strategy import StrategyChooser
+from edgekit.runtime.summaries import summarize
 
 FIX = Path(__file__).parent / "fixtures"
 W = np.load(FIX / "weights.npz")
@@ -139,7 +142,7 @@ def test_int8_input_out_of_range_names_scale_and_zero_point():
 def test_trunk_is_computed_like_numpy(mlp):
     # The deterministic trunk equals Dense+ReLU in numpy to float32 rounding.
     x = _x(mlp, 4)
-    feats = mlp._features(x)
+    feats = mlp.features(x)
     np.testing.assert_allclose(feats, np.maximum(x @ W["mlp_0"] + W["mlp_1"], 0), rtol=1e-5, atol=1e-5)
 
 
@@ -158,8 +161,8 @@ def test_inputs_sharing_one_head_invoke_keep_their_own_rows(fixture):
     # its own numpy reference (a row-order mix-up would pull the means together). With numpy
     # masks (mlp_twin) single inputs send one feature row that the graph broadcasts; a group
     # sends every row, and must still pair each row with its own masks.
-    mlp = MCModel(FIX / f"{fixture}.tflite", seed=9)
-    assert mlp._broadcast == (fixture == "mlp_twin")
+    mlp = MCModel(FIX / f"{fixture}.tflite", seed=9)  # seeded: trunk + head (the strategy never switches)
+    assert mlp.strategy_at(300, inputs=3) == "trunk+head" and bool(mlp.plan.masks) == (fixture == "mlp_twin")
     x = _x(mlp, 3, seed=5) * np.array([[1.0], [4.0], [-3.0]], np.float32)
     pred = mlp.predict(x, samples=300)
     for i in range(3):
@@ -187,17 +190,6 @@ def test_seeded_file_is_reproducible_and_never_restarts_its_sequence():
     # LiteRT re-seeds a seeded RANDOM_UNIFORM whenever it is re-prepared (resize); the runtime
     # keeps one interpreter per batch size so the third call continues the sequence.
     assert not np.array_equal(seq1[0], seq1[2])
-
-
-def test_seeded_file_under_a_budget_uses_few_batch_sizes():
-    from edgekit.runtime.mc import _ladder_floor
-
-    assert [_ladder_floor(n) for n in (1, 2, 3, 5, 7, 11, 13, 100, 191, 192)] == [1, 2, 3, 4, 6, 8, 12, 96, 128, 192]
-    model = MCModel(FIX / "mlp_seeded.tflite")
-    for budget in (0.5, 1.0, 2.0, 3.0, 5.0):
-        model.predict(_x(model), budget_ms=budget)
-    sizes = set(model._local.by_size)
-    assert all(_ladder_floor(s) == s for s in sizes - {1, 16, 128})
 
 
 @pytest.mark.parametrize("fixture", ["mlp_mask", "mlp_twin"])
@@ -229,7 +221,8 @@ def test_book_twin_feeds_two_masks():
     # Flatten is the trunk; `masked` is the head with two mask inputs (784 and 32 units). The
     # numpy masks must give the MC mean of numpy dropout.
     model = MCModel(FIX / "book_twin.tflite", seed=2)
-    assert model.has_trunk and model.masks_from == "numpy" and len(model._masks) == 2
+    assert model.has_trunk and model.masks_from == "numpy"
+    assert [p.name for p in model.plan.masks] == ["mask_0", "mask_1"]
     x = np.random.default_rng(6).random((1, 28, 28)).astype(np.float32)
     pred = model.predict(x, samples=2000)
     ref = _numpy_book_mc(x, 20000)
@@ -283,198 +276,167 @@ def test_no_trunk_file_runs_full_at_batch_t():
     assert np.all(np.abs(pred.mean[0] - ref.mean(0)) < 4 * se + 1e-6)
 
 
+# ---------------------------------------------------------------- one plan, two strategies
+
+
+def test_strategy_chooser_measures_only_what_it_must():
+    # A fake file where `full` costs 1 + r and trunk + sampler 4 + 0.2 r (arbitrary units) for r
+    # rows: full is faster up to r = 3. The chooser measures at 1, 2, 4, ... up to the size asked,
+    # stops at the first loss, and never measures a size it has bracketed.
+    measured = []
+
+    def measure(rows):
+        measured.append(rows)
+        return 1 + rows, 4 + 0.2 * rows
+
+    chooser = StrategyChooser(max_rows=10_000)
+    assert chooser.choose(1, measure) == "full" and measured == [1]
+    assert chooser.choose(100, measure) == "trunk+head" and measured == [1, 2, 4]
+    assert chooser.choose(3, measure) == "full" and measured == [1, 2, 4, 3]
+    assert [chooser.choose(r, measure) for r in (2, 3, 4, 50, 10_000)] == ["full"] * 2 + ["trunk+head"] * 3
+    assert measured == [1, 2, 4, 3]
+    assert chooser.choose(20_000, measure) == "trunk+head"  # above the memory budget of `full`: never measured
+
+
+def test_which_files_may_switch_strategy():
+    assert MCModel(FIX / "mlp_ingraph.tflite").plan.strategies == ("trunk+head", "full")
+    assert MCModel(FIX / "mlp_mask.tflite").plan.strategies == ("trunk+head", "full")
+    # A seeded file promises one mask sequence (one signature); a seed given to the runtime promises
+    # bitwise-reproducible results (the two strategies round differently in int8): never switched.
+    seeded = MCModel(FIX / "mlp_seeded.tflite")
+    assert seeded.plan.strategies == ("trunk+head",) and seeded.strategy_at(1) == "trunk+head"
+    assert MCModel(FIX / "mlp_mask.tflite", seed=0).strategy_at(1) == "trunk+head"
+    # Without a trunk there is one way to run a file: `full` (or its `masked` twin) at batch T.
+    model = MCModel(FIX / "input_mc_twin.tflite")
+    assert model.plan.trunk is None and model.strategy_at(1) == model.strategy_at(500) == "full"
+    with pytest.warns(UnverifiedModelWarning):
+        foreign = MCModel(FIX / "foreign.tflite")  # no metadata names a trunk: `full` only
+    assert foreign.plan.strategies == ("full",) and foreign.strategy_at(1) == "full"
+
+
+@pytest.mark.parametrize("fixture", ["mlp_ingraph", "mlp_mask"])
+def test_both_strategies_sample_each_input_from_its_own_distribution(fixture):
+    # The plan's runner itself, both ways, on 3 different inputs at once: `full` at batch 3 x 2000
+    # and trunk (batch 3) + sampler (batch 3 x 2000). Each input's mean must match its own numpy
+    # reference (a row-order mix-up would pull the means together).
+    data = (FIX / f"{fixture}.tflite").read_bytes()
+    plan = MCModel(data).plan
+    runner = PlanRunner(lambda: interpreter_class()(model_content=data), plan, np.random.SFC64(0).random_raw,
+                        lambda p: check_probs(p, 5, 1e-4, fixture))
+    x = np.random.default_rng(5).random((3, 20), dtype=np.float32) * np.array([[1.0], [4.0], [-3.0]], np.float32)
+    n = 2000
+    for probs in (runner.full(x, n), runner.sample(runner.trunk(x), n)):
+        probs = probs.reshape(3, n, 5)
+        for i in range(3):
+            ref = _numpy_mlp_mc(x[i : i + 1], 20000, seed=i)
+            se = np.sqrt(probs[i].var(0) / n + ref.var(0) / 20000)
+            assert np.all(np.abs(probs[i].mean(0) - ref.mean(0)) < 4 * se + 1e-6), i
+        assert np.abs(probs[1].mean(0) - probs[2].mean(0)).max() > 0.05  # the inputs really differ
+
+
+def test_one_sample_gives_the_same_result_as_the_general_path(mlp):
+    # T=1 for one input has its own lean path; its result must be the one the general code gives.
+    x = _x(mlp, 2)
+    one = mlp.predict(x[0], samples=1)
+    mean, std, entropy, mi = summarize(one.mean)
+    np.testing.assert_array_equal(one.std, 0)
+    assert one.mutual_information[0] == 0 and one.entropy[0] == pytest.approx(entropy, rel=1e-12)
+    assert one.predicted[0] == int(np.argmax(one.mean[0])) and one.confidence[0] == one.mean[0].max()
+    assert one.samples.tolist() == [1] and not one.budget_cut[0] and one.elapsed_ms[0] > 0
+    both = mlp.predict(x, samples=1)  # two inputs: the general path
+    for field in ("mean", "std", "predicted", "confidence", "entropy", "mutual_information", "samples",
+                  "elapsed_ms", "budget_cut"):
+        a, b = getattr(one, field), getattr(both, field)
+        assert a.dtype == b.dtype and a.shape[1:] == b.shape[1:] and len(a) == 1, field
+    assert dataclasses.replace(one, samples=np.array([7])).samples[0] == 7  # a real frozen dataclass
+
+
+@pytest.mark.parametrize("rows", [1, 3, 20])
+def test_probability_check_finds_nan_and_inf_anywhere(rows):
+    # Python's min/max can skip a NaN (comparisons with it are False): the row sums must catch it.
+    good = np.full((rows, 5), 0.2, np.float32)
+    check_probs(good, 5, 1e-4, "m")
+    for bad in (np.nan, np.inf, -np.inf, 1.5):
+        for at in range(good.size):
+            probs = good.copy().reshape(-1)
+            probs[at] = bad
+            with pytest.raises(OutputError, match="not class probabilities"):
+                check_probs(probs.reshape(rows, 5), 5, 1e-4, "m")
+    with pytest.raises(OutputError, match=r"wrong shape\. Expected \[samples, 4\]"):
+        check_probs(good, 4, 1e-4, "m")
+
+
+def test_sample_gives_per_sample_outputs_of_each_input():
+    model = MCModel(FIX / "mlp_mask.tflite", seed=1)
+    x = _x(model, 3, seed=2) * np.array([[1.0], [4.0], [-3.0]], np.float32)
+    probs = model.sample(x, 2000)
+    assert probs.shape == (3, 2000, 5) and probs.dtype == np.float32
+    for i in range(3):
+        ref = _numpy_mlp_mc(x[i : i + 1], 20000, seed=i)
+        se = np.sqrt(probs[i].var(0) / 2000 + ref.var(0) / 20000)
+        assert np.all(np.abs(probs[i].mean(0) - ref.mean(0)) < 4 * se + 1e-6), i
+    np.testing.assert_array_equal(MCModel(FIX / "mlp_mask.tflite", seed=1).sample(x, 2000), probs)  # seeded
+
+
+def test_deterministic_is_dropout_off_for_mask_input_files():
+    x = _x(MCModel(FIX / "mlp_mask.tflite"), 7, seed=3)
+    h = np.maximum(x @ W["mlp_0"] + W["mlp_1"], 0)  # dropout off: every unit kept, no 1/(1-rate)
+    z = h @ W["mlp_2"] + W["mlp_3"]
+    ref = np.exp(z - z.max(1, keepdims=True))
+    ref /= ref.sum(1, keepdims=True)
+    np.testing.assert_allclose(MCModel(FIX / "mlp_mask.tflite").deterministic(x, rows=3), ref, atol=1e-5)  # float32
+    assert MCModel(FIX / "mlp_ingraph.tflite").deterministic(x) is None  # no dropout-off path in the file
+
+
+# ---------------------------------------------------------------- a fixed-batch file
+
+
+@pytest.fixture(scope="module")
+def fixed():
+    return MCModel(FIX / "mlp_fixed_int8.tflite", seed=0)
+
+
+def _x_in_int8_range(model, n, seed=0):
+    return _x(model, n, seed) * np.float32(0.99)  # its int8 input represents [0, 0.995]
+
+
+def test_fixed_batch_file_runs_at_its_batches(fixed):
+    assert dict(fixed.plan.batch) == {"full": 1, "trunk": 1, "head": 4}
+    assert fixed.plan.strategies == ("trunk+head",)  # its signatures run at their own batches only
+    x = _x_in_int8_range(fixed, 3)
+    pred = fixed.predict(x, samples=10)
+    assert pred.samples.tolist() == [12, 12, 12]  # T rounded up to a multiple of the head's batch
+    assert fixed.sample(x, 5).shape == (3, 8, 5)
+    pred = fixed.predict(x[:1], samples=2000)
+    ref = _numpy_mlp_mc(x[:1], 20000)
+    se = np.sqrt(pred.std[0] ** 2 / 2000 + ref.std(0) ** 2 / 20000)
+    # + 0.01: int8 weights, activations and output (steps of 1/256), as for the other int8 files.
+    assert np.all(np.abs(pred.mean[0] - ref.mean(0)) < 4 * se + 0.01), (pred.mean[0], ref.mean(0))
+
+
+def test_fixed_batch_file_draws_budgets_and_tolerances_in_whole_batches(fixed):
+    x = _x_in_int8_range(fixed, 1)
+    fixed.warmup(budget_ms=5)
+    for budget in (0.3, 1.0, 5.0):
+        for _ in range(5):
+            pred = fixed.predict(x, budget_ms=budget)
+            assert pred.samples[0] >= 4 and pred.samples[0] % 4 == 0, (budget, pred.samples)
+    for tol in (0.2, 0.01, 1e-9):
+        pred = fixed.predict(x, samples=500, tolerance=tol)
+        assert pred.samples[0] % 4 == 0 and pred.samples[0] <= 500
+
+
+def test_fixed_batch_file_dropout_off(fixed):
+    x = _x_in_int8_range(fixed, 6, seed=4)
+    h = np.maximum(x @ W["mlp_0"] + W["mlp_1"], 0)
+    z = h @ W["mlp_2"] + W["mlp_3"]
+    ref = np.exp(z - z.max(1, keepdims=True))
+    ref /= ref.sum(1, keepdims=True)
+    # int8 everywhere: about one output step (1/256) per probability (measured 0.003 here).
+    np.testing.assert_allclose(fixed.deterministic(x), ref, atol=0.01)
+
+
 # ---------------------------------------------------------------- budget and tolerance
-
-
-def test_latency_model_fits_a_linear_cost_exactly():
-    lm = LatencyModel()
-    for t in (1, 16, 128):
-        lm.anchor(t, 0.001 + 0.0001 * t)
-    assert lm.fixed_s == pytest.approx(0.001) and lm.per_sample_s == pytest.approx(0.0001)
-    # Margin of half the cost until 20 residuals are seen: 10 ms / 1.5 - 1 ms = 5.67 ms -> 56.
-    assert lm.largest_fitting(0.010, 1000) == 56
-    assert lm.largest_fitting(0.010, 20) == 20
-    assert lm.largest_fitting(0.001, 1000) == 0
-    # Then the margin is the p99 of observed - predicted: 2 delays of 2 ms in 40 invokes set it
-    # near 2 ms (the fit itself barely moves: relative-error weights shrink the outliers; 2.1 ms
-    # allows for the fit and the speed factor predicting the on-time invokes a hair low).
-    for i in range(40):
-        lm.observe(16, 0.0026 + (0.002 if i in (5, 25) else 0.0))
-    assert lm.margin_s is not None and 0.001 < lm.margin_s <= 0.0021
-    # Predictions are the fit times the speed factor: back to ~1 after 14 on-time invokes (a
-    # little under: the two delays pulled the fit up, so on-time invokes run ~1% under it).
-    speed = lm.speed()
-    assert speed == pytest.approx(1.0, abs=0.03)
-    expected = int(((0.010 - lm.margin_s) / speed - lm.fixed_s) / lm.per_sample_s)
-    assert lm.largest_fitting(0.010, 1000, speed=speed) == expected
-
-
-def test_latency_margin_is_kept_per_size_bucket():
-    lm = LatencyModel()
-    for t in (1, 16, 128, 1024):
-        lm.anchor(t, 0.001 + 0.00001 * t)
-    for i in range(40):  # small invokes: on time; large ones: 1 in 4 is 3 ms late
-        lm.observe(8, 0.001 + 0.00008)
-        lm.observe(600, 0.001 + 0.006 + (0.003 if i % 4 == 0 else 0.0))
-    small, large = lm.p99(8) - lm.typical(8), lm.p99(600) - lm.typical(600)
-    assert small < 0.0005 < 0.002 < large  # each size range keeps the margin it has shown
-    # A budget that only small batches fit is not punished for the large batches' delays.
-    assert lm.largest_fitting(0.0013, 2000) >= 8
-
-
-def test_latency_speed_follows_a_slow_phase_and_fades():
-    lm = LatencyModel()
-    for t in (1, 16, 128):
-        lm.anchor(t, 0.001 + 0.0001 * t)
-    for _ in range(60):  # the usual speed: margins of ~0
-        lm.observe(16, 0.0026)
-    usual = lm.largest_fitting(0.010, 1000)
-    for _ in range(8):  # a slow phase: every invoke takes twice its usual time
-        lm.observe(16, 0.0052)
-    # The fit moves a little toward the slow invokes too (8 of 68 in its window), so the speed
-    # factor over the moved fit is under 2; 1.5 shows it followed the phase.
-    assert lm.speed() > 1.5
-    slow = lm.largest_fitting(0.010, 1000)
-    assert slow < 0.75 * usual  # planned at the phase's speed, not at the fit's
-    assert lm.largest_fitting(0.010, 1000, speed=1.0) > slow
-    # One pre-emption moves the factor at most halfway to 4x, however long it was.
-    lm.observe(16, 1.0)
-    assert lm.speed() <= 0.5 * (4.0 + 2.0)
-    # Idle for many times its memory: back to the fit's own speed.
-    lm._SPEED_MEMORY_S = 0.01
-    time.sleep(0.2)
-    assert lm.speed() == pytest.approx(1.0, abs=1e-3)
-
-
-def test_slack_settles_where_about_one_call_in_200_ends_late():
-    # A simulated machine: a call aimed at (1 - slack) of the budget takes aim * r, r lognormal
-    # with sigma 0.1 (p99.5 of r = 1.29), so the slack that makes P(late) = 0.5% is 1 - 1/1.29 =
-    # 0.225 > maximum: raise the maximum here to see the tracker settle on its own.
-    rng = np.random.default_rng(0)
-    tracker = _SlackTracker(maximum=0.5)
-    budget = 0.005
-    late = []
-    for _ in range(40_000):
-        elapsed = (1 - tracker.slack(budget)) * budget * rng.lognormal(0.0, 0.1)
-        tracker.update(budget, elapsed)
-        late.append(elapsed > budget)
-    # Over the last 30,000 calls: the target is 0.5%; the tracker's steps (3% of the budget)
-    # make it wobble around it. 0.25%-1% is that wobble with room (seen here: 0.50% for seeds 0-4).
-    assert 0.0025 < np.mean(late[10_000:]) < 0.01
-    assert 0.15 < tracker.slack(budget) < 0.3
-    # Other budgets keep their own slack, which starts at the cautious default.
-    assert tracker.slack(0.020) == tracker.start
-
-
-def test_slack_is_bounded_both_ways():
-    tracker = _SlackTracker()
-    for _ in range(100):  # a machine where every call ends late
-        tracker.update(0.001, 0.002)
-    assert tracker.slack(0.001) == tracker.maximum
-    for _ in range(10_000):  # a quiet one: never late
-        tracker.update(0.001, 0.0005)
-    assert tracker.slack(0.001) == 0.0
-
-
-def _twin_at_20ms(learn: int = 30):
-    """The twin MLP after ``learn`` predictions at a 20 ms budget (its latency model has learnt the
-    usual speed), and a function making one more such prediction."""
-    model = MCModel(FIX / "mlp_twin.tflite", seed=0)
-    x = np.random.default_rng(0).random((1, 20), dtype=np.float32)
-    model.warmup(budget_ms=20, samples=100_000)
-
-    def predict():
-        return model.predict(x, budget_ms=20, samples=100_000)
-
-    for _ in range(learn):
-        predict()
-    return model, predict
-
-
-def test_budget_plans_later_chunks_at_the_speed_earlier_ones_ran():
-    # A slow phase of the machine that the latency model has not learnt yet: every chunk takes
-    # twice its real time (a sleep after each draw, outside the model's own timing, so its fit
-    # stays at the fast speed). Chunks are at most a third of the budget, so the later ones must
-    # be planned at the speed the first one showed. Measured here: slowed calls ended at
-    # 11.5-18.3 ms of a 20 ms budget (median ~12); without the speed factor (commit 467266c) at
-    # 18.5-30.2 ms (medians 20.0 and 23.7 in two runs).
-    model, predict = _twin_at_20ms()  # the latency model learns the fast speed
-    fast = [int(predict().samples[0]) for _ in range(5)]
-    draw = model._draw
-
-    def slow_draw(feat, batch, *, observe=True):
-        start = time.perf_counter()
-        out = draw(feat, batch, observe=observe)
-        time.sleep(time.perf_counter() - start)
-        return out
-
-    model._draw = slow_draw
-    preds = [predict() for _ in range(5)]
-    elapsed = [float(p.elapsed_ms[0]) for p in preds]
-    # The median of 5, so one call may still meet a VM stall; 18 ms leaves the new planning 6 ms
-    # of room for noise and fails the old one.
-    assert np.median(elapsed) <= 18, elapsed
-    assert np.median([int(p.samples[0]) for p in preds]) < 0.8 * np.median(fast)
-    assert all(p.budget_cut[0] for p in preds)
-
-
-def test_budget_plans_even_the_first_chunk_at_the_speed_of_the_moment():
-    # A slow phase the latency model does see (every invoke of the sampler takes three times its
-    # time): its speed factor follows, so even a call's first chunk, planned before the call has
-    # run anything, holds about a third of the samples. Without the factor (speed weight 0, as
-    # before it) the first chunk keeps its size: checked, this test then fails.
-    model, predict = _twin_at_20ms()  # the latency model learns the usual speed
-    sizes: list[int] = []
-    draw = model._draw
-
-    def recording_draw(feat, batch, *, observe=True):
-        sizes.append(batch)
-        return draw(feat, batch, observe=observe)
-
-    model._draw = recording_draw
-
-    def first_chunks(calls):
-        out = []
-        for _ in range(calls):
-            sizes.clear()
-            predict()
-            out.append(sizes[0])
-        return out
-
-    fast = first_chunks(7)
-    runner = model._runner(model._sampler_key)
-    inputs, invoke, began = runner.inputs, runner.invoke, []
-
-    def timed_inputs(shapes):
-        began.append(time.perf_counter())
-        return inputs(shapes)
-
-    def slow_invoke():  # writing the inputs and invoking take three times as long
-        out = invoke()
-        time.sleep(2 * (time.perf_counter() - began[-1]))
-        return out
-
-    runner.inputs, runner.invoke = timed_inputs, slow_invoke
-    first_chunks(2)  # two calls' invokes move the factor most of the way (weight 0.5 each)
-    slow = first_chunks(7)
-    # Ideally 1/3; 0.6 leaves room for the fit drifting toward the slow invokes and for this
-    # VM's noise (the usual first chunk varied 7,000-10,700 samples within one test).
-    assert np.median(slow) < 0.6 * np.median(fast), (fast, slow)
-
-
-def test_one_stall_after_sampling_does_not_starve_later_calls():
-    # The time after sampling (statistics, the result) is reserved at its 99.5th percentile over
-    # the last 256 calls, so one stall there (a GC pass in a big process: it happened in this
-    # suite) would set the reserve for 256 calls. Without the cap, a 50 ms stall made every
-    # later call at 20 ms draw 1 sample (checked); with it they draw ~90% of what they did.
-    model, predict = _twin_at_20ms()
-    before = [int(predict().samples[0]) for _ in range(5)]
-    model._after_s.append(0.05)  # one 50 ms stall after sampling
-    model._after_n = 0  # the reserve is recomputed every 8th call: now
-    after = [int(predict().samples[0]) for _ in range(5)]
-    assert model._reserve_s > 0.02  # the stall is in the reserve...
-    # ...but costs at most a quarter of the budget: 0.5 leaves room for this VM's noise.
-    assert np.median(after) > 0.5 * np.median(before), (before, after)
 
 
 def test_tolerance_stops_early_and_caps(mlp):
@@ -485,9 +447,11 @@ def test_tolerance_stops_early_and_caps(mlp):
     assert tight.samples[0] == 100 and not tight.budget_cut[0]
 
 
-def test_budget_uses_samples_and_reports(mlp):
+def test_a_generous_budget_draws_every_sample_asked_for(mlp):
+    # 300 samples of this MLP take ~0.2 ms: a 200 ms budget holds them all, with room for a stall.
     pred = mlp.predict(_x(mlp), budget_ms=200, samples=300)
-    assert 1 <= pred.samples[0] <= 300 and pred.elapsed_ms[0] > 0
+    assert pred.samples[0] == 300 and not pred.budget_cut[0]
+    assert 0 < pred.elapsed_ms[0] < 200
 
 
 def test_warmup_allocates_ahead():

@@ -150,11 +150,12 @@ def _print_human(models, report) -> None:
             f"{m.stochastic or 'no metadata'}, {m.strategy}; tensor arena ~{_fmt_bytes(m.arena_bytes[largest])} "
             f"at T={largest}; peak RSS {_fmt_bytes(m.peak_rss_bytes)}"
         )
-        rows = [("threads", "T", "p50 ms", "p90 ms", "p99 ms", "p99 bound", "max ms", "trunk ms", "head ms",
+        rows = [("threads", "T", "strategy", "p50 ms", "p90 ms", "p99 ms", "p99 bound", "max ms", "trunk ms", "head ms",
                  "runtime p50")]
         for p in m.latency:
-            rows.append((str(p.threads), str(p.samples), f"{p.p50_ms:.3f}", f"{p.p90_ms:.3f}", f"{p.p99_ms:.3f}",
-                         f"{p.p99_upper_ms:.3f}", f"{p.max_ms:.3f}", "-" if p.trunk_p50_ms is None else f"{p.trunk_p50_ms:.3f}",
+            rows.append((str(p.threads), str(p.samples), p.strategy, f"{p.p50_ms:.3f}", f"{p.p90_ms:.3f}",
+                         f"{p.p99_ms:.3f}", f"{p.p99_upper_ms:.3f}", f"{p.max_ms:.3f}",
+                         "-" if p.trunk_p50_ms is None else f"{p.trunk_p50_ms:.3f}",
                          f"{p.head_p50_ms:.3f}", "-" if p.runtime_p50_ms is None else f"{p.runtime_p50_ms:.3f}"))
         click.echo(_table(rows))
         if m.accuracy:
@@ -295,7 +296,7 @@ def render_plot(models, budget_ms: float, device_name: str) -> bytes:
               help="fashion-mnist, or a labelled .npz (arrays x, y) for accuracy, NLL and ECE against T.")
 @click.option("--examples", type=click.IntRange(min=1), default=1000, show_default=True, help="Labelled examples used with --data.")
 @click.option("--runtime/--no-runtime", "time_runtime", default=True, show_default=True,
-              help="Also time each (threads, T) through MCModel.predict (the runtime's full path).")
+              help="Also time each (threads, T) on a second, separately loaded model (a check of the figures).")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of the mask generator (mask-input models) and the synthetic input.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG: latency and accuracy vs T, latency histogram.")
