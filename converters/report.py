@@ -89,6 +89,7 @@ class ConversionReport:
     accuracy: dict | None = None
     split_reason: str | None = None
     extra: dict = field(default_factory=dict)
+    heldout: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
