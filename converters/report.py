@@ -346,7 +346,8 @@ def _tflite_probs(tflite: bytes, meta: dict, x, samples: int, rows: int, seed: i
             p = full(x=np.repeat(xb, samples, axis=0), **masks(len(xb) * samples))
         mc.append(p.reshape(len(xb), samples, -1).mean(axis=1))
     det = None
-    only_mcdropout = all(m["kind"] in ("MCDropout", "MCSpatialDropout2D") for m in masked)
+    only_mcdropout = all(m["kind"] in ("MCDropout", "MCSpatialDropout1D", "MCSpatialDropout2D", "MCSpatialDropout3D")
+                         for m in masked)
     if masked and only_mcdropout and len(masked) == len(meta["mc_layers"]):
         det = np.concatenate([full(x=x[i : i + rows], **masks(len(x[i : i + rows]), True))
                               for i in range(0, len(x), rows)])
