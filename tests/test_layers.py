@@ -103,9 +103,9 @@ def test_noise_shape_broadcasts_only_the_axes_given_as_1():
     ("1,1", r"Expected a tuple or list of integers. Received: noise_shape='1,1'"),
     (5, r"Expected an iterable of integers \(e.g., a tuple or list\). Received: noise_shape=5"),
     ((None, 1.5), r"Expected all elements to be integers or None. Received element at index 1: 1.5 \(type: float\)"),
-    ((None, 0), r"Expected all dimensions to be positive integers or None. Received negative or zero value at index 1: 0"),
-    ((1, 1, 1, 1), r"Expected None at index 0 \(the batch axis: every MC sample draws its own mask\). Received: "
-                   r"noise_shape=\(1, 1, 1, 1\)"),
+    ((None, 0), r"Expected all dimensions to be positive integers or None. Received negative or zero value at index 1"),
+    ((1, 1, 1, 1), (r"Expected None at index 0 \(the batch axis: every MC sample draws its own mask\). Received: "
+                   r"noise_shape=\(1, 1, 1, 1\)")),
     ((), r"Expected None at index 0"),
 ])
 def test_bad_noise_shape_is_a_keras_style_error(noise_shape, message):
