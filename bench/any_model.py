@@ -2,9 +2,10 @@
 
 Each model (``weights=None, input_shape=(32, 32, 3), classes=10``) is trained briefly on synthetic
 prototype images (untrained, its activations vanish with depth and every output is a constant 0.1
-softmax), with BatchNorm momentum 0.9 instead of 0.99 so that the moving statistics follow the
-weights within the few dozen steps (as a fully trained model's do; at 0.99 EfficientNetB0's
-activations still vanish and its output barely depends on the input), then sent through :func:`edgekit.mc.to_mc` and :func:`edgekit.converters.convert`
+softmax), with BatchNorm momentum 0.9 (EfficientNetV2's own default; EfficientNetB0's is 0.99) so
+that the moving statistics follow the weights within the few dozen steps, as a fully trained
+model's do (at 0.99 EfficientNetB0's activations still vanish and its output barely depends on
+the input), then sent through :func:`edgekit.mc.to_mc` and :func:`edgekit.converters.convert`
 in several modes, and run with :class:`edgekit.runtime.MCModel`, as a user would. Per model and mode:
 conversion time, file size, BatchNorm folds, whether the file is stochastic, the mask shapes every
 signature carries (a drop path must get per-sample masks ``[T, 1, 1, 1]``), and the largest z-score
