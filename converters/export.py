@@ -68,7 +68,7 @@ import tensorflow as tf
 from edgekit.converters.outputs import describe_outputs, named, outputs_metadata
 from edgekit.devices import ROLES, DeviceFitError, DeviceProfile, conversion_settings
 from edgekit.errors import InvalidArgumentError, InvalidTypeError, UnsupportedModelError
-from edgekit.layers import MC_LAYERS, MCAlphaDropout, MCDropout, MCSpatialDropout2D, mask_inputs
+from edgekit.layers import MC_LAYERS, mask_inputs
 from edgekit.qtyping import CALIBRATED, Quantization, Stochastic
 from edgekit.runtime.metadata import FORMAT, twin_mask_inputs
 
@@ -262,12 +262,14 @@ def _split(model: keras.Model, first_mc) -> tuple[keras.Model | None, keras.Mode
 
 
 def _mask_shape(layer) -> list[int | None]:
+    # Without the batch axis; 1 where units share a decision (spatial dropout, a noise_shape such
+    # as stochastic depth's (None, 1, 1, 1) -> [1, 1, 1]): the mask broadcasts over that axis.
     shape = layer.mask_shape(tuple(layer.input.shape))
     return [None if d is None else int(d) for d in shape]
 
 
 def _mc_layer_meta(layers, stochastic: str) -> list[dict]:
-    kinds = {MCDropout: "MCDropout", MCAlphaDropout: "MCAlphaDropout", MCSpatialDropout2D: "MCSpatialDropout2D"}
+    kinds = {cls: cls.__name__ for cls in MC_LAYERS}  # MCDropout, MCAlphaDropout, MCSpatialDropout1D/2D/3D
     out = []
     for i, layer in enumerate(layers):
         out.append({

@@ -24,9 +24,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from edgekit.layers import MC_LAYERS, MCAlphaDropout, MCDropout, MCSpatialDropout2D, dropout_off
+from edgekit.errors import InvalidArgumentError, InvalidTypeError, UnsupportedModelError
+from edgekit.layers import (
+    MC_LAYERS,
+    MCAlphaDropout,
+    MCDropout,
+    MCSpatialDropout1D,
+    MCSpatialDropout2D,
+    MCSpatialDropout3D,
+    dropout_off,
+)
 
-__all__ = ["MCResult", "to_mc", "predict", "predict_deterministic", "has_mc_layers"]
+__all__ = ["MCResult", "has_mc_layers", "predict", "predict_deterministic", "to_mc"]
 
 # Rows per batched call: large enough to amortize the call overhead, small enough for memory
 # (a 784-wide float32 input at 8192 rows is 25 MB).
@@ -47,27 +56,35 @@ class MCResult:
         return self.mean.argmax(axis=-1)
 
 
+def _mc_noise_shape(layer) -> tuple | None:
+    """A Keras dropout layer's ``noise_shape`` for its MC twin: the batch entry becomes None.
+
+    At inference Keras' Dropout is the identity, so only training ever shared a mask along the
+    batch (``noise_shape=(batch_size, 1, features)`` in Keras' own docstring). An MC call's batch
+    is its T samples, and each must draw its own mask.
+    """
+    shape = getattr(layer, "noise_shape", None)
+    if shape is None:
+        return None
+    shape = tuple(shape)
+    return (None, *shape[1:]) if shape else shape
+
+
 def _mc_twin(layer: keras.layers.Layer) -> keras.layers.Layer | None:
     """The MC layer that replaces a Keras dropout layer, or None for any other layer."""
     # Checked most specific first: the spatial variants subclass Dropout in Keras.
     if isinstance(layer, MC_LAYERS):
         return None
+    if isinstance(layer, keras.layers.SpatialDropout1D):
+        return MCSpatialDropout1D(layer.rate, name=layer.name)
     if isinstance(layer, keras.layers.SpatialDropout2D):
         return MCSpatialDropout2D(layer.rate, data_format=layer.data_format, name=layer.name)
-    if isinstance(layer, (keras.layers.SpatialDropout1D, keras.layers.SpatialDropout3D)):
-        raise ValueError(
-            f"Layer {layer.name!r} has no MC twin. Expected Dropout, AlphaDropout or SpatialDropout2D. "
-            f"Received: {type(layer).__name__}"
-        )
+    if isinstance(layer, keras.layers.SpatialDropout3D):
+        return MCSpatialDropout3D(layer.rate, data_format=layer.data_format, name=layer.name)
     if isinstance(layer, keras.layers.AlphaDropout):
-        return MCAlphaDropout(layer.rate, name=layer.name)
+        return MCAlphaDropout(layer.rate, noise_shape=_mc_noise_shape(layer), name=layer.name)
     if isinstance(layer, keras.layers.Dropout):
-        if layer.noise_shape is not None:
-            raise ValueError(
-                f"Layer {layer.name!r} uses a custom noise_shape, which MCDropout does not support. "
-                f"Expected noise_shape=None. Received: noise_shape={layer.noise_shape!r}"
-            )
-        return MCDropout(layer.rate, name=layer.name)
+        return MCDropout(layer.rate, noise_shape=_mc_noise_shape(layer), name=layer.name)
     return None
 
 
@@ -87,25 +104,35 @@ def to_mc(model: keras.Model) -> keras.Model:
     """A new model identical to ``model``, with each Dropout-like layer replaced by its MC twin.
 
     ``Dropout`` -> :class:`~edgekit.layers.MCDropout`, ``AlphaDropout`` ->
-    :class:`~edgekit.layers.MCAlphaDropout`, ``SpatialDropout2D`` ->
-    :class:`~edgekit.layers.MCSpatialDropout2D`, with the same rates and names; every weight is
-    copied exactly. Works for Sequential and Functional models (nested models included). The
-    original model is left untouched.
+    :class:`~edgekit.layers.MCAlphaDropout`, ``SpatialDropout1D/2D/3D`` ->
+    :class:`~edgekit.layers.MCSpatialDropout1D` / ``2D`` / ``3D``, with the same rates, names,
+    ``noise_shape`` and ``data_format``; every weight is copied exactly. A ``noise_shape`` keeps
+    its broadcast axes (stochastic depth, e.g. EfficientNet's ``noise_shape=(None, 1, 1, 1)``,
+    stays one decision per sample); its batch entry becomes ``None`` (each MC sample draws its own
+    mask). Works for Sequential and Functional models (nested models included), such as
+    ``keras.applications.EfficientNetB0`` and the EfficientNetV2 family. The original model is
+    left untouched.
     """
     if not isinstance(model, keras.Model):
-        raise TypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
+        raise InvalidTypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
+
     def clone(layer):
-        twin = _mc_twin(layer)
+        try:
+            twin = _mc_twin(layer)
+        except InvalidArgumentError as e:
+            raise UnsupportedModelError(f"Layer {layer.name!r} has no MC twin: {e}") from None
         if twin is not None:
             return twin
         return layer.__class__.from_config(layer.get_config())
 
     try:
         new = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    except InvalidArgumentError as e:  # an MC twin refused the input it was called on (its noise_shape)
+        raise UnsupportedModelError(str(e)) from None
     except ValueError as e:
         if "only supported for Sequential" not in str(e):
             raise
-        raise TypeError(
+        raise InvalidTypeError(
             "to_mc needs a Sequential or Functional model (a subclassed model's graph cannot be "
             f"rewritten). Received: {type(model).__name__}"
         ) from None
@@ -133,10 +160,10 @@ def predict(model: keras.Model, x, samples: int = 100) -> MCResult:
         samples: T, the number of stochastic passes per input (>= 1).
     """
     if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 1:
-        raise ValueError(f"Expected `samples` to be an integer >= 1. Received: samples={samples!r}")
+        raise InvalidArgumentError(f"Expected `samples` to be an integer >= 1. Received: samples={samples!r}")
     x = np.asarray(x, dtype=np.float32)
     if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"Expected a non-empty batch of inputs. Received: shape {x.shape}")
+        raise InvalidArgumentError(f"Expected a non-empty batch of inputs. Received: shape {x.shape}")
     n = x.shape[0]
     call = _batched_call(model)
     per_call = max(1, _ROWS_PER_CALL // samples)  # inputs per call

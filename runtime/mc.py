@@ -478,7 +478,8 @@ class MCModel:
         MCDropout or MCSpatialDropout2D have that path; None for any other file."""
         layers = self.plan.mc_layers
         if (self.plan.stochastic != "mask-input" or not layers or len(self.plan.full_masks) != len(layers)
-                or not all(m.get("kind") in ("MCDropout", "MCSpatialDropout2D") for m in layers)):
+                or not all(m.get("kind") in ("MCDropout", "MCSpatialDropout1D", "MCSpatialDropout2D", "MCSpatialDropout3D")
+                        for m in layers)):
             return None
         xq = quantize(self.input, self._check_input(x), "input", self.source)
         table = self._run.full_expected(xq, max(1, min(int(rows), self._full_rows)))
