@@ -1719,11 +1719,11 @@ static ek_status plan(ek_model *m) {
   if (m->feat == NULL) return fail(m, EK_ERROR_NOMEM, "out of memory");
   if ((st = plan_outputs(m)) != EK_OK) return st;
   /* memory: the largest sampler batch the budget allows (runtime/mc.py: max_batch) */
-  size_t fixed, per;
-  if ((st = subgraph_bytes(m, m->sampler, &fixed, &per)) != EK_OK) return st;
-  if (m->trunk) {
-    size_t tf, tp;
-    if ((st = subgraph_bytes(m, m->trunk, &tf, &tp)) != EK_OK) return st;
+  size_t fixed = 0, per = 0;
+  for (int i = 0; i < m->n_sigs; i++) { /* every signature's tensors within the budget, the sampler's sized */
+    size_t f, p;
+    if ((st = subgraph_bytes(m, &m->sigs[i], &f, &p)) != EK_OK) return st;
+    if (&m->sigs[i] == m->sampler) fixed = f, per = p;
   }
   size_t max_rows = per > 0 && fixed < m->memory_bytes ? (m->memory_bytes - fixed) / per : (size_t)HARD_MAX_SAMPLES;
   if (fixed >= m->memory_bytes || max_rows < 1)

@@ -121,6 +121,11 @@ ek_status ek_format_verify(const uint8_t *data, size_t size, char hex[65], const
   *json_out = NULL;
   *json_len_out = 0;
   if (size < 8 || memcmp(data + 4, "TFL3", 4) != 0) {
+    if (contains(data, size, "\"edgekit/")) {
+      snprintf(err, errlen,
+               DAMAGED "it holds edgekit metadata but its header is not a .tflite flatbuffer's (bytes 4-8 must be 'TFL3').");
+      return EK_ERROR_INTEGRITY;
+    }
     snprintf(err, errlen,
              "Not a .tflite flatbuffer. Expected the file identifier 'TFL3' at bytes 4-8. Received: %s",
              size < 8 ? "a file of fewer than 8 bytes" : "other bytes");
