@@ -1755,6 +1755,7 @@ static ek_status finish_open(ek_model *m) {
     m->has_meta = 1;
     if ((st = ek_format_parse(json, json_len, &m->meta, m->errmsg, sizeof m->errmsg)) != EK_OK) return st;
   }
+  if ((st = ek_format_check_tensors(m->data, m->size, m->memory_bytes, m->errmsg, sizeof m->errmsg)) != EK_OK) return st;
   /* The digest is checked: LiteRT may now see the bytes. */
   if ((st = load_litert(m)) != EK_OK) return st;
   if ((st = load_signatures(m)) != EK_OK) return st;

@@ -41,7 +41,7 @@
 #include "edgekit.h"
 #include "npy.h"
 
-#define PROBE_TIMEOUT_S 60
+#define PROBE_TIMEOUT_S 60 /* as runtime/safety.py's probe */
 
 static FILE *err_out; /* the real stderr (fd 2 may point at /dev/null while LiteRT runs) */
 
@@ -68,6 +68,7 @@ static const char USAGE[] =
     "      --profile R        time the bare stochastic invoke and the whole prediction on the\n"
     "                         first input, R interleaved rounds; print JSON medians\n"
     "      --no-probe         skip the child-process load probe (trusted files only)\n"
+    "      --probe-timeout S  seconds the probe may take before it counts as a hang (default 60)\n"
     "      --allow-unverified run a file without edgekit metadata (its integrity cannot be checked)\n"
     "      --verbose          keep LiteRT's own log on stderr\n"
     "      --version          print the version\n"
@@ -88,6 +89,7 @@ typedef struct {
   const char *samples_out;
   int profile;
   int probe, allow_unverified, verbose;
+  double probe_timeout_s;
 } args;
 
 static void say_error(const char *fmt, ...) {
@@ -135,6 +137,7 @@ static int parse_args(int argc, char **argv, args *a) {
   memset(a, 0, sizeof *a);
   a->threads = 1;
   a->probe = 1;
+  a->probe_timeout_s = PROBE_TIMEOUT_S;
   const char *positional[2];
   int n_pos = 0, have_samples = 0, have_budget = 0;
   for (int i = 1; i < argc; i++) {
@@ -195,6 +198,10 @@ static int parse_args(int argc, char **argv, args *a) {
       if (!parse_int(value, 1, 256, &iv))
         return usage_error("Invalid value for --threads. Expected an integer in [1, 256]. Received: '%s'", value);
       a->threads = (int)iv;
+    } else if (strcmp(arg, "--probe-timeout") == 0) {
+      TAKES_VALUE();
+      if (!parse_double(value, &a->probe_timeout_s) || a->probe_timeout_s <= 0)
+        return usage_error("Invalid value for --probe-timeout. Expected a number of seconds > 0. Received: '%s'", value);
     } else if (strcmp(arg, "--samples-out") == 0) {
       TAKES_VALUE();
       a->samples_out = value;
@@ -323,7 +330,7 @@ static int probe(const args *a, const ek_open_options *opts) {
   int timed_out = 0;
   for (;;) {
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    double left = PROBE_TIMEOUT_S - (double)(t1.tv_sec - t0.tv_sec) - (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    double left = a->probe_timeout_s - (double)(t1.tv_sec - t0.tv_sec) - (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
     if (left <= 0) {
       timed_out = 1;
       break;
@@ -345,9 +352,9 @@ static int probe(const args *a, const ek_open_options *opts) {
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (timed_out) {
-    say_error("Loading %s did not finish within %d s in the probe process (killed): the file is damaged or LiteRT "
+    say_error("Loading %s did not finish within %g s in the probe process (killed): the file is damaged or LiteRT "
               "cannot run it.",
-              a->model, PROBE_TIMEOUT_S);
+              a->model, a->probe_timeout_s);
     return 1;
   }
   if (WIFSIGNALED(status)) {

@@ -231,6 +231,62 @@ ek_status ek_format_verify(const uint8_t *data, size_t size, char hex[65], const
   return EK_OK;
 }
 
+/* ---- Declared tensor sizes ------------------------------------------------------------------- */
+
+/* Bytes per element of each TFLite TensorType (schema.fbs order); unknown types count as 8. */
+static const uint8_t TYPE_BYTES[] = {4, 2, 4, 1, 8, 8, 1, 2, 8, 1, 8, 16, 8, 1, 8, 4, 2, 1, 1};
+
+/* Product of the int32 vector at field `field` of `table` (dynamic dims count as 1), saturating. */
+static double shape_elems(fb *r, uint64_t table, int field, int *present) {
+  uint64_t pos = field_pos(r, table, field);
+  *present = pos != 0;
+  if (!pos) return 0;
+  uint32_t n;
+  uint64_t start = vector(r, deref(r, pos), &n, 4);
+  double elems = 1;
+  for (uint32_t i = 0; i < n && !r->bad; i++) {
+    int32_t d = (int32_t)rd_u32(r, start + 4 * (uint64_t)i);
+    if (d > 0) elems *= d;
+  }
+  return elems;
+}
+
+ek_status ek_format_check_tensors(const uint8_t *data, size_t size, size_t budget, char *err, size_t errlen) {
+  fb r = {data, size, 0};
+  uint64_t root = deref(&r, 0);
+  uint64_t sgs_pos = field_pos(&r, root, 2);
+  uint32_t n_sg = 0;
+  uint64_t sgs = sgs_pos ? vector(&r, deref(&r, sgs_pos), &n_sg, 4) : 0;
+  for (uint32_t g = 0; g < n_sg && !r.bad; g++) {
+    uint64_t sg = deref(&r, sgs + 4 * (uint64_t)g);
+    uint64_t ts_pos = field_pos(&r, sg, 0);
+    uint32_t n_t = 0;
+    uint64_t ts = ts_pos ? vector(&r, deref(&r, ts_pos), &n_t, 4) : 0;
+    for (uint32_t i = 0; i < n_t && !r.bad; i++) {
+      uint64_t t = deref(&r, ts + 4 * (uint64_t)i);
+      uint64_t type_pos = field_pos(&r, t, 1);
+      uint8_t type = type_pos && need(&r, type_pos, 1) ? data[type_pos] : 0;
+      double width = type < sizeof TYPE_BYTES ? TYPE_BYTES[type] : 8;
+      int has_shape, has_sig;
+      /* both the shape LiteRT allocates first and the signature it resizes from */
+      double a = shape_elems(&r, t, 0, &has_shape) * width, b = shape_elems(&r, t, 7, &has_sig) * width;
+      double bytes = a > b ? a : b;
+      if (!r.bad && bytes > (double)budget) {
+        snprintf(err, errlen,
+                 "Tensor %u of subgraph %u declares %.0f bytes at batch 1. Expected at most the memory budget of %zu "
+                 "bytes (a damaged file, or a model too large for this device).",
+                 i, g, bytes, budget);
+        return EK_ERROR_UNSUPPORTED;
+      }
+    }
+  }
+  if (r.bad) {
+    snprintf(err, errlen, DAMAGED "a flatbuffer field of its graph points outside the file.");
+    return EK_ERROR_INTEGRITY;
+  }
+  return EK_OK;
+}
+
 /* ---- Parsing the metadata ------------------------------------------------------------------- */
 
 typedef struct {

@@ -112,6 +112,10 @@ typedef struct {
 ek_status ek_format_verify(const uint8_t *data, size_t size, char hex[65], const char **json, size_t *json_len,
                            char *err, size_t errlen);
 
+/* Every tensor of every subgraph, by its declared shape and shape signature (dynamic dims as 1),
+ * within `budget` bytes: checked on the raw bytes before LiteRT allocates anything. */
+ek_status ek_format_check_tensors(const uint8_t *data, size_t size, size_t budget, char *err, size_t errlen);
+
 /* Parses the metadata JSON. `meta` owns what it allocates: ek_meta_free. */
 ek_status ek_format_parse(const char *json, size_t len, ek_meta *meta, char *err, size_t errlen);
 void ek_meta_free(ek_meta *meta);
