@@ -27,6 +27,10 @@
 #include "ek_internal.h"
 #include "litert_c.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #define DEFAULT_SAMPLES 100
 #define DEFAULT_MAX_SAMPLES 1000
 #define HARD_MAX_SAMPLES 65536
@@ -248,6 +252,11 @@ static void seed_rng(uint64_t s[4], uint64_t seed) {
 
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
+static int little_endian(void) {
+  const uint16_t one = 1;
+  return *(const uint8_t *)&one == 1;
+}
+
 static inline uint64_t next_u64(uint64_t s[4]) {
   uint64_t result = rotl(s[1] * 5, 7) * 9;
   uint64_t t = s[1] << 17;
@@ -275,34 +284,63 @@ static uint64_t entropy_seed(const void *salt) {
   return seed;
 }
 
-/* Keep-masks for `rows` samples of every mask input (the order of edgekit.h, Randomness). */
+/* Keep-masks for `rows` samples of every mask input (the order of edgekit.h, Randomness).
+ *
+ * Two passes per block of 1024 units: the generator's words go to a small buffer (in L1), then one
+ * branchless loop turns their 16-bit units into keep values, which vectorizes. A compare per unit
+ * in one pass was ~3x slower (unpredictable branches or scalar selects); one pass over a whole
+ * mask's worth of words doubled the memory traffic. On x86 the float masks are written with
+ * streaming stores: the book MLP writes 474 KB of masks per T=100 prediction into buffers the
+ * invoke's weights have pushed out of L2, and reading those lines in before overwriting them cost
+ * more than the invoke reading the masks back (bench/native.py: the ratio to the bare invoke). */
+#define MASK_BLOCK 1024
+
+static void keep_floats(uint32_t *out, const uint16_t *u, size_t n, uint32_t thr) {
+#if defined(__SSE2__)
+  if (n == MASK_BLOCK && ((uintptr_t)out & 15) == 0) {
+    /* unsigned 16-bit u >= thr as a signed compare of (u ^ 0x8000) > ((thr ^ 0x8000) - 1) */
+    const __m128i flip = _mm_set1_epi16((short)-32768), one = _mm_set1_epi32(0x3f800000);
+    const __m128i limit = _mm_set1_epi16((short)((int)(thr ^ 0x8000u) - 1));
+    for (size_t i = 0; i < n; i += 8) {
+      __m128i ge = _mm_cmpgt_epi16(_mm_xor_si128(_mm_loadu_si128((const __m128i *)(u + i)), flip), limit);
+      _mm_stream_si128((__m128i *)(out + i), _mm_and_si128(_mm_unpacklo_epi16(ge, ge), one));
+      _mm_stream_si128((__m128i *)(out + i + 4), _mm_and_si128(_mm_unpackhi_epi16(ge, ge), one));
+    }
+    return;
+  }
+#endif
+  for (size_t i = 0; i < n; i++) out[i] = -(uint32_t)(u[i] >= thr) & 0x3f800000u; /* the bits of 1.0f, 0.0f */
+}
 static void fill_masks(ek_model *m, uint64_t s[4], int rows) {
+  uint64_t words[MASK_BLOCK / 4];
+  uint16_t units16[MASK_BLOCK];
+  int le = little_endian();
   for (int k = 0; k < m->n_masks; k++) {
     const mask_plan *mp = &m->masks[k];
     tensor *t = &m->sampler->in[mp->input];
-    size_t units = (size_t)rows * mp->units, i = 0;
+    size_t units = (size_t)rows * mp->units;
     uint32_t thr = mp->threshold;
-    if (!t->int8) {
-      float *out = t->host;
-      for (; i + 4 <= units; i += 4) {
-        uint64_t r = next_u64(s);
-        out[i] = (uint32_t)(r & 0xFFFF) >= thr ? 1.0f : 0.0f;
-        out[i + 1] = (uint32_t)(r >> 16 & 0xFFFF) >= thr ? 1.0f : 0.0f;
-        out[i + 2] = (uint32_t)(r >> 32 & 0xFFFF) >= thr ? 1.0f : 0.0f;
-        out[i + 3] = (uint32_t)(r >> 48) >= thr ? 1.0f : 0.0f;
+    for (size_t at = 0; at < units; at += MASK_BLOCK) {
+      size_t n = units - at < MASK_BLOCK ? units - at : MASK_BLOCK, nw = (n + 3) / 4;
+      for (size_t i = 0; i < nw; i++) words[i] = next_u64(s);
+      if (le) { /* lowest 16 bits first, whatever the byte order */
+        memcpy(units16, words, nw * sizeof *words);
+      } else {
+        for (size_t i = 0; i < nw; i++)
+          for (int j = 0; j < 4; j++) units16[4 * i + (size_t)j] = (uint16_t)(words[i] >> (16 * j));
       }
-      if (i < units) {
-        uint64_t r = next_u64(s);
-        for (; i < units; i++, r >>= 16) out[i] = (uint32_t)(r & 0xFFFF) >= thr ? 1.0f : 0.0f;
-      }
-    } else {
-      int8_t *out = t->host, keep = mp->keep_code, drop = mp->drop_code;
-      for (; i < units; i += 4) {
-        uint64_t r = next_u64(s);
-        for (size_t j = 0; j < 4 && i + j < units; j++, r >>= 16) out[i + j] = (uint32_t)(r & 0xFFFF) >= thr ? keep : drop;
+      const uint16_t *u = units16;
+      if (!t->int8) {
+        keep_floats((uint32_t *)t->host + at, u, n, thr);
+      } else {
+        int8_t *out = (int8_t *)t->host + at, keep = mp->keep_code, drop = mp->drop_code;
+        for (size_t i = 0; i < n; i++) out[i] = u[i] >= thr ? keep : drop;
       }
     }
   }
+#if defined(__SSE2__)
+  _mm_sfence(); /* streaming stores are weakly ordered: complete them before LiteRT's threads read */
+#endif
 }
 
 /* ---- Reading the file ------------------------------------------------------------------------- */
