@@ -616,6 +616,7 @@ class Lib:
         opts = OpenOptions()
         self.c.ek_open_options_init(ctypes.byref(opts))
         opts.threads = threads
+        opts.litert_log = 2  # EK_LITERT_LOG_SILENT: LiteRT logs every resize at INFO
         if seed is not None:
             opts.has_seed, opts.seed = 1, seed
         for k, v in fields.items():
@@ -727,6 +728,17 @@ def test_sha256_and_the_digest_rule_match_python(tmp_path):
         path = FIXTURES / f"{name}.tflite"
         assert lib.c.ek_verify_file(str(path).encode(), 0, hexbuf, ctypes.byref(verified), err, 512) == 0, err.value
         assert hexbuf.value.decode() == read_metadata(path.read_bytes())["sha256"] and verified.value == 1
+    # the claimed digest is read, not hashed: a changed weight byte keeps it (and ek_verify_file,
+    # like ek_open, refuses the file)
+    lib.c.ek_claimed_digest.argtypes = lib.c.ek_verify_file.argtypes
+    data = bytearray((FIXTURES / "mlp_twin.tflite").read_bytes())
+    data[-100] ^= 0xFF
+    (tmp_path / "changed.tflite").write_bytes(bytes(data))
+    changed = str(tmp_path / "changed.tflite").encode()
+    assert lib.c.ek_claimed_digest(changed, 0, hexbuf, ctypes.byref(verified), err, 512) == 0
+    assert hexbuf.value.decode() == read_metadata((FIXTURES / "mlp_twin.tflite").read_bytes())["sha256"]
+    assert lib.c.ek_verify_file(changed, 0, hexbuf, ctypes.byref(verified), err, 512) == 3
+    assert b"integrity digest mismatch" in err.value
     # plain SHA-256 of a file without metadata (foreign.tflite plus k trailing bytes, which a
     # flatbuffer ignores), for every length modulo the 64-byte block and across the padding limit
     foreign = (FIXTURES / "foreign.tflite").read_bytes()

@@ -389,8 +389,8 @@ static ek_status read_file(const char *path, size_t limit, uint8_t **data, size_
   return EK_OK;
 }
 
-ek_status ek_verify_file(const char *path, int allow_unverified, char sha256_hex[65], int *verified, char *err,
-                         size_t errlen) {
+static ek_status file_digest(const char *path, int check, int allow_unverified, char sha256_hex[65], int *verified,
+                             char *err, size_t errlen) {
   char dummy[8];
   if (err == NULL) err = dummy, errlen = sizeof dummy;
   uint8_t *data;
@@ -400,7 +400,8 @@ ek_status ek_verify_file(const char *path, int allow_unverified, char sha256_hex
   const char *json;
   size_t json_len;
   char hex[65];
-  st = ek_format_verify(data, size, hex, &json, &json_len, err, errlen);
+  st = ek_format_verify(data, size, check, hex, &json, &json_len, err, errlen);
+  if (st == EK_OK && json == NULL && !check && allow_unverified) st = ek_format_verify(data, size, 1, hex, &json, &json_len, err, errlen);
   free(data);
   if (st != EK_OK) return st;
   if (json == NULL && !allow_unverified) {
@@ -412,6 +413,16 @@ ek_status ek_verify_file(const char *path, int allow_unverified, char sha256_hex
   if (sha256_hex) memcpy(sha256_hex, hex, 65);
   if (verified) *verified = json != NULL;
   return EK_OK;
+}
+
+ek_status ek_verify_file(const char *path, int allow_unverified, char sha256_hex[65], int *verified, char *err,
+                         size_t errlen) {
+  return file_digest(path, 1, allow_unverified, sha256_hex, verified, err, errlen);
+}
+
+ek_status ek_claimed_digest(const char *path, int allow_unverified, char sha256_hex[65], int *has_metadata, char *err,
+                            size_t errlen) {
+  return file_digest(path, 0, allow_unverified, sha256_hex, has_metadata, err, errlen);
 }
 
 /* ---- Options ---------------------------------------------------------------------------------- */
@@ -1778,7 +1789,7 @@ static ek_status finish_open(ek_model *m) {
   size_t json_len = 0;
   ek_status st = check_open_options(m);
   if (st != EK_OK) return st;
-  st = ek_format_verify(m->data, m->size, m->sha256, &json, &json_len, m->errmsg, sizeof m->errmsg);
+  st = ek_format_verify(m->data, m->size, 1, m->sha256, &json, &json_len, m->errmsg, sizeof m->errmsg);
   if (st != EK_OK) return st;
   if (json == NULL) {
     if (!m->opts.allow_unverified)

@@ -318,6 +318,14 @@ ek_status ek_profile(ek_model *model, const float *input, size_t input_count, in
 ek_status ek_verify_file(const char *path, int allow_unverified, char sha256_hex[65], int *verified, char *err,
                          size_t errlen);
 
+/* The digest a file's edgekit metadata claims, read WITHOUT hashing the file (cheap): a key for
+ * caches of facts about one content, such as edgekit-run's probe cache. It is not checked here
+ * (ek_open checks it before LiteRT sees the file). Damaged entries and files without metadata are
+ * refused as by ek_verify_file; with allow_unverified, a file without metadata gives its plain
+ * SHA-256 (hashed) and *has_metadata = 0. */
+ek_status ek_claimed_digest(const char *path, int allow_unverified, char sha256_hex[65], int *has_metadata, char *err,
+                            size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -578,10 +578,11 @@ int main(int argc, char **argv) {
   opts.litert_log = a.verbose ? EK_LITERT_LOG_INFO : EK_LITERT_LOG_SILENT;
   if (a.samples > opts.max_samples) opts.max_samples = a.samples;
 
-  /* 1. Integrity, without LiteRT. */
+  /* 1. The file's digest, without LiteRT: the key of the probe cache. ek_open checks it (the
+   * claimed digest is not hashed twice); a damaged entry or a missing file fails here already. */
   char sha[65], msg[1024];
   int verified = 0;
-  if (ek_verify_file(a.model, a.allow_unverified, sha, &verified, msg, sizeof msg) != EK_OK) {
+  if (ek_claimed_digest(a.model, a.allow_unverified, sha, &verified, msg, sizeof msg) != EK_OK) {
     say_error("%s", msg);
     return 1;
   }

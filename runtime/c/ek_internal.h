@@ -105,12 +105,13 @@ typedef struct {
   const char *quant_mode;
 } ek_meta;
 
-/* Reads the edgekit entry of `data` and checks the digest. Returns EK_OK and fills `hex` (the
- * verified digest) and `*json`/`*json_len` (the metadata JSON inside `data`), or EK_OK with
- * *json == NULL when the file has no edgekit entry at all (hex is then the plain SHA-256 of
- * the bytes); else an error with the message in err. Never reads outside `data`. */
-ek_status ek_format_verify(const uint8_t *data, size_t size, char hex[65], const char **json, size_t *json_len,
-                           char *err, size_t errlen);
+/* Reads the edgekit entry of `data` and (with `check`) checks the digest. Returns EK_OK and fills
+ * `hex` (the verified digest; without `check`, the one the metadata claims) and `*json`/`*json_len`
+ * (the metadata JSON inside `data`), or EK_OK with *json == NULL when the file has no edgekit
+ * entry at all (hex is then the plain SHA-256 of the bytes, when `check`); else an error with the
+ * message in err. Never reads outside `data`. */
+ek_status ek_format_verify(const uint8_t *data, size_t size, int check, char hex[65], const char **json,
+                           size_t *json_len, char *err, size_t errlen);
 
 /* Every tensor of every subgraph, by its declared shape and shape signature (dynamic dims as 1),
  * within `budget` bytes: checked on the raw bytes before LiteRT allocates anything. */
