@@ -68,10 +68,11 @@ $(NATIVE)/libedgekit.a: $(NATIVE_LIB) $(NATIVE_HDRS)
 	for f in $(NATIVE_LIB); do $(NATIVE_CC) $(NATIVE_WARN) -O2 -c $$f -o $(@D)/obj/$$(basename $$f .c).o || exit 1; done
 	rm -f $@ && ar rcs $@ $(patsubst runtime/c/%.c,$(@D)/obj/%.o,$(NATIVE_LIB))
 
-# The same tool under AddressSanitizer + UBSan (the tests run the corruption corpus through it).
+# The same tool under AddressSanitizer + UBSan (the tests run the corruption corpus through it), with
+# the portable SHA-256 (the release build uses the CPU's SHA instructions where it has them).
 $(NATIVE)/asan/edgekit-run: $(NATIVE_LIB) $(NATIVE_TOOL) $(NATIVE_HDRS) $(STAMP)
 	@mkdir -p $(@D)
-	$(NATIVE_CC) $(NATIVE_WARN) -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
+	$(NATIVE_CC) $(NATIVE_WARN) -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all -DEK_NO_SHA_ACCEL \
 	  -o $@ $(NATIVE_LIB) $(NATIVE_TOOL) $(NATIVE_LINK)
 
 # Every LiteRt function runtime/c/litert_c.h declares must be exported by the pinned wheel.

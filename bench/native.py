@@ -107,7 +107,7 @@ def _profile(model: Path, x: Path, samples: int, rounds: int, env) -> dict:
 # is ~1 GB. So a tiny C program (a ~1 MB process) spawns each timed run and reports its wall time
 # and ru_maxrss.
 _SPAWN_C = r"""
-#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* wait4 */
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/resource.h>

@@ -135,6 +135,20 @@ def test_the_corpus_gives_clean_errors_only(corpus_results, build):
     assert statuses["ran"] > 0
 
 
+def test_the_sanitizer_build_runs_the_clean_sources(tmp_path):
+    # (it also hashes with the portable SHA-256: a wrong digest would refuse every file)
+    ensure_built()
+    from fuzz.corrupt import EDGEKIT_SOURCES, FIXTURES
+
+    for source in EDGEKIT_SOURCES:
+        shape = tuple(input_shape_for(next(c for c in make_corpus(0) if c.source == source)))
+        np.save(tmp_path / "x.npy", np.full(shape, 0.5, np.float32))
+        p = subprocess.run([str(ASAN_TOOL), str(FIXTURES / source), str(tmp_path / "x.npy"), "-T", "8", "--json"],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["verified"] is True
+
+
 def test_no_sanitizer_report_on_the_corpus(corpus_results):
     folder, results = corpus_results("asan")
     logs = {p.name: p.read_text(errors="replace") for p in sorted((folder / "reports").iterdir())}

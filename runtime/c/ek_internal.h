@@ -17,6 +17,7 @@ typedef struct {
   uint64_t bytes;
   uint8_t buf[64];
   size_t fill;
+  int accel; /* the CPU's SHA-256 instructions are used */
 } ek_sha256;
 
 void ek_sha256_init(ek_sha256 *s);
