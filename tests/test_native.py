@@ -553,7 +553,8 @@ def test_a_crash_in_litert_is_caught_by_the_probe(tmp_path):
 class OpenOptions(ctypes.Structure):
     _fields_ = [("threads", ctypes.c_int), ("has_seed", ctypes.c_int), ("seed", ctypes.c_uint64),
                 ("allow_unverified", ctypes.c_int), ("max_samples", ctypes.c_int), ("max_file_bytes", ctypes.c_size_t),
-                ("litert_log", ctypes.c_int), ("clock", ctypes.c_void_p), ("clock_ctx", ctypes.c_void_p)]
+                ("memory_bytes", ctypes.c_size_t), ("litert_log", ctypes.c_int), ("clock", ctypes.c_void_p),
+                ("clock_ctx", ctypes.c_void_p)]
 
 
 class ModelInfo(ctypes.Structure):
@@ -685,6 +686,15 @@ def test_the_library_says_what_went_wrong():
     status, handle = lib.open(FIXTURES / "foreign.tflite", expect_ok=False)
     assert lib.c.ek_status_name(status) == b"EK_ERROR_INTEGRITY"
     lib.close(handle)
+    # the memory budget: a tensor above it is refused before LiteRT allocates; a budget that
+    # fits one invoke of a few hundred samples caps max_samples there (the twin's activations
+    # per sample: 64 features + 64 mask + 64 hidden + 5 outputs, float32)
+    status, handle = lib.open(FIXTURES / "mlp_twin.tflite", memory_bytes=4000, expect_ok=False)
+    assert lib.c.ek_status_name(status) == b"EK_ERROR_UNSUPPORTED" and b"memory budget of 4000" in lib.c.ek_errmsg(handle)
+    lib.close(handle)
+    small = lib.open(FIXTURES / "mlp_twin.tflite", memory_bytes=200_000)
+    assert 50 < lib.info(small).max_samples < 1000
+    lib.close(small)
     m = lib.open(FIXTURES / "mlp_twin.tflite")
     outs = (OutputResult * 1)()
     res = Result(outs, 1, 0, 0.0, 0, 0)

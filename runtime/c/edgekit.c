@@ -432,6 +432,7 @@ void ek_open_options_init(ek_open_options *o) {
   o->threads = 1;
   o->max_samples = DEFAULT_MAX_SAMPLES;
   o->max_file_bytes = DEFAULT_MAX_FILE_BYTES;
+  o->memory_bytes = DEFAULT_MEMORY_BYTES;
   o->litert_log = EK_LITERT_LOG_UNCHANGED;
 }
 
@@ -1374,7 +1375,7 @@ static ek_model *new_model(const ek_open_options *opts) {
   if (opts) m->opts = *opts;
   else ek_open_options_init(&m->opts);
   if (m->opts.clock == NULL) m->opts.clock = monotonic_s;
-  m->memory_bytes = DEFAULT_MEMORY_BYTES;
+  m->memory_bytes = m->opts.memory_bytes ? m->opts.memory_bytes : DEFAULT_MEMORY_BYTES;
   m->trunk_out = -1;
   return m;
 }

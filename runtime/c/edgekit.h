@@ -118,6 +118,9 @@ typedef struct ek_open_options {
   int max_samples;      /* cap on samples per prediction (default 1000, at most 65536); also sizes
                            the buffers of the largest stochastic invoke */
   size_t max_file_bytes; /* files larger than this are refused before they are read (default 1 GiB) */
+  size_t memory_bytes;  /* tensor memory budget (default 512 MiB): a tensor declaring more at batch 1
+                           is refused before LiteRT allocates it, and max_samples is lowered to the
+                           largest batch of the stochastic signature that fits */
   ek_litert_log litert_log;
   /* The clock of the latency budget, in seconds (monotonic). NULL: CLOCK_MONOTONIC. Tests
    * inject a fake one; the latency model learns from it. */
@@ -135,12 +138,12 @@ void ek_open_options_init(ek_open_options *opts);
  * reader and its SHA-256 digest is checked (docs/format.md: the 64 hex digits of `sha256` read
  * as ASCII '0' while hashing), all BEFORE LiteRT sees the bytes, so a file with one changed byte
  * is refused with EK_ERROR_INTEGRITY and never reaches native code that could crash on it; the
- * metadata is parsed (edgekit/1 and edgekit/2); LiteRT compiles the model for the CPU with
- * `threads` XNNPACK threads; the signatures are planned by role (trunk once per input, the
- * masked twin or the head at batch T, or `full`); every tensor the graph declares is checked
- * against the memory LiteRT would allocate; and each planned signature runs once on zeros with
- * NaN-filled outputs, so a signature whose output LiteRT does not write is caught here (see
- * ek_model_info.note).
+ * metadata is parsed (edgekit/1 and edgekit/2); every tensor of every subgraph is checked against
+ * memory_bytes by its declared shape and shape signature, still on the raw bytes; LiteRT compiles
+ * the model for the CPU with `threads` XNNPACK threads; the signatures are planned by role (trunk
+ * once per input, the masked twin or the head at batch T, or `full`); and each planned signature
+ * runs once on zeros with NaN-filled outputs, so a signature whose output LiteRT does not write
+ * is caught here (see ek_model_info.note).
  *
  * Whether or not it succeeds, *model receives a handle (NULL only when memory ran out): on
  * failure it holds the message for ek_errmsg and can only be closed. Always call ek_close.

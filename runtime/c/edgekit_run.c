@@ -620,7 +620,7 @@ int main(int argc, char **argv) {
   }
   ek_model_info info;
   ek_get_info(m, &info);
-  if (info.note && a.verbose) fprintf(err_out, "Note: %s\n", info.note);
+  if (info.note) fprintf(err_out, "Note: %s\n", info.note);
   /* 4. The input's shape: one input, or a batch. */
   int single = x.rank == info.input_rank, n_inputs = 1, ok = 1;
   if (single) {
