@@ -174,7 +174,6 @@ struct ek_model {
   size_t feat_bytes;
   double *dscratch; /* statistics and calibration scratch */
   size_t dscratch_len;
-  char *class_name_storage;
   /* budget state */
   latency *lat;
   int calibrated;
@@ -1691,7 +1690,6 @@ static ek_status plan(ek_model *m) {
   }
   sig *trunk = find_sig(m, meta->sig_trunk), *head = find_sig(m, meta->sig_head);
   if (!(trunk && head)) trunk = head = NULL;
-  int split = trunk != NULL; /* the file has trunk + head: its `masked` twin then takes features */
   int in_graph = strcmp(meta->stochastic, "in-graph") == 0;
   sig *masked = in_graph && !meta->seeded ? find_sig(m, meta->sig_masked) : NULL;
   ek_status st;
@@ -1713,7 +1711,6 @@ static ek_status plan(ek_model *m) {
     }
   }
   if (masked && (st = describe_sig(m, masked)) != EK_OK) return st;
-  (void)split;
   m->trunk = trunk;
   m->sampler = masked ? masked : trunk ? head : full;
   int twin = masked != NULL;
