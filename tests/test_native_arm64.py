@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow, _native_mark]
 
 def _why_not() -> str | None:
     if shutil.which("qemu-aarch64-static") is None or not ARM64_TOOL.exists():
-        p = subprocess.run(["make", "-s", "native-arm64"], cwd=ROOT, capture_output=True, text=True)
+        p = subprocess.run(["make", "-s", "native-arm64"], check=False, cwd=ROOT, capture_output=True, text=True)
         if p.returncode != 0:
             return f"make native-arm64 failed: {(p.stderr or p.stdout).strip().splitlines()[-1:]}"
     if os.geteuid() != 0:
@@ -51,7 +51,7 @@ def emulated(tmp_path_factory):
         cmd = " ".join(["exec", "qemu-aarch64-static", "-cpu", "cortex-a72", "-L", SYSROOT, str(ARM64_TOOL),
                         *map(str, args)])
         script = f"mount --bind {CPUINFO} /proc/cpuinfo && {cmd}"
-        return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=600,
+        return subprocess.run(["unshare", "-m", "sh", "-c", script], check=False, capture_output=True, text=True, timeout=600,
                               env={**os.environ, "XDG_CACHE_HOME": str(cache)})
 
     return run
@@ -103,6 +103,6 @@ def test_without_an_arm64_cpuinfo_litert_crashes_and_the_probe_says_so(emulated,
     np.save(tmp_path / "x.npy", inputs_for("mlp_twin", 1))
     p = subprocess.run(["qemu-aarch64-static", "-cpu", "cortex-a72", "-L", SYSROOT, str(ARM64_TOOL),
                         FIXTURES / "mlp_twin.tflite",
-                        tmp_path / "x.npy", "-T", "4"], capture_output=True, text=True, timeout=600,
+                        tmp_path / "x.npy", "-T", "4"], check=False, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
     assert p.returncode == 1 and "LiteRT crashed (SIGSEGV)" in p.stderr

@@ -37,8 +37,8 @@ from test_native import ASAN_TOOL, ROOT, TOOL, ensure_built
 from test_native import pytestmark as _native_mark
 
 sys.path.insert(0, str(ROOT / "tests"))
-from fuzz.corrupt import make_corpus, materialize  # noqa: E402
-from fuzz.harness import input_shape_for  # noqa: E402
+from fuzz.corrupt import make_corpus, materialize
+from fuzz.harness import input_shape_for
 
 pytestmark = [pytest.mark.slow, _native_mark]
 
@@ -68,7 +68,7 @@ def _run_corpus(tool: Path, folder: Path, env: dict) -> list[tuple]:
         if case.kind.startswith("foreign"):
             args.append("--allow-unverified")  # let them reach the probe and LiteRT
         try:
-            p = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+            p = subprocess.run(args, check=False, capture_output=True, text=True, timeout=120, env=env)
         except subprocess.TimeoutExpired:
             return case, {"status": "hang"}
         status = "crash" if p.returncode < 0 else "ran" if p.returncode == 0 else "error"
@@ -87,9 +87,9 @@ def _violation(case, r) -> str | None:
     if r["status"] == "error":
         if r["code"] not in (1, 2) or len(lines) != 1 or not lines[0].startswith("Error: "):
             return f"unclear error (exit {r['code']}): {r['stderr'][-300:]!r}"
-        if case.expect == "integrity" and case.kind in SAME_LENGTH:
-            if not any(word in lines[0].lower() for word in ("integrity", "digest", "damaged")):
-                return f"changed byte not caught by the digest: {lines[0]!r}"
+        digest_words = ("integrity", "digest", "damaged")
+        if case.expect == "integrity" and case.kind in SAME_LENGTH and not any(w in lines[0].lower() for w in digest_words):
+            return f"changed byte not caught by the digest: {lines[0]!r}"
         return None
     if case.expect in ("integrity", "error"):
         return "ran a file that must be refused"
@@ -123,7 +123,7 @@ def corpus_results(tmp_path_factory):
 
 @pytest.mark.parametrize("build", ["release", "asan"])
 def test_the_corpus_gives_clean_errors_only(corpus_results, build):
-    folder, results = corpus_results(build)
+    _, results = corpus_results(build)
     statuses = collections.Counter(r["status"] for _, r in results)
     assert statuses["crash"] == 0 and statuses["hang"] == 0, dict(statuses)
     bad = [(case.name, why) for case, r in results if (why := _violation(case, r))]
@@ -144,13 +144,14 @@ def test_the_sanitizer_build_runs_the_clean_sources(tmp_path):
         shape = tuple(input_shape_for(next(c for c in make_corpus(0) if c.source == source)))
         np.save(tmp_path / "x.npy", np.full(shape, 0.5, np.float32))
         p = subprocess.run([str(ASAN_TOOL), str(FIXTURES / source), str(tmp_path / "x.npy"), "-T", "8", "--json"],
-                           capture_output=True, text=True, timeout=120, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+                           check=False, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["verified"] is True
 
 
 def test_no_sanitizer_report_on_the_corpus(corpus_results):
-    folder, results = corpus_results("asan")
+    folder, _ = corpus_results("asan")
     logs = {p.name: p.read_text(errors="replace") for p in sorted((folder / "reports").iterdir())}
     reports = {name: text for name, text in logs.items()
                if "ERROR: AddressSanitizer" in text or "ERROR: LeakSanitizer" in text or "runtime error:" in text}
@@ -174,7 +175,7 @@ def test_every_crash_the_probe_catches_is_inside_litert(corpus_results, tmp_path
         shape = tuple(input_shape_for(case))
         np.save(tmp_path / "x.npy", np.full(shape, 0.5, np.float32))
         p = subprocess.run([str(ASAN_TOOL), r["path"], str(tmp_path / "x.npy"), "-T", "4", "--no-probe"],
-                           capture_output=True, text=True, timeout=120, env=env)
+                           check=False, capture_output=True, text=True, timeout=120, env=env)
         assert p.returncode != 0
         report = "".join(f.read_text(errors="replace") for f in tmp_path.glob(f"{log.name}*"))
         # the innermost frame outside the sanitizer's own interceptors
