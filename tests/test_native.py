@@ -285,9 +285,16 @@ def test_json_has_the_keys_of_edgekit_predict(tmp_path):
     out = run_json(FIXTURES / "cnn_mask.tflite", tmp_path / "x.npy", "-T", 20, cache=tmp_path)
     model = MCModel(FIXTURES / "cnn_mask.tflite", probe=False)
     ref = {"model": "m", "stochastic": model.stochastic, "verified": model.verified, **model.predict(x, samples=20).to_dict()}
-    assert set(out) == set(ref)
-    assert [set(p) for p in out["predictions"]] == [set(p) for p in ref["predictions"]]
+    # every key of the Python runtime's document; beyond them only the keys of the planned format
+    # edgekit/2 (its per-output rows and notes), which the Python side writes too once it reads v2
+    planned = {"outputs", "notes", "calibrated"}
+    assert set(ref) <= set(out) and set(out) - set(ref) <= planned
+    for c_row, py_row in zip(out["predictions"], ref["predictions"], strict=True):
+        assert set(py_row) <= set(c_row) and set(c_row) - set(py_row) <= planned
+        assert set(c_row["outputs"]["probs"]) == {k for k in c_row if k not in ("samples", "elapsed_ms", "budget_cut", "outputs")}
     assert out["class_names"] == list(ref["class_names"]) == ["up", "down", "left", "right"]
+    assert out["outputs"] == [{"name": "probs", "task": "classification", "class_names": ["up", "down", "left", "right"]}]
+    assert out["notes"] == ["probs: uncalibrated (the file predates calibration (edgekit/1))"]
     assert out["stochastic"] == "mask-input" and out["verified"] is True
 
 
@@ -349,38 +356,48 @@ def test_a_static_batch_runs_at_exactly_that_batch_and_draws_t_in_multiples(tmp_
 # The planned format edgekit/2: calibration, abstention, value outputs.
 
 
-def _softmax_t(p: np.ndarray, t: float) -> np.ndarray:
-    z = np.log(np.maximum(p.astype(np.float64), 1e-12)) / t
+def _calibrate(p: np.ndarray, temperature: float, mi_slope: float = 0.0) -> np.ndarray:
+    """runtime/calibration.py's Temperature.apply for one input's samples [T, C], in numpy."""
+    p = p.astype(np.float64)
+    from edgekit.runtime.mc import summarize
+
+    tau = temperature * np.exp(mi_slope * summarize(p)[3])  # MI of the raw samples
+    z = np.log(p + 1e-12) / tau
     z -= z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def test_v2_calibration_and_abstention_match_numpy_on_the_same_samples(tmp_path):
+@pytest.mark.parametrize("mi_slope", [0.0, 4.0])
+def test_v2_calibration_and_abstention_match_numpy_on_the_same_samples(mi_slope, tmp_path):
     outputs = [{"name": "probs", "task": "classification", "activation": "softmax", "shape": [5],
-                "class_names": list("abcde"), "calibration": {"method": "temperature", "temperature": 0.7},
-                "abstain": {"score": "entropy", "threshold": 1.45}}]
+                "class_names": list("abcde"),
+                "calibration": {"method": "temperature", "temperature": 0.7, "mi_slope": mi_slope},
+                "abstain": {"score": "confidence", "threshold": 0.7, "target_coverage": 0.9}}]
     path = _v2(tmp_path, "mlp_twin", outputs=outputs)
     x = inputs_for("mlp_twin", 4, seed=2)
     np.save(tmp_path / "x.npy", x)
     out = run_json(path, tmp_path / "x.npy", "-T", 60, "--seed", 5, "--samples-out", tmp_path / "s.npy", cache=tmp_path)
     raw = python_samples(path, x, 60, seed=5)
-    cal = _softmax_t(raw, 0.7)
+    cal = np.stack([_calibrate(r, 0.7, mi_slope) for r in raw])
     c = np.load(tmp_path / "s.npy")
     # float32 per-sample probabilities from a float64 formula: 1e-6 is float32 rounding.
     np.testing.assert_allclose(c, cal, rtol=0, atol=1e-6)
-    assert out["class_names"] == list("abcde")
+    assert out["class_names"] == list("abcde") and out["notes"] == []
     from edgekit.runtime.mc import summarize
 
     for i, pred in enumerate(out["predictions"]):
         mean, _, ent, mi = summarize(cal[i])
         np.testing.assert_allclose(pred["mean"], mean, atol=1e-6)
         assert pred["entropy"] == pytest.approx(ent, abs=1e-6) and pred["mutual_information"] == pytest.approx(mi, abs=1e-6)
-        assert pred["calibrated"] is True and pred["temperature"] == 0.7
-        assert pred["abstain"] is bool(ent > 1.45)
-    # a temperature below 1 sharpens: lower entropy than the uncalibrated file on the same masks
-    plain = run_json(FIXTURES / "mlp_twin.tflite", tmp_path / "x.npy", "-T", 60, "--seed", 5, cache=tmp_path)
-    assert all(p["entropy"] > q["entropy"] for p, q in zip(plain["predictions"], out["predictions"]))
+        assert pred["calibrated"] is True and pred["outputs"]["probs"]["calibrated"] is True
+        assert pred["abstain"] is bool(1 - mean.max() > 0.7)
+    # a temperature below 1 sharpens: lower entropy than the raw probabilities on the same masks
+    plain = run_json(path, tmp_path / "x.npy", "-T", 60, "--seed", 5, "--uncalibrated", cache=tmp_path)
+    assert all(p["calibrated"] is False for p in plain["predictions"])
+    assert all(p["entropy"] > q["entropy"] for p, q in zip(plain["predictions"], out["predictions"], strict=True))
+    for i, pred in enumerate(plain["predictions"]):
+        np.testing.assert_allclose(pred["mean"], raw[i].astype(np.float64).mean(axis=0), atol=1e-6)
 
 
 def _mixture_cdf(x: float, mu: np.ndarray, var: np.ndarray) -> float:
@@ -393,32 +410,40 @@ def _mixture_cdf(x: float, mu: np.ndarray, var: np.ndarray) -> float:
 def test_v2_value_outputs_match_numpy_on_the_same_samples(aleatoric, tmp_path):
     # mlp_twin's five outputs read as five values: a real signature output, a regression entry.
     # The heteroscedastic case declares the same output as its own log-variance (a path test:
-    # there is no two-output fixture yet).
-    entry = {"name": "probs", "task": "regression", "shape": [5], "interval": 0.8}
+    # there is no two-output fixture yet), with a fitted variance scale of 2.
+    entry = {"name": "probs", "task": "regression", "interval": 0.8}
     if aleatoric == "homoscedastic":
         entry["noise_variance"] = [0.01, 0.02, 0.0004, 0.05, 0.001]
     if aleatoric == "heteroscedastic":
         entry["variance"] = {"output": "probs", "kind": "log_variance"}
+        entry["variance_scale"] = 2.0
     path = _v2(tmp_path, "mlp_twin", outputs=[entry])
     x = inputs_for("mlp_twin", 2, seed=3)
     np.save(tmp_path / "x.npy", x)
     out = run_json(path, tmp_path / "x.npy", "-T", 50, "--seed", 8, "--samples-out", tmp_path / "s.npy", cache=tmp_path)
     values = python_samples(path, x, 50, seed=8).astype(np.float64)
     np.testing.assert_allclose(np.load(tmp_path / "s.npy"), values, rtol=0, atol=1e-6)
-    assert "class_names" not in out
+    assert out["class_names"] is None
+    assert out["outputs"] == [{"name": "probs", "task": "regression", "shape": [5]}]
+    if aleatoric == "none":
+        note = "probs: no noise variance in the file: the std and interval cover the model's uncertainty only"
+        assert out["notes"] == [note]
     for i, pred in enumerate(out["predictions"]):
         o = pred["outputs"]["probs"]
-        assert o["task"] == "regression" and o["interval"]["level"] == 0.8
+        assert {k: pred[k] for k in o} == o  # the first output's fields at the top level
+        assert o["interval"]["level"] == 0.8
         np.testing.assert_allclose(o["mean"], values[i].mean(axis=0), atol=1e-6)
         np.testing.assert_allclose(o["std"], values[i].std(axis=0), atol=1e-6)  # epistemic, ddof=0
-        lo, hi = np.array(o["interval"]["lower"]), np.array(o["interval"]["upper"])
+        lo, hi = np.array(o["interval"]["low"]), np.array(o["interval"]["high"])
         if aleatoric == "none":
-            assert o["aleatoric_variance"] is None
+            assert o["aleatoric_std"] is None
+            np.testing.assert_allclose(o["total_std"], o["std"], atol=1e-7)
             np.testing.assert_allclose(lo, np.quantile(values[i], 0.1, axis=0), atol=1e-6)
             np.testing.assert_allclose(hi, np.quantile(values[i], 0.9, axis=0), atol=1e-6)
             continue
-        var = (np.tile(entry["noise_variance"], (50, 1)) if aleatoric == "homoscedastic" else np.exp(values[i]))
-        np.testing.assert_allclose(o["aleatoric_variance"], var.mean(axis=0), rtol=1e-6)
+        var = (np.tile(entry["noise_variance"], (50, 1)) if aleatoric == "homoscedastic" else 2.0 * np.exp(values[i]))
+        np.testing.assert_allclose(o["aleatoric_std"], np.sqrt(var.mean(axis=0)), rtol=1e-6)
+        np.testing.assert_allclose(o["total_std"], np.sqrt(values[i].var(axis=0) + var.mean(axis=0)), rtol=1e-6)
         for k in range(5):
             # the interval of the predictive mixture (1/T) sum N(mu_t, s_t^2): its CDF at the ends
             # is 0.1 and 0.9 (1e-5: the bounds are printed as float32)
@@ -432,6 +457,8 @@ def test_v2_keys_the_runtime_cannot_honour_are_refused_clearly(tmp_path):
         ({"outputs": [{"name": "probs", "task": "ranking", "shape": [5]}]}, "unsupported task"),
         ({"outputs": [{"name": "probs", "task": "classification", "shape": [5],
                        "calibration": {"method": "isotonic"}}]}, "unsupported calibration"),
+        ({"outputs": [{"name": "probs", "abstain": {"score": "margin", "threshold": 1}}]}, "unsupported abstention"),
+        ({"outputs": [{"name": "probs", "task": "regression", "noise_variance": [0.1]}]}, "Expected one per value"),
         ({"outputs": [{"name": "logits", "task": "classification", "shape": [5]}]}, "does not have"),
         ({"outputs": [{"name": "probs", "task": "classification", "shape": [6]}]}, "metadata says 6"),
         ({"format": "edgekit/3"}, "Expected 'edgekit/1' or 'edgekit/2'"),
@@ -459,17 +486,20 @@ def test_a_budget_draws_what_fits_and_reports_it(tmp_path):
     assert all(p["elapsed_ms"] > 0 for p in out["predictions"])
 
 
-def test_stop_rules_end_sampling_once_the_answer_is_settled(tmp_path):
-    np.save(tmp_path / "x.npy", inputs_for("input_mc_twin", 5))
-    tol = run_json(FIXTURES / "input_mc_twin.tflite", tmp_path / "x.npy", "--tolerance", 0.02, "--seed", 1, cache=tmp_path)
-    lead = run_json(FIXTURES / "input_mc_twin.tflite", tmp_path / "x.npy", "--lead", 3, "--seed", 1, cache=tmp_path)
-    for out, rule in ((tol, "tolerance"), (lead, "lead")):
-        for p in out["predictions"]:
-            assert p["stopped_early"] is True and 8 <= p["samples"] < 1000, (rule, p["samples"])
-    # the tolerance is met: the standard error of the top class's mean is below it
-    for p in tol["predictions"]:
-        top = p["predicted"]
-        assert p["std"][top] / math.sqrt(p["samples"] - 1) < 0.02
+def test_stop_rules_end_sampling_once_the_answer_is_settled():
+    lib = Lib()
+    m = lib.open(FIXTURES / "input_mc_twin.tflite", seed=1)
+    for xi in inputs_for("input_mc_twin", 5):
+        res, outs, bufs = lib.predict(m, xi, tolerance=0.02)
+        assert res.stopped_early == 1 and 8 <= res.samples < 1000 and res.budget_cut == 0
+        # the rule held: the standard error of the top class's mean is below the tolerance
+        top = outs[0].predicted
+        assert bufs[0]["std"][top] / math.sqrt(res.samples - 1) < 0.02
+        res, outs, bufs = lib.predict(m, xi, lead_k=3.0)
+        assert res.stopped_early == 1 and 8 <= res.samples < 1000
+        res, _, _ = lib.predict(m, xi, samples=300)
+        assert res.stopped_early == 0 and res.samples == 300
+    lib.close(m)
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,8 +582,8 @@ def test_a_crash_in_litert_is_caught_by_the_probe(tmp_path):
 class OpenOptions(ctypes.Structure):
     _fields_ = [("threads", ctypes.c_int), ("has_seed", ctypes.c_int), ("seed", ctypes.c_uint64),
                 ("allow_unverified", ctypes.c_int), ("max_samples", ctypes.c_int), ("max_file_bytes", ctypes.c_size_t),
-                ("memory_bytes", ctypes.c_size_t), ("litert_log", ctypes.c_int), ("clock", ctypes.c_void_p),
-                ("clock_ctx", ctypes.c_void_p)]
+                ("memory_bytes", ctypes.c_size_t), ("calibrated", ctypes.c_int), ("litert_log", ctypes.c_int),
+                ("clock", ctypes.c_void_p), ("clock_ctx", ctypes.c_void_p)]
 
 
 class ModelInfo(ctypes.Structure):
@@ -561,13 +591,15 @@ class ModelInfo(ctypes.Structure):
                 ("masks_from", ctypes.c_char_p), ("sha256", ctypes.c_char_p), ("verified", ctypes.c_int),
                 ("input_rank", ctypes.c_int), ("input_shape", ctypes.c_int * 8), ("input_size", ctypes.c_size_t),
                 ("input_int8", ctypes.c_int), ("num_outputs", ctypes.c_int), ("sampler_batch", ctypes.c_int),
-                ("max_samples", ctypes.c_int), ("note", ctypes.c_char_p)]
+                ("max_samples", ctypes.c_int), ("note", ctypes.c_char_p), ("notes", ctypes.POINTER(ctypes.c_char_p)),
+                ("num_notes", ctypes.c_int)]
 
 
 class OutputInfo(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("task", ctypes.c_int), ("size", ctypes.c_size_t),
-                ("class_names", ctypes.POINTER(ctypes.c_char_p)), ("sigmoid", ctypes.c_int), ("calibrated", ctypes.c_int),
-                ("temperature", ctypes.c_double), ("has_abstain", ctypes.c_int), ("abstain_score", ctypes.c_char_p),
+    _fields_ = [("name", ctypes.c_char_p), ("task", ctypes.c_int), ("size", ctypes.c_size_t), ("rank", ctypes.c_int),
+                ("shape", ctypes.c_int * 8), ("class_names", ctypes.POINTER(ctypes.c_char_p)), ("sigmoid", ctypes.c_int),
+                ("calibrated", ctypes.c_int), ("temperature", ctypes.c_double), ("mi_slope", ctypes.c_double),
+                ("has_abstain", ctypes.c_int), ("abstain_score", ctypes.c_char_p),
                 ("abstain_threshold", ctypes.c_double), ("aleatoric", ctypes.c_int), ("interval", ctypes.c_double)]
 
 
@@ -580,7 +612,8 @@ _F = ctypes.POINTER(ctypes.c_float)
 
 
 class OutputResult(ctypes.Structure):
-    _fields_ = [("mean", _F), ("std", _F), ("lower", _F), ("upper", _F), ("aleatoric_variance", _F), ("samples", _F),
+    _fields_ = [("mean", _F), ("std", _F), ("low", _F), ("high", _F), ("aleatoric_std", _F), ("total_std", _F),
+                ("samples", _F),
                 ("samples_capacity", ctypes.c_int), ("predicted", ctypes.c_int), ("confidence", ctypes.c_float),
                 ("entropy", ctypes.c_double), ("mutual_information", ctypes.c_double), ("abstain", ctypes.c_int)]
 
@@ -642,7 +675,8 @@ class Lib:
         for o in range(info.num_outputs):
             oi = OutputInfo()
             self.c.ek_get_output_info(handle, o, ctypes.byref(oi))
-            b = {k: np.full(oi.size, np.nan, np.float32) for k in ("mean", "std", "lower", "upper", "aleatoric_variance")}
+            b = {k: np.full(oi.size, np.nan, np.float32)
+                 for k in ("mean", "std", "low", "high", "aleatoric_std", "total_std")}
             b["samples"] = np.full((max(capacity, 1), oi.size), np.nan, np.float32)
             for k, arr in b.items():
                 setattr(outs[o], k, arr.ctypes.data_as(_F))
@@ -669,7 +703,7 @@ def test_every_caller_buffer_is_written_and_no_more(tmp_path):
     # per-sample rows (the capacity given); the regression-only buffers stay untouched
     assert np.isfinite(b["mean"]).all() and np.isfinite(b["std"]).all()
     assert np.isfinite(b["samples"][:20]).all() and res.samples == 30
-    assert np.isnan(b["lower"]).all() and np.isnan(b["upper"]).all()
+    assert all(np.isnan(b[k]).all() for k in ("low", "high", "aleatoric_std", "total_std"))
     assert outs[0].predicted == int(np.argmax(b["mean"])) and outs[0].abstain == -1
     np.testing.assert_allclose(b["samples"][:20].sum(axis=1), 1, atol=1e-5)
     lib.close(m)

@@ -157,7 +157,10 @@ struct ek_model {
   int trunk_batch;
   int masks_from_runtime, masks_from_file;
   const char *plan_name;
-  char note[256];
+  char note[320];
+  char *notes_text;           /* the notes, one allocation */
+  const char *notes[130];
+  int n_notes;
   int input_rank;
   int input_shape[EK_MAX_RANK];
   size_t input_size;
@@ -432,6 +435,7 @@ void ek_open_options_init(ek_open_options *o) {
   o->max_samples = DEFAULT_MAX_SAMPLES;
   o->max_file_bytes = DEFAULT_MAX_FILE_BYTES;
   o->memory_bytes = DEFAULT_MEMORY_BYTES;
+  o->calibrated = 1;
   o->litert_log = EK_LITERT_LOG_UNCHANGED;
 }
 
@@ -802,7 +806,7 @@ static ek_status grow_outputs(ek_model *m, size_t rows) {
   }
   size_t need = rows * 2;
   for (int o = 0; o < m->n_outputs; o++)
-    if (m->outputs[o].size > need) need = m->outputs[o].size;
+    if (rows * m->outputs[o].size > need) need = rows * m->outputs[o].size;
   if (m->dscratch_len < need) {
     double *s = realloc(m->dscratch, need * sizeof(double));
     if (s == NULL) return fail(m, EK_ERROR_NOMEM, "out of memory");
@@ -813,7 +817,7 @@ static ek_status grow_outputs(ek_model *m, size_t rows) {
 }
 
 /* Reads `rows` rows of every output into the per-sample arrays at row `at`: dequantized,
- * checked, sigmoid expanded, calibrated. */
+ * checked, a sigmoid unit expanded to two probabilities. Calibration comes at the summary. */
 static ek_status collect(ek_model *m, int rows, int at) {
   for (int o = 0; o < m->n_outputs; o++) {
     output *out = &m->outputs[o];
@@ -872,17 +876,6 @@ static ek_status collect(ek_model *m, int rows, int at) {
         float p = dst[0];
         dst[0] = 1.0f - p;
         dst[1] = p;
-      }
-      if (mo->calibrated) {
-        /* softmax(log p / t), p clipped at 1e-12: exact for softmax outputs, since
-         * softmax(log softmax(z) / t) = softmax(z / t). */
-        double *l = m->dscratch, mx = -INFINITY, z = 0, inv_t = 1.0 / mo->temperature;
-        for (size_t i = 0; i < out->size; i++) {
-          l[i] = log(dst[i] > PROB_EPS ? (double)dst[i] : PROB_EPS) * inv_t;
-          if (l[i] > mx) mx = l[i];
-        }
-        for (size_t i = 0; i < out->size; i++) z += l[i] = exp(l[i] - mx);
-        for (size_t i = 0; i < out->size; i++) dst[i] = (float)(l[i] / z);
       }
     }
   }
@@ -984,28 +977,61 @@ static double mixture_quantile(const double *mu, const double *var, int n, doubl
   return x;
 }
 
+/* Mutual information (nats) of n samples of c probabilities (runtime/calibration.py). */
+static double mutual_info(const double *p, int n, size_t c) {
+  double entropy = 0, expected = 0;
+  for (size_t k = 0; k < c; k++) {
+    double sum = 0;
+    for (int t = 0; t < n; t++) {
+      sum += p[(size_t)t * c + k];
+      expected -= p[(size_t)t * c + k] * log(p[(size_t)t * c + k] + PROB_EPS);
+    }
+    entropy -= sum / n * log(sum / n + PROB_EPS);
+  }
+  expected /= n;
+  return entropy - expected > 0 ? entropy - expected : 0.0;
+}
+
+/* The summaries of every output from its n samples (runtime/summaries.py, in double precision). */
 static ek_status summarize(ek_model *m, int n, ek_result *res) {
   for (int o = 0; o < m->n_outputs; o++) {
     output *out = &m->outputs[o];
     ek_output_result *r = &res->outputs[o];
     const ek_meta_output *mo = &out->meta;
     size_t c = out->size;
-    if (r->samples != NULL && r->samples_capacity > 0) {
-      int rows = n < r->samples_capacity ? n : r->samples_capacity;
-      memcpy(r->samples, out->ps, (size_t)rows * c * sizeof(float));
-    }
     r->abstain = -1;
     if (mo->task == EK_TASK_CLASSIFICATION) {
+      double *p = m->dscratch; /* n x c probabilities, calibrated when the file says so */
+      for (size_t i = 0; i < (size_t)n * c; i++) p[i] = out->ps[i];
+      if (mo->calibrated && m->opts.calibrated) {
+        /* tau = temperature * exp(mi_slope * MI of the raw samples); each sample becomes
+         * softmax(log(p + 1e-12) / tau), exact for softmax outputs since
+         * softmax(log softmax(z) / tau) = softmax(z / tau) (runtime/calibration.py) */
+        double tau = mo->temperature * (mo->mi_slope > 0 ? exp(mo->mi_slope * mutual_info(p, n, c)) : 1.0);
+        for (int t = 0; t < n; t++) {
+          double *row = p + (size_t)t * c, mx = -INFINITY, z = 0;
+          for (size_t k = 0; k < c; k++) {
+            row[k] = log(row[k] + PROB_EPS) / tau;
+            if (row[k] > mx) mx = row[k];
+          }
+          for (size_t k = 0; k < c; k++) z += row[k] = exp(row[k] - mx);
+          for (size_t k = 0; k < c; k++) row[k] /= z;
+        }
+      }
+      if (r->samples != NULL && r->samples_capacity > 0) {
+        size_t rows = (size_t)(n < r->samples_capacity ? n : r->samples_capacity);
+        for (size_t i = 0; i < rows * c; i++) r->samples[i] = (float)p[i];
+      }
       double entropy = 0, expected = 0, best = -1;
       int pred = 0;
       for (size_t k = 0; k < c; k++) {
         double sum = 0, ss = 0;
-        for (int t = 0; t < n; t++) sum += out->ps[(size_t)t * c + k];
+        for (int t = 0; t < n; t++) sum += p[(size_t)t * c + k];
         double mean = sum / n;
         for (int t = 0; t < n; t++) {
-          double p = out->ps[(size_t)t * c + k], dv = p - mean;
+          double v = p[(size_t)t * c + k], dv = v - mean;
           ss += dv * dv;
-          expected -= p * log(p + PROB_EPS);
+          expected -= v * log(v + PROB_EPS);
         }
         if (r->mean) r->mean[k] = (float)mean;
         if (r->std) r->std[k] = (float)sqrt(ss / n);
@@ -1017,33 +1043,35 @@ static ek_status summarize(ek_model *m, int n, ek_result *res) {
       r->confidence = (float)best;
       r->entropy = entropy;
       r->mutual_information = entropy - expected > 0 ? entropy - expected : 0.0;
-      if (mo->has_abstain) {
-        double score = strcmp(mo->abstain_score, "entropy") == 0 ? r->entropy
-                       : strcmp(mo->abstain_score, "mutual_information") == 0 ? r->mutual_information
-                                                                               : 1.0 - (double)r->confidence;
+      if (mo->has_abstain) { /* scores of the calibrated mean (runtime/calibration.py: Abstention) */
+        double score = strcmp(mo->abstain_score, "entropy") == 0      ? r->entropy
+                       : strcmp(mo->abstain_score, "confidence") == 0 ? 1.0 - best
+                                                                       : r->mutual_information;
         r->abstain = score > mo->abstain_threshold;
       }
     } else {
+      if (r->samples != NULL && r->samples_capacity > 0) {
+        int rows = n < r->samples_capacity ? n : r->samples_capacity;
+        memcpy(r->samples, out->ps, (size_t)rows * c * sizeof(float));
+      }
       double *col = m->dscratch, *var = m->dscratch + n;
       double level = mo->interval;
       for (size_t k = 0; k < c; k++) {
-        double sum = 0, ss = 0, alea = NAN;
+        double sum = 0, ss = 0;
         for (int t = 0; t < n; t++) sum += col[t] = out->ps[(size_t)t * c + k];
         double mean = sum / n;
         for (int t = 0; t < n; t++) ss += (col[t] - mean) * (col[t] - mean);
-        int have_var = 0;
-        if (mo->noise_variance) {
-          for (int t = 0; t < n; t++) var[t] = mo->noise_variance[k];
-          alea = mo->noise_variance[k];
-          have_var = 1;
-        } else if (out->var_out >= 0) {
-          double vs = 0;
-          for (int t = 0; t < n; t++) vs += var[t] = out->pv[(size_t)t * c + k];
-          alea = vs / n;
-          have_var = 1;
-        }
-        double lo, hi;
+        double epi = ss / n, alea = 0, lo, hi;
+        int have_var = mo->noise_variance != NULL || out->var_out >= 0;
         if (have_var) {
+          double vs = 0;
+          for (int t = 0; t < n; t++) {
+            var[t] = mo->noise_variance ? mo->noise_variance[k]
+                                        : (double)out->pv[(size_t)t * c + k] * mo->variance_scale;
+            if (var[t] < 1e-300) var[t] = 1e-300;
+            vs += var[t];
+          }
+          alea = vs / n;
           lo = mixture_quantile(col, var, n, (1 - level) / 2);
           hi = mixture_quantile(col, var, n, (1 + level) / 2);
         } else {
@@ -1052,10 +1080,11 @@ static ek_status summarize(ek_model *m, int n, ek_result *res) {
           hi = sample_quantile(col, n, (1 + level) / 2);
         }
         if (r->mean) r->mean[k] = (float)mean;
-        if (r->std) r->std[k] = (float)sqrt(ss / n);
-        if (r->lower) r->lower[k] = (float)lo;
-        if (r->upper) r->upper[k] = (float)hi;
-        if (r->aleatoric_variance) r->aleatoric_variance[k] = (float)alea;
+        if (r->std) r->std[k] = (float)sqrt(epi);
+        if (r->low) r->low[k] = (float)lo;
+        if (r->high) r->high[k] = (float)hi;
+        if (r->aleatoric_std) r->aleatoric_std[k] = have_var ? (float)sqrt(alea) : NAN;
+        if (r->total_std) r->total_std[k] = (float)sqrt(epi + alea);
       }
       r->predicted = -1;
       r->confidence = NAN;
@@ -1549,15 +1578,22 @@ static ek_status plan_outputs(ek_model *m) {
     out->out = k;
     const tensor *t = &s->out[k];
     if (mo->name == NULL) mo->name = t->name;
-    if (mo->size == 0) { /* v1 without num_classes: the signature's */
+    if (mo->size == 0) { /* no shape in the metadata (or v1 without num_classes): the signature's */
       mo->size = t->row_elems;
-      mo->rank = 1;
-      mo->shape[0] = (int)t->row_elems;
+      mo->rank = (int)t->type.layout.rank - 1;
+      for (int d = 0; d < mo->rank; d++) mo->shape[d] = t->type.layout.dimensions[d + 1];
     }
     if (t->row_elems != mo->size)
       return fail(m, EK_ERROR_UNSUPPORTED,
                   "Output '%s' has %zu values per sample, but the metadata says %zu. Expected them to agree.", mo->name,
                   t->row_elems, mo->size);
+    if (mo->task == EK_TASK_CLASSIFICATION && mo->sigmoid && mo->size != 1)
+      return fail(m, EK_ERROR_UNSUPPORTED, "Output '%s' is declared a sigmoid. Expected one unit. Received: %zu", mo->name,
+                  mo->size);
+    if (mo->noise_variance && mo->n_noise != mo->size)
+      return fail(m, EK_ERROR_FORMAT,
+                  "Malformed edgekit metadata: noise_variance of '%s' has %zu numbers. Expected one per value: %zu",
+                  mo->name, mo->n_noise, mo->size);
     out->size = mo->task == EK_TASK_CLASSIFICATION && mo->sigmoid ? 2 : mo->size;
     if (mo->variance_output) {
       out->var_out = find_out(s, mo->variance_output);
@@ -1782,6 +1818,34 @@ static ek_status plan(ek_model *m) {
   return EK_OK;
 }
 
+/* The notes a result carries (runtime/mc.py: MCModel._notes, the same sentences), then the plan's. */
+static ek_status make_notes(ek_model *m) {
+  size_t cap = 512 * ((size_t)m->n_outputs + 1) + sizeof m->note, used = 0;
+  m->notes_text = malloc(cap);
+  if (m->notes_text == NULL) return fail(m, EK_ERROR_NOMEM, "out of memory");
+  int old = m->meta.version < 2;
+  for (int o = 0; o < m->n_outputs && m->n_notes < 128; o++) {
+    const ek_meta_output *mo = &m->outputs[o].meta;
+    char *at = m->notes_text + used;
+    int w = 0;
+    if (mo->task == EK_TASK_CLASSIFICATION && !mo->calibrated)
+      w = snprintf(at, 512, "%.400s: uncalibrated (%s)", mo->name,
+                   old ? "the file predates calibration (edgekit/1)" : "the file carries no temperature");
+    else if (mo->task == EK_TASK_REGRESSION && !mo->noise_variance && !mo->variance_output)
+      w = snprintf(at, 512, "%.300s: no noise variance in the file: the std and interval cover the model's uncertainty only",
+                   mo->name);
+    if (w > 0) {
+      m->notes[m->n_notes++] = at;
+      used += (size_t)(w < 511 ? w : 511) + 1;
+    }
+  }
+  if (m->note[0]) {
+    memcpy(m->notes_text + used, m->note, strlen(m->note) + 1);
+    m->notes[m->n_notes++] = m->notes_text + used;
+  }
+  return EK_OK;
+}
+
 static ek_status finish_open(ek_model *m) {
   const char *json = NULL;
   size_t json_len = 0;
@@ -1807,6 +1871,7 @@ static ek_status finish_open(ek_model *m) {
   if ((st = load_litert(m)) != EK_OK) return st;
   if ((st = load_signatures(m)) != EK_OK) return st;
   if ((st = plan(m)) != EK_OK) return st;
+  if ((st = make_notes(m)) != EK_OK) return st;
   if ((st = compile_model(m)) != EK_OK) return st;
   uint64_t seed = m->opts.has_seed ? m->opts.seed : entropy_seed(m);
   seed_rng(m->rng, seed);
@@ -1887,6 +1952,7 @@ void ek_close(ek_model *m) {
   free(m->masks);
   free(m->feat);
   free(m->dscratch);
+  free(m->notes_text);
   free(m->lat);
   ek_meta_free(&m->meta);
   free(m->data);
@@ -1914,6 +1980,8 @@ ek_status ek_get_info(const ek_model *m, ek_model_info *info) {
   info->sampler_batch = m->sampler_batch;
   info->max_samples = m->max_samples;
   info->note = m->note[0] ? m->note : NULL;
+  info->notes = m->notes;
+  info->num_notes = m->n_notes;
   return EK_OK;
 }
 
@@ -1925,10 +1993,13 @@ ek_status ek_get_output_info(const ek_model *m, int index, ek_output_info *info)
   info->name = mo->name;
   info->task = mo->task;
   info->size = out->size;
+  info->rank = mo->rank < 0 ? 0 : mo->rank;
+  for (int d = 0; d < info->rank && d < 8; d++) info->shape[d] = mo->shape[d];
   info->class_names = (const char *const *)out->names;
   info->sigmoid = mo->sigmoid;
-  info->calibrated = mo->calibrated;
-  info->temperature = mo->calibrated ? mo->temperature : 1.0;
+  info->calibrated = mo->calibrated && m->opts.calibrated;
+  info->temperature = info->calibrated ? mo->temperature : 1.0;
+  info->mi_slope = info->calibrated ? mo->mi_slope : 0.0;
   info->has_abstain = mo->has_abstain;
   info->abstain_score = mo->abstain_score;
   info->abstain_threshold = mo->abstain_threshold;

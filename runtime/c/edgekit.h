@@ -121,6 +121,8 @@ typedef struct ek_open_options {
   size_t memory_bytes;  /* tensor memory budget (default 512 MiB): a tensor declaring more at batch 1
                            is refused before LiteRT allocates it, and max_samples is lowered to the
                            largest batch of the stochastic signature that fits */
+  int calibrated;       /* 1 (default): apply the temperatures the file carries to its class outputs;
+                           0: the raw MC probabilities */
   ek_litert_log litert_log;
   /* The clock of the latency budget, in seconds (monotonic). NULL: CLOCK_MONOTONIC. Tests
    * inject a fake one; the latency model learns from it. */
@@ -191,6 +193,10 @@ typedef struct ek_model_info {
                              batch and T is drawn in multiples of it (static batches, seeded files) */
   int max_samples;
   const char *note;       /* NULL, or a sentence about the plan (e.g. why the trunk is not used) */
+  const char *const *notes; /* num_notes sentences a result should carry (the `notes` of edgekit
+                               predict --json): an uncalibrated output, a value output without noise
+                               variance, and the plan's note */
+  int num_notes;
 } ek_model_info;
 
 ek_status ek_get_info(const ek_model *model, ek_model_info *info);
@@ -199,12 +205,17 @@ typedef struct ek_output_info {
   const char *name;        /* the signature output (Keras output name), e.g. "probs" */
   ek_task task;
   size_t size;             /* classification: classes (2 for a sigmoid); regression: values */
+  int rank;                /* the output's shape without the batch axis (its product: the values) */
+  int shape[8];
   const char *const *class_names; /* `size` names (the metadata's, or "0", "1", ...) */
   int sigmoid;             /* 1: one sigmoid unit read as P(class 1): classes [1 - p, p] */
-  int calibrated;          /* 1: a temperature from the metadata is applied to every sample */
+  int calibrated;          /* 1: the file's temperature is applied to every sample */
   double temperature;      /* 1.0 when not calibrated */
+  double mi_slope;         /* the temperature of an input is temperature * exp(mi_slope * MI), with
+                              MI the mutual information of its raw samples (0: one temperature) */
   int has_abstain;         /* 1: the metadata gives an abstention rule */
-  const char *abstain_score; /* "entropy", "mutual_information" or "1-confidence" */
+  const char *abstain_score; /* "entropy", "confidence" (1 - the top mean probability) or
+                                "mutual_information", of the calibrated samples */
   double abstain_threshold;  /* abstain when the score is above it */
   ek_aleatoric aleatoric;  /* regression */
   double interval;         /* regression: level of the central predictive interval (e.g. 0.9) */
@@ -234,10 +245,11 @@ typedef struct ek_output_result {
   float *mean;  /* classification: mean class probabilities; regression: MC mean */
   float *std;   /* standard deviation over the samples (population, ddof = 0): of the class
                    probabilities, or of the values (the epistemic part) */
-  float *lower; /* regression: the central predictive interval at ek_output_info.interval */
-  float *upper;
-  float *aleatoric_variance; /* regression: the aleatoric variance (noise_variance, or the mean
-                                over samples of exp(log-variance)); NaN when none is declared */
+  float *low;   /* regression: the central predictive interval at ek_output_info.interval */
+  float *high;
+  float *aleatoric_std; /* regression: sqrt of the mean aleatoric variance (noise_variance, or
+                           variance_scale * exp(log-variance) per sample); NaN when none is declared */
+  float *total_std;     /* regression: sqrt(epistemic variance + aleatoric variance) */
   /* Optional per-sample outputs (after calibration): `samples_capacity` rows of `size` floats,
    * sample-major. The first min(samples used, samples_capacity) rows are written. */
   float *samples;
@@ -262,17 +274,20 @@ typedef struct ek_result {
 /* MC-dropout prediction for ONE input of ek_model_info.input_size float values (row-major).
  *
  * The trunk runs once; the stochastic signature runs at batch T (one invoke for T samples, or
- * a few chunks under a budget or a stop rule); masks are drawn as described at the top. Each
- * sample's class probabilities get the file's temperature (softmax(log p / t), p clipped at
- * 1e-12) before averaging. Every output buffer LiteRT writes is filled with NaN before the
- * invoke, and what comes back is checked: probabilities in [0, 1] summing to 1, values finite;
- * anything else is EK_ERROR_OUTPUT (a damaged file whose digest was recomputed, or a file
- * LiteRT does not run as exported).
+ * a few chunks under a budget or a stop rule); masks are drawn as described at the top. Every
+ * output buffer LiteRT writes is filled with NaN before the invoke, and what comes back is
+ * checked: probabilities in [0, 1] summing to 1, values finite; anything else is EK_ERROR_OUTPUT
+ * (a damaged file whose digest was recomputed, or a file LiteRT does not run as exported).
  *
- * Regression outputs: mean, epistemic std and the central interval. With an aleatoric part
- * the interval is that of the predictive mixture (1/T) sum_t N(mu_t, s_t^2) (s_t^2 the
- * noise variance or exp(log-variance) of sample t), found by safeguarded Newton steps on its
- * CDF; without one, the sample quantiles (linear interpolation, numpy's default).
+ * The summaries are the Python runtime's (runtime/summaries.py, runtime/calibration.py), in
+ * double precision. Class outputs: each sample's probabilities become softmax(log(p + 1e-12) /
+ * tau) before averaging, with tau = temperature * exp(mi_slope * MI of the raw samples) when the
+ * file carries a temperature (and ek_open_options.calibrated); the abstention score is taken on
+ * the calibrated mean. Value outputs: mean, epistemic std, aleatoric std, total std and the
+ * central interval; with an aleatoric part the interval is that of the predictive mixture
+ * (1/T) sum_t N(mu_t, s_t^2) (s_t^2 the noise variance, or variance_scale * exp(log-variance) of
+ * sample t), found by safeguarded Newton steps on its CDF; without one, the samples' quantiles
+ * (linear interpolation, numpy's default).
  *
  * Budgets: with budget_ms > 0 the call aims to return within budget_ms (p99), drawing as many
  * samples as fit. A latency model cost(T) = fixed + per_sample * T (relative-error least squares

@@ -5,7 +5,7 @@
  *
  * A thin tool over the library (edgekit.h): it reads the .npy input, checks its shape, loads
  * the model (after a crash probe in a child process, see below), predicts every row and prints
- * a table, or with --json the keys of `edgekit predict --json`. Errors: one line on stderr
+ * a table, or with --json the document of `edgekit predict --json` (see write_json). Errors: one line on stderr
  * starting with "Error:", exit 1; usage errors exit 2.
  *
  * The crash probe: the library refuses every file whose digest does not match before LiteRT
@@ -70,6 +70,7 @@ static const char USAGE[] =
     "      --no-probe         skip the child-process load probe (trusted files only)\n"
     "      --probe-timeout S  seconds the probe may take before it counts as a hang (default 60)\n"
     "      --allow-unverified run a file without edgekit metadata (its integrity cannot be checked)\n"
+    "      --uncalibrated     ignore the temperatures the file carries (the raw MC probabilities)\n"
     "      --verbose          keep LiteRT's own log on stderr\n"
     "      --version          print the version\n"
     "  -h, --help             show this help\n"
@@ -88,7 +89,7 @@ typedef struct {
   int json;
   const char *samples_out;
   int profile;
-  int probe, allow_unverified, verbose;
+  int probe, allow_unverified, verbose, uncalibrated;
   double probe_timeout_s;
 } args;
 
@@ -216,6 +217,8 @@ static int parse_args(int argc, char **argv, args *a) {
       a->probe = 0;
     } else if (strcmp(arg, "--allow-unverified") == 0 && value == NULL) {
       a->allow_unverified = 1;
+    } else if (strcmp(arg, "--uncalibrated") == 0 && value == NULL) {
+      a->uncalibrated = 1;
     } else if (strcmp(arg, "--verbose") == 0 && value == NULL) {
       a->verbose = 1;
     } else if (arg[0] == '-' && arg[1] != '\0') {
@@ -418,10 +421,10 @@ typedef struct {
   ek_result *results;
 } run_results;
 
-/* The keys of one output's summary (runtime/mc.py: MCPrediction.to_dict for a class output). */
-static void json_output_keys(FILE *f, const ek_output_info *oi, const ek_output_result *r) {
+/* One output's summary for one input: runtime/summaries.py's ClassOutput.row / ValueOutput.row. */
+static void json_output_row(FILE *f, const ek_output_info *oi, const ek_output_result *r) {
   if (oi->task == EK_TASK_CLASSIFICATION) {
-    fprintf(f, "\"predicted\": %d, \"label\": ", r->predicted);
+    fprintf(f, "{\"predicted\": %d, \"label\": ", r->predicted);
     json_string(f, oi->class_names[r->predicted]);
     fputs(", \"confidence\": ", f);
     json_float(f, r->confidence, 9);
@@ -433,62 +436,83 @@ static void json_output_keys(FILE *f, const ek_output_info *oi, const ek_output_
     json_float(f, r->entropy, 17);
     fputs(", \"mutual_information\": ", f);
     json_float(f, r->mutual_information, 17);
-    if (oi->calibrated) fprintf(f, ", \"calibrated\": true, \"temperature\": %.17g", oi->temperature);
+    fprintf(f, ", \"calibrated\": %s", oi->calibrated ? "true" : "false");
     if (oi->has_abstain) fprintf(f, ", \"abstain\": %s", r->abstain == 1 ? "true" : "false");
   } else {
-    fputs("\"mean\": ", f);
+    fputs("{\"mean\": ", f);
     json_floats(f, r->mean, oi->size);
     fputs(", \"std\": ", f);
     json_floats(f, r->std, oi->size);
-    fprintf(f, ", \"interval\": {\"level\": %.17g, \"lower\": ", oi->interval);
-    json_floats(f, r->lower, oi->size);
-    fputs(", \"upper\": ", f);
-    json_floats(f, r->upper, oi->size);
-    fputs("}, \"aleatoric_variance\": ", f);
+    fputs(", \"aleatoric_std\": ", f);
     if (oi->aleatoric == EK_ALEATORIC_NONE) fputs("null", f);
-    else json_floats(f, r->aleatoric_variance, oi->size);
+    else json_floats(f, r->aleatoric_std, oi->size);
+    fputs(", \"total_std\": ", f);
+    json_floats(f, r->total_std, oi->size);
+    fprintf(f, ", \"interval\": {\"level\": %.17g, \"low\": ", oi->interval);
+    json_floats(f, r->low, oi->size);
+    fputs(", \"high\": ", f);
+    json_floats(f, r->high, oi->size);
+    fputc('}', f);
   }
+  fputc('}', f);
 }
 
+/* The document `edgekit predict --json` writes (edgekit/commands/predict.py and
+ * MCPrediction.to_dict): the model, every output described, the first output's class names, the
+ * notes, and per input the first output's fields at the top level plus every output under
+ * "outputs". Every key is written here and nowhere else. */
 static void write_json(FILE *f, const args *a, const ek_model_info *info, const ek_output_info *ois, int n_inputs,
                        const run_results *rr) {
-  int single = info->num_outputs == 1 && ois[0].task == EK_TASK_CLASSIFICATION;
   fputs("{\"model\": ", f);
   json_string(f, a->model);
   fputs(", \"stochastic\": ", f);
   json_string(f, info->stochastic);
-  fprintf(f, ", \"verified\": %s", info->verified ? "true" : "false");
-  if (single) {
-    fputs(", \"class_names\": ", f);
-    json_names(f, &ois[0]);
+  fprintf(f, ", \"verified\": %s, \"outputs\": [", info->verified ? "true" : "false");
+  for (int o = 0; o < info->num_outputs; o++) {
+    const ek_output_info *oi = &ois[o];
+    fputs(o ? ", {\"name\": " : "{\"name\": ", f);
+    json_string(f, oi->name);
+    if (oi->task == EK_TASK_CLASSIFICATION) {
+      fputs(", \"task\": \"classification\", \"class_names\": ", f);
+      json_names(f, oi);
+    } else {
+      fputs(", \"task\": \"regression\", \"shape\": [", f);
+      for (int d = 0; d < oi->rank; d++) fprintf(f, d ? ", %d" : "%d", oi->shape[d]);
+      fputc(']', f);
+    }
+    fputc('}', f);
   }
-  fputs(", \"predictions\": [", f);
+  fputs("], \"class_names\": ", f);
+  if (ois[0].task == EK_TASK_CLASSIFICATION) json_names(f, &ois[0]);
+  else fputs("null", f);
+  fputs(", \"notes\": [", f);
+  for (int k = 0; k < info->num_notes; k++) {
+    if (k) fputs(", ", f);
+    json_string(f, info->notes[k]);
+  }
+  fputs("], \"predictions\": [", f);
   for (int i = 0; i < n_inputs; i++) {
     const ek_result *res = &rr->results[i];
-    fputs(i ? ", {" : "{", f);
-    if (single) {
-      json_output_keys(f, &ois[0], &res->outputs[0]);
-    } else {
-      fputs("\"outputs\": {", f);
-      for (int o = 0; o < info->num_outputs; o++) {
-        if (o) fputs(", ", f);
-        json_string(f, ois[o].name);
-        fprintf(f, ": {\"task\": \"%s\", ", ois[o].task == EK_TASK_CLASSIFICATION ? "classification" : "regression");
-        if (ois[o].task == EK_TASK_CLASSIFICATION) {
-          fputs("\"class_names\": ", f);
-          json_names(f, &ois[o]);
-          fputs(", ", f);
-        }
-        json_output_keys(f, &ois[o], &res->outputs[o]);
-        fputc('}', f);
-      }
-      fputc('}', f);
-    }
+    /* the first output's row, opened up for the run's own keys */
+    char *first = NULL;
+    size_t first_len = 0;
+    FILE *mem = open_memstream(&first, &first_len);
+    if (mem == NULL) return;
+    json_output_row(mem, &ois[0], &res->outputs[0]);
+    fclose(mem);
+    fputs(i ? ", " : "", f);
+    fwrite(first, 1, first_len - 1, f); /* without its closing brace */
+    free(first);
     fprintf(f, ", \"samples\": %d, \"elapsed_ms\": ", res->samples);
     json_float(f, res->elapsed_ms, 17);
-    fprintf(f, ", \"budget_cut\": %s", res->budget_cut ? "true" : "false");
-    if (a->tolerance > 0 || a->lead > 0) fprintf(f, ", \"stopped_early\": %s", res->stopped_early ? "true" : "false");
-    fputc('}', f);
+    fprintf(f, ", \"budget_cut\": %s, \"outputs\": {", res->budget_cut ? "true" : "false");
+    for (int o = 0; o < info->num_outputs; o++) {
+      if (o) fputs(", ", f);
+      json_string(f, ois[o].name);
+      fputs(": ", f);
+      json_output_row(f, &ois[o], &res->outputs[o]);
+    }
+    fputs("}}", f);
   }
   fputs("]}\n", f);
 }
@@ -529,9 +553,9 @@ static void write_table(FILE *f, const ek_model_info *info, const ek_output_info
                 oi->class_names[r->predicted], r->confidence, r->entropy, r->mutual_information);
         if (oi->has_abstain) fprintf(f, "abstain: %s\n", r->abstain == 1 ? "yes" : "no");
       } else {
-        fprintf(f, "%5s  %12s  %12s  %12s  %12s\n", "value", "mean", "std", "lower", "upper");
+        fprintf(f, "%5s  %12s  %12s  %12s  %12s\n", "value", "mean", "std", "low", "high");
         for (size_t k = 0; k < oi->size; k++)
-          fprintf(f, "%5zu  %12.6g  %12.6g  %12.6g  %12.6g\n", k, r->mean[k], r->std[k], r->lower[k], r->upper[k]);
+          fprintf(f, "%5zu  %12.6g  %12.6g  %12.6g  %12.6g\n", k, r->mean[k], r->std[k], r->low[k], r->high[k]);
         fprintf(f, "(interval: central %.0f%%%s)\n", oi->interval * 100,
                 oi->aleatoric == EK_ALEATORIC_NONE ? ", from the samples alone" : ", epistemic + aleatoric");
       }
@@ -575,6 +599,7 @@ int main(int argc, char **argv) {
   opts.has_seed = a.has_seed;
   opts.seed = a.seed;
   opts.allow_unverified = a.allow_unverified;
+  opts.calibrated = !a.uncalibrated;
   opts.litert_log = a.verbose ? EK_LITERT_LOG_INFO : EK_LITERT_LOG_SILENT;
   if (a.samples > opts.max_samples) opts.max_samples = a.samples;
 
@@ -650,7 +675,7 @@ int main(int argc, char **argv) {
   size_t per_input = 0;
   for (int o = 0; o < info.num_outputs; o++) {
     ek_get_output_info(m, o, &ois[o]);
-    per_input += 5 * ois[o].size;
+    per_input += 6 * ois[o].size;
   }
   ek_predict_options po;
   ek_predict_options_init(&po);
@@ -701,10 +726,11 @@ int main(int argc, char **argv) {
       size_t s = ois[o].size;
       outs[o].mean = cursor;
       outs[o].std = cursor + s;
-      outs[o].lower = cursor + 2 * s;
-      outs[o].upper = cursor + 3 * s;
-      outs[o].aleatoric_variance = cursor + 4 * s;
-      cursor += 5 * s;
+      outs[o].low = cursor + 2 * s;
+      outs[o].high = cursor + 3 * s;
+      outs[o].aleatoric_std = cursor + 4 * s;
+      outs[o].total_std = cursor + 5 * s;
+      cursor += 6 * s;
       if (samples_buf) {
         outs[o].samples = scursor;
         outs[o].samples_capacity = T;

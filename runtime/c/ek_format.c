@@ -362,55 +362,60 @@ static int read_class_names(ctx *c, const ek_json *v, ek_meta_output *o, const c
   return 1;
 }
 
+static int number(const ek_json *v) { return v != NULL && v->type == EK_JSON_NUMBER && isfinite(v->num); }
+
+/* One entry of edgekit/2's `outputs` (runtime/plan.py reads the same keys the same way). */
 static int read_output(ctx *c, const ek_json *e, ek_meta_output *o) {
   char where[96];
   if (e->type != EK_JSON_OBJECT) return bad(c, EK_ERROR_FORMAT, MALFORMED "every entry of outputs must be an object.");
   o->name = ek_json_string(ek_json_get(e, "name"));
   if (o->name == NULL) return bad(c, EK_ERROR_FORMAT, MALFORMED "every entry of outputs needs a string 'name'.");
   snprintf(where, sizeof where, "outputs['%.60s']", o->name);
-  const char *task = ek_json_string(ek_json_get(e, "task"));
-  if (task == NULL || (strcmp(task, "classification") != 0 && strcmp(task, "regression") != 0))
-    return bad(c, EK_ERROR_UNSUPPORTED,
-               "%s: unsupported task. Expected 'classification' or 'regression'. Received: %s", where,
-               task ? task : "none");
+  const char *task = opt_string(c, e, "task", where);
+  if (task == NULL) task = "classification";
+  if (strcmp(task, "classification") != 0 && strcmp(task, "regression") != 0)
+    return bad(c, EK_ERROR_UNSUPPORTED, "%s: unsupported task. Expected 'classification' or 'regression'. Received: %s",
+               where, task);
   o->task = strcmp(task, "classification") == 0 ? EK_TASK_CLASSIFICATION : EK_TASK_REGRESSION;
-  if (!read_shape(c, ek_json_get(e, "shape"), &o->rank, o->shape, &o->size, where)) return 0;
+  o->rank = -1;
+  const ek_json *shape = ek_json_get(e, "shape");
+  if (!ek_json_is_null(shape) && !read_shape(c, shape, &o->rank, o->shape, &o->size, where)) return 0;
   o->temperature = 1.0;
+  o->variance_scale = 1.0;
   o->interval = 0.9;
   if (o->task == EK_TASK_CLASSIFICATION) {
     const char *act = opt_string(c, e, "activation", where);
     if (act != NULL && strcmp(act, "softmax") != 0 && strcmp(act, "sigmoid") != 0)
-      return bad(c, EK_ERROR_UNSUPPORTED,
-                 "%s: unsupported activation. Expected 'softmax' or 'sigmoid'. Received: %s", where, act);
+      return bad(c, EK_ERROR_UNSUPPORTED, "%s: unsupported activation. Expected 'softmax' or 'sigmoid'. Received: %s",
+                 where, act);
     o->sigmoid = act != NULL && strcmp(act, "sigmoid") == 0;
-    if (o->sigmoid && o->size != 1)
-      return bad(c, EK_ERROR_FORMAT, MALFORMED "%s: a sigmoid output has shape [1].", where);
     if (!read_class_names(c, ek_json_get(e, "class_names"), o, where)) return 0;
     const ek_json *cal = ek_json_get(e, "calibration");
     if (!ek_json_is_null(cal)) {
       const char *method = ek_json_string(ek_json_get(cal, "method"));
-      const ek_json *t = ek_json_get(cal, "temperature");
+      const ek_json *t = ek_json_get(cal, "temperature"), *slope = ek_json_get(cal, "mi_slope");
       if (method == NULL || strcmp(method, "temperature") != 0)
-        return bad(c, EK_ERROR_UNSUPPORTED,
-                   "%s: unsupported calibration. Expected method 'temperature'. Received: %s", where,
-                   method ? method : "none");
-      if (t == NULL || t->type != EK_JSON_NUMBER || !(t->num > 0) || !isfinite(t->num))
-        return bad(c, EK_ERROR_FORMAT, MALFORMED "%s: calibration.temperature must be a number > 0.", where);
+        return bad(c, EK_ERROR_UNSUPPORTED, "%s: unsupported calibration. Expected method 'temperature'. Received: %s",
+                   where, method ? method : "none");
+      if (!number(t) || !(t->num >= 1e-3 && t->num <= 1e3))
+        return bad(c, EK_ERROR_FORMAT, MALFORMED "%s: calibration.temperature must be a number in [1e-3, 1e3].", where);
+      if (!ek_json_is_null(slope) && (!number(slope) || slope->num < 0))
+        return bad(c, EK_ERROR_FORMAT, MALFORMED "%s: calibration.mi_slope must be a number >= 0.", where);
       o->calibrated = 1;
       o->temperature = t->num;
+      o->mi_slope = ek_json_is_null(slope) ? 0.0 : slope->num;
     }
     const ek_json *ab = ek_json_get(e, "abstain");
     if (!ek_json_is_null(ab)) {
       const char *score = ek_json_string(ek_json_get(ab, "score"));
       const ek_json *th = ek_json_get(ab, "threshold");
-      if (score == NULL || (strcmp(score, "entropy") != 0 && strcmp(score, "mutual_information") != 0 &&
-                            strcmp(score, "1-confidence") != 0))
+      if (score == NULL || (strcmp(score, "entropy") != 0 && strcmp(score, "confidence") != 0 &&
+                            strcmp(score, "mutual_information") != 0))
         return bad(c, EK_ERROR_UNSUPPORTED,
-                   "%s: unsupported abstain score. Expected 'entropy', 'mutual_information' or '1-confidence'. "
+                   "%s: unsupported abstention score. Expected 'entropy', 'confidence' or 'mutual_information'. "
                    "Received: %s",
                    where, score ? score : "none");
-      if (th == NULL || th->type != EK_JSON_NUMBER)
-        return bad(c, EK_ERROR_FORMAT, MALFORMED "%s: abstain.threshold must be a number.", where);
+      if (!number(th)) return bad(c, EK_ERROR_FORMAT, MALFORMED "%s: abstain.threshold must be a finite number.", where);
       o->has_abstain = 1;
       o->abstain_score = score;
       o->abstain_threshold = th->num;
@@ -418,14 +423,14 @@ static int read_output(ctx *c, const ek_json *e, ek_meta_output *o) {
   } else {
     const ek_json *nv = ek_json_get(e, "noise_variance");
     if (!ek_json_is_null(nv)) {
-      if (nv->type != EK_JSON_ARRAY || nv->count != o->size)
-        return bad(c, EK_ERROR_FORMAT, MALFORMED "%s: noise_variance must be a list of one number per value.",
-                   where);
-      o->noise_variance = malloc(o->size * sizeof(double));
+      if (nv->type != EK_JSON_ARRAY || nv->count == 0)
+        return bad(c, EK_ERROR_FORMAT, MALFORMED "%s: noise_variance must be a list of one number per value.", where);
+      o->noise_variance = malloc(nv->count * sizeof(double));
       if (o->noise_variance == NULL) return bad(c, EK_ERROR_NOMEM, "out of memory");
+      o->n_noise = nv->count;
       size_t i = 0;
       for (const ek_json *v = nv->child; v; v = v->next, i++) {
-        if (v->type != EK_JSON_NUMBER || !(v->num >= 0) || !isfinite(v->num))
+        if (!number(v) || v->num < 0)
           return bad(c, EK_ERROR_FORMAT, MALFORMED "%s: noise_variance values must be numbers >= 0.", where);
         o->noise_variance[i] = v->num;
       }
@@ -439,14 +444,18 @@ static int read_output(ctx *c, const ek_json *e, ek_meta_output *o) {
                    where, kind ? kind : "none");
       if (o->variance_output == NULL)
         return bad(c, EK_ERROR_FORMAT, MALFORMED "%s: variance.output must name an output.", where);
-      if (o->noise_variance)
-        return bad(c, EK_ERROR_FORMAT, MALFORMED "%s: give noise_variance or variance, not both.", where);
     }
     const ek_json *iv = ek_json_get(e, "interval");
     if (!ek_json_is_null(iv)) {
-      if (iv->type != EK_JSON_NUMBER || !(iv->num > 0 && iv->num < 1))
+      if (!number(iv) || !(iv->num > 0 && iv->num < 1))
         return bad(c, EK_ERROR_FORMAT, MALFORMED "%s: interval must be a number in (0, 1).", where);
       o->interval = iv->num;
+    }
+    const ek_json *vs = ek_json_get(e, "variance_scale");
+    if (!ek_json_is_null(vs)) {
+      if (!number(vs) || vs->num < 0)
+        return bad(c, EK_ERROR_FORMAT, MALFORMED "%s: variance_scale must be a number >= 0.", where);
+      if (vs->num > 0) o->variance_scale = vs->num; /* 0 reads as 1, as runtime/plan.py */
     }
   }
   return 1;
@@ -553,7 +562,9 @@ ek_status ek_format_parse(const char *json, size_t len, ek_meta *m, char *err, s
     const ek_json *nc = ek_json_is_null(out) ? NULL : ek_json_get(out, "num_classes");
     o->task = EK_TASK_CLASSIFICATION;
     o->temperature = 1.0;
+    o->variance_scale = 1.0;
     o->interval = 0.9;
+    o->rank = -1;
     if (is_int(nc, 1, 1 << 24)) {
       o->rank = 1;
       o->shape[0] = (int)nc->num;

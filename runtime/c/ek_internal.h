@@ -75,18 +75,21 @@ typedef struct {
   const char *name;
   ek_task task;
   int sigmoid;
-  int rank;
+  int rank;                    /* -1: no `shape` key (the signature's is used) */
   int shape[EK_MAX_RANK];
-  size_t size; /* product of shape */
+  size_t size; /* product of shape (0 until known) */
   const char **class_names;
   int n_class_names;
   int calibrated;
   double temperature;
+  double mi_slope; /* tau(x) = temperature * exp(mi_slope * MI(x)), MI of the raw samples */
   int has_abstain;
   const char *abstain_score;
   double abstain_threshold;
-  double *noise_variance; /* NULL or `size` values */
+  double *noise_variance; /* NULL or n_noise values (one per value) */
+  size_t n_noise;
   const char *variance_output; /* log-variance output name, or NULL */
+  double variance_scale;       /* factor on exp(log-variance) (1: none fitted) */
   double interval;
 } ek_meta_output;
 
