@@ -20,7 +20,8 @@ one input, T=100 unless said:
   largest T whose median fixed-T prediction, measured here with --profile, is within the budget).
   Targets: p99 <= budget with >= 70% of the samples that fit. ``fixed_t70_p99_ms``: the p99 of 500
   predictions at a fixed T of 70% of the fit, so ``both_feasible_here`` says whether any controller
-  could have met both targets on this machine at this moment.
+  could have met both targets on this machine at this moment; ``python_runtime_same_inputs``: the
+  Python runtime's controller on the same file and inputs, right after.
 
 If the converter's file has a trunk that ends in a dynamic RESHAPE (a Keras Flatten with a dynamic
 batch: the native runtime then cannot use the trunk, docs/native.md), the same trained weights are
@@ -176,6 +177,27 @@ def _quantile(v, q) -> float:
     return float(np.quantile(np.asarray(v), q))
 
 
+_PY_BUDGET = """
+import json, sys
+import numpy as np
+from edgekit.runtime import MCModel
+model, xs, budget = sys.argv[1], np.load(sys.argv[2]), float(sys.argv[3])
+m = MCModel(model, threads=1)
+m.warmup(budget_ms=budget)
+p = m.predict(xs, budget_ms=budget)
+print(json.dumps({"elapsed_ms": p.elapsed_ms.tolist(), "samples": p.samples.tolist()}))
+"""
+
+
+def _python_budget(model: Path, x_batch: Path, budget: float, fit: int) -> dict:
+    """The Python runtime on the same file, inputs and budget, in a fresh process without TensorFlow."""
+    out = json.loads(subprocess.run([sys.executable, "-c", _PY_BUDGET, str(model), str(x_batch), str(budget)],
+                                    capture_output=True, text=True, check=True).stdout)
+    return {"p99_ms": round(_quantile(out["elapsed_ms"], 0.99), 3),
+            "late_share": round(float(np.mean(np.array(out["elapsed_ms"]) > budget)), 4),
+            "median_share_of_fit": round(float(np.median(out["samples"])) / fit, 3) if fit else None}
+
+
 def _budgets(model: Path, x_batch: Path, x_one: Path, env) -> dict:
     # Fixed-T prediction times for a ladder of T (median of 60 each, one process per T), for the
     # "samples that fit" of each budget.
@@ -203,6 +225,7 @@ def _budgets(model: Path, x_batch: Path, x_one: Path, env) -> dict:
             entry["fixed_t70_p99_ms"] = round(_quantile([p["elapsed_ms"] for p in ref], 0.99), 3)
             entry["both_feasible_here"] = entry["fixed_t70_p99_ms"] <= budget
         entry["meets_targets"] = bool(fit and entry["p99_ms"] <= budget and entry["median_share_of_fit"] >= 0.7)
+        entry["python_runtime_same_inputs"] = _python_budget(model, x_batch, budget, fit)
         out[f"{budget:g}ms"] = entry
     return out
 
