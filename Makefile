@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   := $(or $(EDGEKIT_DATA),/usr/share/datasets/fashion-mnist)
 
-.PHONY: demo test test-base setup data bench clean native native-arm64 native-symbols
+.PHONY: demo test test-base setup data bench clean
 
 demo: setup data
 	$(BIN)/edgekit demo --out demo-out
@@ -44,6 +44,7 @@ data:
 
 # ---- The native runtime (runtime/c, docs/native.md): a C library and `edgekit-run` over LiteRT's C
 # API in the installed wheel's libLiteRt.so (found through Python, linked with an rpath to it).
+.PHONY: native native-symbols native-arm64 native-arm64-tools
 NATIVE       := build/native
 NATIVE_CC    ?= cc
 NATIVE_WARN  := -std=c11 -Wall -Wextra -Werror -pedantic
