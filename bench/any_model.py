@@ -184,6 +184,7 @@ def run_model(name: str, args) -> dict:
     print(f"{name}: {entry['mc_layers_mapped']} MC layers ({entry['drop_path_layers']} drop paths), "
           f"{entry['bn_folded']}/{entry['batchnorms']} BN folded", file=sys.stderr, flush=True)
     conversions = (("float32", {}), ("float32-mask-input", {"stochastic": "mask-input"}),
+                   ("float16", {"quantize": "float16"}), ("int16x8", {"quantize": "int16x8"}),
                    ("int8", {"quantize": "int8"}), ("int8-mask-input", {"quantize": "int8", "stochastic": "mask-input"}))
     for mode, options in conversions:
         if mode.split("-")[0] not in args.quantize:
@@ -217,7 +218,7 @@ def run_model(name: str, args) -> dict:
                 again = runtime.predict(x_eval[:1], samples=args.samples)
                 row["stochastic"] = bool(pred.std.max() > 0 and not np.array_equal(again.mean[0], pred.mean[0]))
                 row.update(_compare(pred, ref, args.samples))
-                if mode.startswith("int8"):
+                if mode.startswith(("int8", "int16x8")):
                     row["int8_tolerance"] = f"|diff| <= 4 SE + {INT8_STEPS}/256"
                     row["int8_ok"] = row["excess_over_4_se"] <= INT8_STEPS / 256
                 else:
@@ -235,7 +236,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="write JSON here (default: stdout)")
     p.add_argument("--models", nargs="+", default=["EfficientNetB0", "EfficientNetV2B0", "EfficientNetV2S"],
                    choices=MODELS)
-    p.add_argument("--quantize", nargs="+", default=["float32", "int8"], choices=["float32", "int8"])
+    p.add_argument("--quantize", nargs="+", default=["float32", "int16x8", "int8"],
+                   choices=["float32", "float16", "int16x8", "int8"])
     p.add_argument("--epochs", type=int, default=2, help="brief training on the synthetic images")
     p.add_argument("--train", type=int, default=768, help="synthetic training images")
     p.add_argument("--inputs", type=int, default=8, help="inputs compared with Keras")
