@@ -822,10 +822,10 @@ def convert(
     try:
         with _tracing_seed(seed):
             names = _write_saved_model(work, trunk, head, mc_meta, in_shape, folder, masked_twin, batch, infos)
-        calibration = (_calibration(work, trunk, head, mc_meta, data, names, batch=batch)
-                       if quantize in CALIBRATED else None)
+        dataset = (_calibration(work, trunk, head, mc_meta, data, names, batch=batch)
+                   if quantize in CALIBRATED else None)
         values = [i.name for i in infos if i.task != "classification"] if quantize in CALIBRATED else []
-        raw = _finish_flatbuffer(_tflite_convert(folder, names, quantize, int8_io, calibration, sparse,
+        raw = _finish_flatbuffer(_tflite_convert(folder, names, quantize, int8_io, dataset, sparse,
                                                  dense_per_channel), values)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

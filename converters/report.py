@@ -125,12 +125,29 @@ class ConversionReport:
             add(f"device           {self.device['name']}: {status}")
             for p in self.device["problems"]:
                 add(f"                 - {p}")
+        if self.heldout is not None:
+            lines.extend(_heldout_value_lines(self.heldout))
         if self.accuracy is not None:
             lines.extend(_quality_lines(self.accuracy))
         for w in self.warnings:
             loud = "ACCURACY COLLAPSE" in w
             add(("!!! " if loud else "warning: ") + w)
         return "\n".join(lines)
+
+
+def _heldout_value_lines(heldout: dict) -> list[str]:
+    """The table's lines for the value outputs' held-out fits (noise variance or variance scale)."""
+    lines = []
+    for name, fit in (heldout.get("outputs") or {}).items():
+        if not fit.get("fitted") or ("noise_variance" not in fit and "variance_scale" not in fit):
+            continue
+        if fit.get("noise_variance") is not None:
+            what = "noise variance   " + ", ".join(f"{v:.4g}" for v in fit["noise_variance"])
+        else:
+            what = f"variance scale   {fit['variance_scale']:.4g}"
+        lines.append(f"{what} ({name!r}; held-out NLL {fit['before']['nll']:.4f} -> {fit['after']['nll']:.4f}, "
+                     f"{fit['examples']} examples, T={fit['samples']})")
+    return lines
 
 
 def _num(v: float | None) -> str:
