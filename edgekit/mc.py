@@ -153,20 +153,29 @@ def _batched_call(model: keras.Model):
 
 
 def output_names(model: keras.Model) -> list[str]:
-    """Keras' names of the outputs of ``model``, in ``model.outputs`` order."""
-    names = getattr(model, "output_names", None)
+    """The names of the outputs of ``model``, in ``model.outputs`` order: the keys of a model built
+    with a dict of outputs (``keras.Model(x, {"cls": ..., "value": ...})``), else Keras' output
+    names (the layers that make them)."""
     outputs = getattr(model, "outputs", None) or []
+    try:
+        structure = model.output
+    except (AttributeError, ValueError):  # a layer called more than once has no single output
+        structure = None
+    if isinstance(structure, Mapping):
+        paths = [path for path, _ in keras.tree.flatten_with_path(structure)]
+        if len(paths) == len(outputs) and all(len(p) == 1 and isinstance(p[0], str) for p in paths):
+            return [p[0] for p in paths]
+    names = getattr(model, "output_names", None)
     if names and len(names) == len(outputs):
         return [str(n) for n in names]
     return [t._keras_history.operation.name for t in outputs]  # Sequential: the last layer's name
 
 
-def _as_list(result, names: list[str]) -> list:
-    """A model call's outputs (a tensor, a list or a dict) in ``model.outputs`` order."""
-    if isinstance(result, Mapping):
-        return [result[n] for n in names] if set(names) <= set(result) else list(result.values())
-    if isinstance(result, (list, tuple)):
-        return list(result)
+def _as_list(result, names: list[str] | None = None) -> list:
+    """A model call's outputs (a tensor, a list or a dict) in ``model.outputs`` order: Keras
+    flattens a dict of outputs by sorted key, whatever order it was written in."""
+    if isinstance(result, (Mapping, list, tuple)):
+        return list(keras.tree.flatten(result))
     return [result]
 
 

@@ -473,3 +473,71 @@ def test_a_value_output_that_yields_nan_is_an_output_error():
     with pytest.raises(OutputError, match=r"value output 'value' holds NaN or Inf in \d+ of 10 sampled values. "
                                           r"Expected finite values"):
         file.predict(np.full((1, 4), -3.0, np.float32), samples=10)
+
+
+@pytest.mark.slow
+@pytest.mark.train
+def test_predict_cli_shows_one_block_per_output(converted, data, tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    path = tmp_path / "two.tflite"
+    path.write_bytes(converted("two", "float32").tflite)
+    _, (xt, _, _) = data
+    np.save(tmp_path / "one.npy", xt[0])
+    np.save(tmp_path / "three.npy", xt[:3])
+
+    def run(*args):
+        return CliRunner().invoke(cli, ["predict", str(path), *map(str, args)])
+
+    r = run(tmp_path / "one.npy", "--samples", 30)
+    assert r.exit_code == 0, r.output
+    blocks = r.stdout.strip().split("\n\n")
+    assert blocks[0].startswith("output 'cls' (classification)\nclass ")
+    assert "predicted: " in r.stdout and "mutual information" in r.stdout
+    value = next(b for b in blocks if b.startswith("output 'value' (regression)"))
+    assert value.splitlines()[1].split()[:4] == ["value", "mean", "+-", "std"]
+    assert blocks[-1].startswith("samples: 30")  # once, after every output
+    r = run(tmp_path / "three.npy", "--samples", 30)
+    assert r.exit_code == 0, r.output
+    cls_rows = [ln for ln in r.stdout.splitlines() if ln.split()[:1] in (["0"], ["1"], ["2"])]
+    assert len(cls_rows) == 6  # three inputs in each block, with their T and time
+    assert all(ln.split()[-2] == "30" for ln in cls_rows)
+    r = run(tmp_path / "three.npy", "--samples", 30, "--json")
+    js = json.loads(r.stdout)
+    assert [o["name"] for o in js["outputs"]] == ["cls", "value"] and js["class_names"] == ["0", "1", "2"]
+    row = js["predictions"][2]
+    assert set(row["outputs"]) == {"cls", "value"} and row["predicted"] == row["outputs"]["cls"]["predicted"]
+    assert set(row["outputs"]["value"]) == {"mean", "std", "aleatoric_std", "total_std", "interval"}
+
+
+@pytest.mark.slow
+@pytest.mark.train
+def test_a_dict_of_outputs_keeps_its_keys_whatever_order_it_was_written_in(data):
+    keras = _keras()
+    from edgekit import mc
+    from edgekit.converters import convert
+    from edgekit.layers import MCDropout
+    from edgekit.runtime import MCModel
+
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8,), name="x")
+    h = MCDropout(0.2)(keras.layers.Dense(64, activation="relu")(inputs))
+    # Written cls first; Keras flattens the outputs by sorted key (box, cls), and names the box
+    # output's layer "reshape": the file must pair each tensor with its own key.
+    model = keras.Model(inputs, {"cls": keras.layers.Dense(3, activation="softmax")(h),
+                                 "box": keras.layers.Reshape((2, 2))(keras.layers.Dense(4)(h))})
+    assert mc.output_names(model) == ["box", "cls"]
+    result = convert(model)  # a Reshape of a linear Dense is a value output
+    assert [(e["name"], e["shape"]) for e in result.metadata["outputs"]] == [("box", [2, 2]), ("cls", [3])]
+    file = MCModel(result.tflite, seed=0)
+    _, (xt, _, _) = data
+    keras_mc = mc.predict(model, xt[:64], samples=T)
+    assert keras_mc["box"].probs.shape == (T, 64, 2, 2) and keras_mc["cls"].probs.shape == (T, 64, 3)
+    for name in ("box", "cls"):
+        diff, se = _z(file.sample(xt[:64], T, output=name), keras_mc[name])
+        assert np.all(diff <= 4 * se), name  # float32: within 4 SE, as above
+    pred = file.predict(xt[:2], samples=50)
+    assert pred["box"].mean.shape == (2, 2, 2) and pred["box"].low.shape == (2, 2, 2)
+    np.testing.assert_allclose(pred["cls"].mean.sum(-1), 1.0, atol=1e-5)

@@ -96,18 +96,21 @@ def _value_block(out, pred, run: bool) -> list[str]:
     ale = None if out.aleatoric_std is None else out.aleatoric_std.reshape(n, -1)
     level = f"{100 * out.level:g}% interval"
     idx_w = max(len("value"), *(len(ix) for ix in index))
+    spans = [[f"[{flat['low'][i, j]:.4g}, {flat['high'][i, j]:.4g}]" for j in range(len(index))] for i in range(n)]
+    span_w = max(len(level), *(len(t) for row in spans for t in row))
     lines = []
     lead = f"{'#':>5}  " if n > 1 else ""
     tail = f"  {'T':>5}  {'ms':>7}" if run and n > 1 else ""
-    lines.append(f"{lead}{'value':<{idx_w}}  {'mean':>10} +- {'std':<9}  {'aleatoric':>9}  {'total':>9}  {level}{tail}")
+    lines.append(f"{lead}{'value':<{idx_w}}  {'mean':>10} +- {'std':<9}  {'aleatoric':>9}  {'total':>9}  "
+                 f"{level:<{span_w}}{tail}".rstrip())
     for i in range(n):
         for j, ix in enumerate(index):
             a = "-" if ale is None else f"{ale[i, j]:.4g}"
             row = (f"{flat['mean'][i, j]:>10.4g} +- {flat['std'][i, j]:<9.4g}  {a:>9}  {flat['total_std'][i, j]:>9.4g}  "
-                   f"[{flat['low'][i, j]:.4g}, {flat['high'][i, j]:.4g}]")
+                   f"{spans[i][j]:<{span_w}}")
             first = f"{i:>5}  " if n > 1 and j == 0 else " " * 7 if n > 1 else ""
             end = f"  {pred.samples[i]:>5}  {pred.elapsed_ms[i]:7.2f}" if run and n > 1 and j == 0 else ""
-            lines.append(f"{first}{ix:<{idx_w}}  {row}{end}")
+            lines.append(f"{first}{ix:<{idx_w}}  {row}{end}".rstrip())
     lines.append("")
     if ale is None:
         lines.append("std is the model's (epistemic) uncertainty; the file has no aleatoric part, so the interval "
