@@ -111,6 +111,61 @@ def test_standard_error_of_a_value_output_is_its_largest_values():
     assert standard_error(plan, rows) == pytest.approx(rows[:, 1].std(ddof=1) / math.sqrt(50))
 
 
+def test_value_curve_measures_rmse_nll_and_coverage_against_t():
+    from edgekit.runtime.metrics import gaussian_nll
+    from edgekit.runtime.profiling import value_curve
+
+    rng = np.random.default_rng(6)
+    truth = rng.normal(size=(400, 1))
+    y = truth + rng.normal(0, 0.5, (400, 1))  # noise of variance 0.25, which the spec carries
+    rows = (truth[:, None, :] + rng.normal(0, 0.1, (400, 64, 1))).astype(np.float32)
+    spec = _spec((1,), noise=(0.25,))
+    points = value_curve(rows, spec, y, [1, 8, 64])
+    assert [p.samples for p in points] == [1, 8, 64] and points[0].values == 400
+    s = summarize_value_output(spec, rows)
+    last = points[-1]
+    assert last.rmse == pytest.approx(float(np.sqrt(((s.mean - y) ** 2).mean())))
+    assert last.nll == pytest.approx(gaussian_nll(s.mean, s.total_std**2, y))
+    # 400 targets from the very distribution the interval describes: a binomial SE of 1.5 points.
+    assert 0.85 <= last.coverage <= 0.95 and last.level == 0.9
+    assert 0 < last.nll_se < 0.1
+    bare = value_curve(rows, _spec((1,)), y, [1, 64])  # no aleatoric part: T=1 has no spread
+    assert bare[0].nll is None and bare[0].coverage == 0.0 and bare[1].coverage < 0.5
+    with pytest.raises(ValueError, match=r"Expected targets of shape \(400, 1\) for value output 'value' "
+                                         r"\(one per input\). Received: shape \(400, 2\)"):
+        value_curve(rows, spec, np.zeros((400, 2)), [1])
+
+
+def _latency(samples, p99):
+    from edgekit.runtime.profiling import LatencyPoint
+
+    return LatencyPoint(1, samples, 100, p99, p99, p99, p99, p99, p99, None, p99)
+
+
+def _value_point(samples, nll, coverage, nll_se=0.01):
+    from edgekit.runtime.profiling import ValuePoint
+
+    return ValuePoint(samples, 500, 500, 1.0, nll, nll_se, coverage, 0.9)
+
+
+def test_recommend_takes_the_smallest_t_on_the_nll_coverage_plateau():
+    from edgekit.runtime.profiling import recommend
+
+    latency = [_latency(1, 0.1), _latency(10, 0.5), _latency(30, 1.0), _latency(100, 3.0)]
+    values = [_value_point(1, 1.50, 0.70), _value_point(10, 1.105, 0.885), _value_point(30, 1.10, 0.89),
+              _value_point(100, 1.098, 0.895)]
+    # T=10 is within 1 SE (0.01) of the best NLL (1.098 at T=100), and its coverage (88.5%) is no
+    # further from 90% than the best point's 0.5 points plus one binomial SE over 500 values (1.34).
+    rec = recommend(latency, 5.0, values=values)
+    assert rec.samples == 10 and "NLL/coverage plateau" in rec.reason
+    # A budget that T=10 does not fit: the fitting T with the lowest NLL.
+    assert recommend(latency, 0.2, values=values).samples == 1
+    tight = [_value_point(1, 1.50, 0.70), _value_point(10, 1.20, 0.80), _value_point(30, 1.10, 0.89),
+             _value_point(100, 1.098, 0.895)]
+    assert recommend(latency, 5.0, values=tight).samples == 30  # T=10's coverage is off the plateau
+    assert recommend(latency, 5.0, values=[_value_point(1, None, 0.0)]).samples == 100  # no NLL: largest fit
+
+
 # ----------------------------------------------------------------------------- models (TensorFlow)
 
 def _keras():
@@ -510,6 +565,17 @@ def test_predict_cli_shows_one_block_per_output(converted, data, tmp_path):
     row = js["predictions"][2]
     assert set(row["outputs"]) == {"cls", "value"} and row["predicted"] == row["outputs"]["cls"]["predicted"]
     assert set(row["outputs"]["value"]) == {"mean", "std", "aleatoric_std", "total_std", "interval"}
+    # profile --data measures the output --output names, from its own targets in the .npz.
+    _, (xt, vt, ct) = data
+    np.savez(tmp_path / "test.npz", x_test=xt, y_test=ct, y_test_value=vt)
+    prof = ["profile", str(path), "--data", str(tmp_path / "test.npz"), "--sweep", "1,10", "--runs", "2",
+            "--no-runtime", "--json"]
+    js = json.loads(CliRunner().invoke(cli, [*prof, "--output", "value"]).stdout)["models"][0]
+    assert js["output"] == "value" and js["accuracy"] is None and [v["samples"] for v in js["values"]] == [1, 10]
+    js = json.loads(CliRunner().invoke(cli, prof).stdout)["models"][0]  # the first output, cls, by default
+    assert js["output"] == "cls" and js["values"] is None and [a["samples"] for a in js["accuracy"]] == [1, 10]
+    r = CliRunner().invoke(cli, [*prof, "--output", "nope"])
+    assert r.exit_code == 1 and "Expected one of the outputs ['cls', 'value']. Received: output='nope'" in r.stderr
 
 
 @pytest.mark.slow
