@@ -124,8 +124,9 @@ def main(argv=None) -> dict:
     for seed in seeds:
         r = run_seed(seed, epochs=args.epochs, samples=args.samples)
         runs.append(r)
-        print(f"seed {seed}: int8 coverage {100 * r['int8']['coverage']:.1f}% (Keras {100 * r['keras_mc']['coverage']:.1f}%, "
-              f"without noise variance {100 * r['int8_without_noise_variance']['coverage']:.1f}%), RMSE "
+        print(f"seed {seed}: int8 coverage {100 * r['int8']['coverage']:.1f}% "
+              f"(Keras {100 * r['keras_mc']['coverage']:.1f}%, without noise variance "
+              f"{100 * r['int8_without_noise_variance']['coverage']:.1f}%), RMSE "
               f"{r['int8']['rmse']:.4f} vs Keras {r['keras_mc']['rmse']:.4f} ({100 * (r['rmse_ratio'] - 1):+.2f}%)",
               file=sys.stderr)
     cover = [r["int8"]["coverage"] for r in runs]

@@ -13,7 +13,8 @@ What happens, in order:
 
 0. **Settings.** ``quantize``, ``stochastic``, ``int8_io`` and ``batch`` not given come from the device
    profile (:func:`edgekit.devices.conversion_settings`, the rule ``edgekit convert --device`` uses too).
-1. **Checks.** One input, one output, no nested MC layer we cannot see; representative data (when
+1. **Checks.** One input, any number of outputs (each a class or a value output:
+   :mod:`edgekit.converters.outputs`), no nested MC layer we cannot see; representative data (when
    given) has the model's input shape, is non-empty and finite.
 2. **BatchNorm folding** (:mod:`edgekit.converters.fold`), unless ``fold_batchnorm=False``.
 3. **Split.** ``trunk`` is everything before the input of the first MC layer and ``head`` the
@@ -34,7 +35,8 @@ What happens, in order:
    instead: reproducible masks, identical on every device (a warning says so).
 6. **Quantization**: ``float32``, ``float16``, ``dynamic`` (int8 weights), ``int8`` (full integer
    with float islands where no int8 kernel exists, e.g. ``RANDOM_UNIFORM``; float or int8 I/O) and
-   ``int16x8``. Calibration runs every signature on the representative data.
+   ``int16x8``. Calibration runs every signature on the representative data; an int8 value output's
+   range is then widened (:data:`VALUE_RANGE_MARGIN`: it would saturate at the calibrated range).
 7. **Static reshapes**: Keras' Flatten/Reshape compute their shape from the run-time batch
    (``SHAPE`` -> ``STRIDED_SLICE`` -> ``PACK`` -> ``RESHAPE``); each becomes a ``RESHAPE`` to the
    constant ``[-1, ...]``, which does the same job without a dynamic output (docs/format.md).

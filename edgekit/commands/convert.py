@@ -126,11 +126,22 @@ def _targets_of(arrays: dict, prefix: str, names: list[str]) -> dict | None:
 
 
 def _npz_arrays(spec) -> dict:
-    """Every array of an .npz (already checked to be one by _load_data)."""
+    """Every array of the .npz ``spec``."""
     import numpy as np
 
-    with open(spec, "rb") as f, np.load(f, allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+    try:
+        with open(spec, "rb") as f:
+            npz = np.load(f, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise InvalidArgumentError(f"Expected an .npz file of arrays (np.savez). Received: --data {spec!r}, "
+                                           f"a single .npy array")
+            with npz:
+                return {k: npz[k] for k in npz.files}
+    except (ValueError, EOFError) as e:  # not an npz, an object array (pickle), or an empty file
+        if isinstance(e, InvalidArgumentError):
+            raise
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidArgumentError(f"Expected an .npz file of arrays. Received: --data {spec!r} ({why})") from None
 
 
 def _fit_shape(x, shape):
