@@ -13,7 +13,8 @@ What happens, in order:
 
 0. **Settings.** ``quantize``, ``stochastic``, ``int8_io`` and ``batch`` not given come from the device
    profile (:func:`edgekit.devices.conversion_settings`, the rule ``edgekit convert --device`` uses too).
-1. **Checks.** One input, one output, no nested MC layer we cannot see; representative data (when
+1. **Checks.** One input, any number of outputs (each a class or a value output:
+   :mod:`edgekit.converters.outputs`), no nested MC layer we cannot see; representative data (when
    given) has the model's input shape, is non-empty and finite.
 2. **BatchNorm folding** (:mod:`edgekit.converters.fold`), unless ``fold_batchnorm=False``.
 3. **Split.** ``trunk`` is everything before the input of the first MC layer and ``head`` the
@@ -34,7 +35,8 @@ What happens, in order:
    instead: reproducible masks, identical on every device (a warning says so).
 6. **Quantization**: ``float32``, ``float16``, ``dynamic`` (int8 weights), ``int8`` (full integer
    with float islands where no int8 kernel exists, e.g. ``RANDOM_UNIFORM``; float or int8 I/O) and
-   ``int16x8``. Calibration runs every signature on the representative data.
+   ``int16x8``. Calibration runs every signature on the representative data; an int8 value output's
+   range is then widened (:data:`VALUE_RANGE_MARGIN`: it would saturate at the calibrated range).
 7. **Static reshapes**: Keras' Flatten/Reshape compute their shape from the run-time batch
    (``SHAPE`` -> ``STRIDED_SLICE`` -> ``PACK`` -> ``RESHAPE``); each becomes a ``RESHAPE`` to the
    constant ``[-1, ...]``, which does the same job without a dynamic output (docs/format.md).
@@ -543,9 +545,82 @@ def _drop_unused_opcodes(model) -> None:
             op.opcodeIndex = remap[int(op.opcodeIndex)]
 
 
-def _finish_flatbuffer(tflite: bytes) -> bytes:
+VALUE_RANGE_MARGIN = 2.0
+"""How much wider than calibrated the quantized range of a value output is (:func:`_widen_value_ranges`)."""
+
+# Ops whose int8 kernels rescale to any output scale, and ops that pass values through with their
+# input's scale (a value output's range may be widened only back to the first of the former).
+_REQUANTIZING = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "TRANSPOSE_CONV", "ADD", "SUB", "MUL")
+_PASS_THROUGH = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
+
+
+def _widen_value_ranges(model, codes, schema, names: Sequence[str], factor: float = VALUE_RANGE_MARGIN) -> bool:
+    """Widen the quantized range of each value output (``names``) ``factor`` times about its centre.
+
+    A quantized tensor saturates at the ends of the range calibration saw. Class probabilities
+    live in [0, 1] whatever the input, but a value output's calibrated range is that of one
+    stochastic pass per calibration input, and the MC samples of other inputs go beyond it: a
+    regressor trained on standardized targets, calibrated on 200 inputs, clipped test predictions
+    at 1.7 where Keras gave 3.7 (its int8 MC mean 0.6 away, 23 standard errors). Twice the range
+    costs one bit of the output's resolution (a step of 1/128 of the calibrated span), far under
+    the noise of any regression target. The rescale is exact: the producing op (a Dense or a
+    convolution) computes its output multiplier from the scales when the interpreter prepares.
+    True if any changed.
+    """
+    changed = False
+    wanted = set(names)
+    for sd in model.signatureDefs or []:
+        sg = model.subgraphs[sd.subgraphIndex]
+        producer, consumers = {}, {}
+        for op in sg.operators or []:
+            for t in op.outputs if op.outputs is not None else []:
+                producer[int(t)] = op
+            for t in op.inputs if op.inputs is not None else []:
+                consumers.setdefault(int(t), []).append(op)
+        for tm in sd.outputs or []:
+            name = tm.name.decode() if isinstance(tm.name, bytes) else tm.name
+            if name not in wanted:
+                continue
+            t = int(tm.tensorIndex)
+            op = producer.get(t)
+            if op is not None and codes[op.opcodeIndex] == "DEQUANTIZE":  # float output of a quantized graph
+                t = int(op.inputs[0])
+                op = producer.get(t)
+            chain = [t]
+            while op is not None and codes[op.opcodeIndex] in _PASS_THROUGH:
+                t = int(op.inputs[0])
+                chain.append(t)
+                op = producer.get(t)
+            if op is None or codes[op.opcodeIndex] not in _REQUANTIZING:
+                continue
+            tensors = [sg.tensors[i] for i in chain]
+            q = tensors[0].quantization
+            kinds = {schema.TensorType.INT8: (-128, 127), schema.TensorType.INT16: (-32768, 32767)}
+            if (tensors[0].type not in kinds or q is None or q.scale is None or len(q.scale) != 1
+                    or any(c is not op and codes[c.opcodeIndex] not in ("DEQUANTIZE", *_PASS_THROUGH)
+                           for i in chain for c in consumers.get(i, []))):
+                continue
+            lo_q, hi_q = kinds[tensors[0].type]
+            scale, zero = float(q.scale[0]), int(q.zeroPoint[0]) if q.zeroPoint is not None else 0
+            low, high = scale * (lo_q - zero), scale * (hi_q - zero)
+            centre, half = 0.5 * (low + high), 0.5 * factor * (high - low)
+            low, high = min(centre - half, 0.0), max(centre + half, 0.0)  # zero stays representable
+            if tensors[0].type == schema.TensorType.INT16:  # 16-bit activations are symmetric
+                new_scale, new_zero = max(-low, high) / hi_q, 0
+            else:
+                new_scale = (high - low) / (hi_q - lo_q)
+                new_zero = int(min(hi_q, max(lo_q, round(lo_q - low / new_scale))))
+            for tensor in tensors:
+                tensor.quantization.scale = [new_scale]
+                tensor.quantization.zeroPoint = [new_zero]
+            changed = True
+    return changed
+
+
+def _finish_flatbuffer(tflite: bytes, value_outputs: Sequence[str] = ()) -> bytes:
     """The converter's file with static reshapes (:func:`_static_reshapes`, then the shape ops
-    nobody reads any more removed) and the names of intermediate tensors stripped.
+    nobody reads any more removed), the quantized ranges of ``value_outputs`` widened
+    (:func:`_widen_value_ranges`) and the names of intermediate tensors stripped.
 
     Tensor names are debugging text ("head_1/dense_0_1/MatMul;head_1/dense_0_1/BiasAdd2", ...):
     about 3.5 KB plus string headers in the book MLP's int8 file, where they decide whether it stays
@@ -559,6 +634,8 @@ def _finish_flatbuffer(tflite: bytes) -> bytes:
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     codes = [op_names.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), "") for oc in model.operatorCodes or []]
     changed = [_static_reshapes(model, sg, codes, schema) for sg in model.subgraphs or []]
+    if value_outputs:
+        _widen_value_ranges(model, codes, schema, value_outputs)
     if any(changed):
         for index, sg in enumerate(model.subgraphs or []):
             _drop_dead_ops(sg, codes)
@@ -749,10 +826,11 @@ def convert(
     try:
         with _tracing_seed(seed):
             names = _write_saved_model(work, trunk, head, mc_meta, in_shape, folder, masked_twin, batch, infos)
-        calibration = (_calibration(work, trunk, head, mc_meta, data, names, batch=batch)
-                       if quantize in CALIBRATED else None)
-        raw = _finish_flatbuffer(_tflite_convert(folder, names, quantize, int8_io, calibration, sparse,
-                                                 dense_per_channel))
+        dataset = (_calibration(work, trunk, head, mc_meta, data, names, batch=batch)
+                   if quantize in CALIBRATED else None)
+        values = [i.name for i in infos if i.task != "classification"] if quantize in CALIBRATED else []
+        raw = _finish_flatbuffer(_tflite_convert(folder, names, quantize, int8_io, dataset, sparse,
+                                                 dense_per_channel), values)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -17,8 +17,9 @@ A **heteroscedastic** value output predicts its own noise: declare its partner w
 the log of the noise variance of each value. It is carried by the signatures but is not an
 output of its own in the metadata.
 
-Names: the outputs of a model with several are named as Keras names them (``model.output_names``,
-or the producing layer's name). A model with one output keeps the names edgekit/1 files used,
+Names: the outputs of a model with several are named by the keys of its dict of outputs
+(``keras.Model(x, {"cls": ..., "value": ...})``), else as Keras names them (``model.output_names``,
+the producing layers' names). A model with one output keeps the names edgekit/1 files used,
 ``probs`` for a class output and ``value`` for a value output, so code written for the stock
 interpreter against such files keeps working.
 
@@ -70,10 +71,9 @@ class OutputInfo:
 
 
 def _keras_names(model: keras.Model) -> list[str]:
-    names = getattr(model, "output_names", None)
-    if names and len(names) == len(model.outputs):
-        return [str(n) for n in names]
-    return [t._keras_history.operation.name for t in model.outputs]  # Sequential: the last layer's name
+    from edgekit.mc import output_names
+
+    return output_names(model)
 
 
 def _activation(tensor) -> str | None:
@@ -199,13 +199,13 @@ def _with_class_names(infos: list[OutputInfo], class_names) -> list[OutputInfo]:
 
 
 def named(result, infos: list[OutputInfo]) -> dict:
-    """A model call's outputs (a tensor, a list or a dict) as ``{file name: tensor}`` in file order."""
-    if isinstance(result, Mapping):
-        values = list(result.values())
-    elif isinstance(result, (list, tuple)):
-        values = list(result)
-    else:
-        values = [result]
+    """A model call's outputs (a tensor, a list or a dict) as ``{file name: tensor}`` in file order.
+
+    A dict of outputs is flattened as Keras flattens ``model.outputs`` (by sorted key), not in the
+    order it was written: the order of a dict's values would pair outputs with other names."""
+    from edgekit.mc import _as_list
+
+    values = _as_list(result)
     by_index = {i.index: i.name for i in infos}
     return {by_index[k]: values[k] for k in sorted(by_index)}
 

@@ -472,10 +472,12 @@ class MCModel:
         raise InvalidArgumentError(f"Expected one of the outputs {[o.name for o in self.plan.outputs]}. "
                                    f"Received: output={name!r}")
 
-    def deterministic(self, x, *, rows: int = 4096) -> np.ndarray | None:
-        """Dropout-off probabilities ``[N, C]``: ``full`` fed every unit's expected keep-mask ``1 - rate``
-        (the identity for MCDropout-type layers). Only mask-input files whose every MC layer is an
-        MCDropout or MCSpatialDropout2D have that path; None for any other file."""
+    def deterministic(self, x, *, rows: int = 4096, output: str | None = None) -> np.ndarray | None:
+        """Dropout-off outputs: ``full`` fed every unit's expected keep-mask ``1 - rate`` (the identity
+        for MCDropout-type layers); ``[N, C]`` probabilities of a class output, ``[N, *shape]`` values
+        of a value output. ``output`` names it (default: the first). Only mask-input files whose
+        every MC layer is an MCDropout or MCSpatialDropout2D have that path; None for any other file."""
+        spec = self.plan.output if output is None else self._output_spec(output)
         layers = self.plan.mc_layers
         if (self.plan.stochastic != "mask-input" or not layers or len(self.plan.full_masks) != len(layers)
                 or not all(m.get("kind") in ("MCDropout", "MCSpatialDropout1D", "MCSpatialDropout2D", "MCSpatialDropout3D")
@@ -483,8 +485,9 @@ class MCModel:
             return None
         xq = quantize(self.input, self._check_input(x), "input", self.source)
         table = self._run.full_expected(xq, max(1, min(int(rows), self._full_rows)))
-        spec = self.plan.output
-        return class_probs(spec, table) if spec.task == "classification" else table[:, slice(*spec.columns)]
+        if spec.task == "classification":
+            return class_probs(spec, table)
+        return table[:, slice(*spec.columns)].reshape(len(table), *spec.shape)
 
     def predict(self, x, *, samples: int | None = None, budget_ms: float | None = None,
                 tolerance: float | None = None) -> MCPrediction:
