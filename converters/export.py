@@ -747,9 +747,9 @@ def convert(
     try:
         with _tracing_seed(seed):
             names = _write_saved_model(work, trunk, head, mc_meta, in_shape, folder, masked_twin, batch, infos)
-        calibration = (_calibration(work, trunk, head, mc_meta, data, names, batch=batch)
-                       if quantize in CALIBRATED else None)
-        raw = _finish_flatbuffer(_tflite_convert(folder, names, quantize, int8_io, calibration, sparse,
+        ranges = (_calibration(work, trunk, head, mc_meta, data, names, batch=batch)
+                  if quantize in CALIBRATED else None)
+        raw = _finish_flatbuffer(_tflite_convert(folder, names, quantize, int8_io, ranges, sparse,
                                                  dense_per_channel))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
