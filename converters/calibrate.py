@@ -63,6 +63,7 @@ __all__ = [
     "fit_temperature",
     "fit_variance_scale",
     "risk_coverage",
+    "risk_coverage_summary",
 ]
 
 MIN_EXAMPLES = 500
@@ -270,6 +271,15 @@ def risk_coverage(scores: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, 
     k = np.arange(1, len(s) + 1)
     coverage, risk = k / len(s), errors / k
     return coverage, risk, float(risk.mean())
+
+
+def risk_coverage_summary(scores: np.ndarray, correct: np.ndarray, *, points: int = 20) -> dict:
+    """The risk-coverage curve at ``points`` evenly spaced coverages (1/points .. 1) and its AURC,
+    as JSON values: ``{"aurc", "curve": [[coverage, risk], ...]}``."""
+    coverage, risk, aurc = risk_coverage(scores, correct)
+    n = len(coverage)
+    at = [max(1, round(n * (i + 1) / points)) - 1 for i in range(points)]
+    return {"aurc": aurc, "curve": [[float(coverage[i]), float(risk[i])] for i in at]}
 
 
 def fit_abstention(mean_probs, labels, *, score: str = "entropy", target_coverage: float = 0.9) -> Abstention:

@@ -17,16 +17,20 @@ ranges the file computes in, and would make it look better calibrated than it is
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
 
 from edgekit.converters.calibrate import (
     MIN_EXAMPLES,
+    SmallHeldOutWarning,
+    check_labelled_samples,
     fit_abstention,
     fit_noise_variance,
     fit_temperature,
     fit_variance_scale,
+    risk_coverage_summary,
 )
 from edgekit.errors import InvalidArgumentError
 
@@ -69,6 +73,13 @@ def _targets(heldout_data, plan, n: int) -> dict[str, np.ndarray]:
     return out
 
 
+def _risk_coverage(mean: np.ndarray, labels) -> dict:
+    """The held-out risk-coverage curve of the file's (calibrated) MC mean, by 1 - confidence."""
+    y = np.asarray(labels).astype(np.int64)
+    correct = mean.argmax(axis=1) == y
+    return {"score": "confidence", **risk_coverage_summary(1.0 - mean.max(axis=1), correct)}
+
+
 def fit_heldout(tflite: bytes, meta: dict, heldout_data, *, samples: int = 100, calibration: str = "mi-temperature",
                 abstain_coverage: float | None = None, force: bool = False) -> tuple[dict, dict]:
     """``(metadata with the fits in its outputs, a report of every fit)`` (see the module docstring).
@@ -89,14 +100,22 @@ def fit_heldout(tflite: bytes, meta: dict, heldout_data, *, samples: int = 100, 
                                    f"{type(heldout_data).__name__}") from None
     x = check_representative_data(x, model.input.shape, "heldout_data x")
     n = len(x)
-    if n < MIN_EXAMPLES and not force:
-        raise InvalidArgumentError(
-            f"A held-out split of {n} examples is too small for a stable calibration fit. Expected at least "
-            f"{MIN_EXAMPLES} (or force_small_heldout=True). Received: {n}"
-        )
+    if n < MIN_EXAMPLES:
+        if not force:
+            raise InvalidArgumentError(
+                f"A held-out split of {n} examples is too small for a stable calibration fit. Expected at least "
+                f"{MIN_EXAMPLES} (or force_small_heldout=True). Received: {n}"
+            )
+        warnings.warn(f"a held-out split of {n} examples is too small for a stable fit (expected at least "
+                      f"{MIN_EXAMPLES}); fitting on it anyway, as forced", SmallHeldOutWarning, stacklevel=3)
+    fits = {"min_examples": 0}  # the split's size is checked (and warned about) once, here
     targets = _targets(heldout_data, model.plan, n)
     rows = model.sample_rows(x, samples)
     entries = {e["name"]: dict(e) for e in meta["outputs"]}
+
+    def what(spec) -> str:
+        return "held-out" if len(model.plan.outputs) == 1 else f"held-out {spec.name!r}"
+
     report: dict = {"examples": n, "samples": int(rows.shape[1]), "method": calibration, "outputs": {}}
     for spec in model.plan.outputs:
         entry = entries[spec.name]
@@ -105,19 +124,20 @@ def fit_heldout(tflite: bytes, meta: dict, heldout_data, *, samples: int = 100, 
             continue
         y = targets[spec.name]
         if spec.task == "classification":
-            probs = class_probs(spec, rows)
+            probs, y = check_labelled_samples(class_probs(spec, rows), y, what=what(spec), **fits)
             done: dict = {"fitted": True}
             cal = None
             if calibration != "none":
-                fit = fit_temperature(probs, y, mi_aware=calibration == "mi-temperature", force=force)
+                fit = fit_temperature(probs, y, mi_aware=calibration == "mi-temperature", **fits)
                 cal = fit.calibration
                 entry["calibration"] = None if cal is None else cal.to_dict()
                 done["calibration"] = fit.to_dict()
+            mean = (probs if cal is None else cal.apply(probs)).mean(axis=1)
             if abstain_coverage is not None:
-                mean = (probs if cal is None else cal.apply(probs)).mean(axis=1)
                 ab = fit_abstention(mean, y, score="confidence", target_coverage=abstain_coverage)
                 entry["abstain"] = ab.to_dict()
                 done["abstain"] = ab.to_dict()
+            done["risk_coverage"] = _risk_coverage(mean, y)
             report["outputs"][spec.name] = done
         else:
             a, b = spec.columns

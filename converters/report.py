@@ -90,6 +90,7 @@ class ConversionReport:
     split_reason: str | None = None
     extra: dict = field(default_factory=dict)
     heldout: dict | None = None
+    calibration: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -130,6 +131,7 @@ class ConversionReport:
                 det = "-" if r["deterministic_accuracy"] is None else f"{100 * r['deterministic_accuracy']:.2f}"
                 add(f"  {key:<10}{det:>9}{100 * r['mc_accuracy']:>9.2f}{r['nll']:>8.4f}{r['ece']:>8.4f}")
             add(f"  MC accuracy change: {a['mc_accuracy_delta_points']:+.2f} points")
+        lines.extend(_calibration_lines(self.heldout, self.calibration))
         for w in self.warnings:
             loud = "ACCURACY COLLAPSE" in w
             add(("!!! " if loud else "warning: ") + w)
@@ -212,6 +214,28 @@ def _keras_probs(model, x, samples: int, rows: int) -> tuple[np.ndarray, np.ndar
     return np.concatenate(mc), det
 
 
+def _file_means(tflite: bytes, x, samples: int, *, seed: int | None, rows: int, threads: int):
+    """``(raw MC mean, calibrated MC mean or None, dropout-off probabilities or None, strategy,
+    the first output's spec)`` of the file on ``x``: one draw of samples, the file's temperature
+    applied to each sample for the calibrated mean (as the runtime does)."""
+    from edgekit.runtime import MCModel
+
+    model = MCModel(tflite, threads=threads, seed=seed, probe=False)  # the converter's own output
+    spec = model.plan.output
+    cal = spec.calibration if spec.task == "classification" else None
+    x = np.asarray(x, dtype=np.float32)
+    chunk = max(1, rows // samples)
+    raw, calibrated = [], []
+    for i in range(0, len(x), chunk):
+        p = model.sample(x[i : i + chunk], samples, rows=rows)
+        raw.append(p.mean(axis=1))
+        if cal is not None:
+            calibrated.append(cal.apply(p).mean(axis=1))
+    strategy = model.strategy_at(samples, inputs=min(chunk, len(x)))
+    return (np.concatenate(raw), np.concatenate(calibrated) if cal is not None else None,
+            model.deterministic(x, rows=rows), strategy, spec)
+
+
 def tflite_probs(tflite: bytes, x, samples: int, *, seed: int | None = 0, rows: int = 5000, threads: int = 2
                  ) -> tuple[np.ndarray, np.ndarray | None, str]:
     """The ``.tflite`` file's MC-mean and dropout-off probabilities on ``x``, and the strategy that ran.
@@ -222,14 +246,8 @@ def tflite_probs(tflite: bytes, x, samples: int, *, seed: int | None = 0, rows: 
     :meth:`~edgekit.runtime.MCModel.deterministic` (None for a file without that path). ``seed``
     seeds the masks the runtime draws (None: unseeded, like ``predict`` without ``--seed``).
     """
-    from edgekit.runtime import MCModel
-
-    model = MCModel(tflite, threads=threads, seed=seed, probe=False)  # the converter's own output
-    x = np.asarray(x, dtype=np.float32)
-    chunk = max(1, rows // samples)
-    mc = [model.sample(x[i : i + chunk], samples, rows=rows).mean(axis=1) for i in range(0, len(x), chunk)]
-    strategy = model.strategy_at(samples, inputs=min(chunk, len(x)))
-    return np.concatenate(mc), model.deterministic(x, rows=rows), strategy
+    raw, _, det, strategy, _ = _file_means(tflite, x, samples, seed=seed, rows=rows, threads=threads)
+    return raw, det, strategy
 
 
 def keras_reference(model, x, *, samples: int = 100, rows: int = 5000) -> tuple[np.ndarray, np.ndarray]:
@@ -269,7 +287,7 @@ def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows:
     k_mc, k_det = reference
     if k_mc.shape[0] != len(x):
         raise ValueError(f"Expected a reference for {len(x)} inputs. Received: {k_mc.shape[0]} rows")
-    t_mc, t_det, strategy = tflite_probs(converted.tflite, x, samples, seed=seed, rows=rows)
+    t_mc, t_cal, t_det, strategy, spec = _file_means(converted.tflite, x, samples, seed=seed, rows=rows, threads=2)
     keras_m, tfl_m = _metrics(k_mc, y, k_det), {**_metrics(t_mc, y, t_det), "strategy": strategy}
     delta = 100.0 * (tfl_m["mc_accuracy"] - keras_m["mc_accuracy"])
     acc = {"n": int(len(x)), "samples": samples, "keras": keras_m, "tflite": tfl_m,
@@ -280,4 +298,88 @@ def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows:
                f"under the float Keras model ({100 * tfl_m['mc_accuracy']:.2f}% vs {100 * keras_m['mc_accuracy']:.2f}%)")
         _warnings.warn(msg, AccuracyCollapseWarning, stacklevel=2)
         warns.append(msg)
-    return dataclasses.replace(converted.report, accuracy=acc, warnings=tuple(warns))
+    return dataclasses.replace(converted.report, accuracy=acc, warnings=tuple(warns),
+                               calibration=_test_calibration(t_mc, t_cal, y, spec))
+
+
+# --------------------------------------------------------------------------- calibration and abstention
+
+
+def _test_calibration(raw: np.ndarray, calibrated: np.ndarray | None, y: np.ndarray, spec) -> dict | None:
+    """The first output's calibration and abstention figures on labelled (test) data: accuracy, ECE,
+    NLL and Brier of the MC mean before and after the file's temperature, the risk-coverage curve
+    of what the device reports (by 1 - confidence) and the abstention threshold's coverage."""
+    from edgekit.converters.calibrate import class_metrics, risk_coverage_summary
+
+    if spec.task != "classification":
+        return None
+    shown = raw if calibrated is None else calibrated
+    correct = shown.argmax(axis=1) == y
+    out = {"output": spec.name, "examples": len(y), "before": class_metrics(raw, y),
+           "after": None if calibrated is None else class_metrics(calibrated, y),
+           "risk_coverage": {"score": "confidence", **risk_coverage_summary(1.0 - shown.max(axis=1), correct)},
+           "abstain": None}
+    if spec.abstain is not None:
+        kept = ~spec.abstain.abstain(shown)
+        out["abstain"] = {"coverage": float(kept.mean()),
+                          "selective_accuracy": float(correct[kept].mean()) if kept.any() else None}
+    return out
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _calibration_lines(heldout: dict | None, test: dict | None) -> list[str]:
+    """The report table's calibration, abstention and risk-coverage lines (one block per class output)."""
+    lines: list[str] = []
+    add = lines.append
+    fits = (heldout or {}).get("outputs") or {}
+    if heldout is None and test is not None:
+        add("calibration      none: no held-out data, the file runs uncalibrated")
+    for name, fit in fits.items():
+        if "risk_coverage" not in fit:  # a value output, or one without targets
+            continue
+        tag = "" if len(fits) == 1 else f" [{name}]"
+        cal = fit.get("calibration")
+        where = f"{heldout['examples']} held-out inputs, T={heldout['samples']}"
+        if cal is None:
+            add(f"calibration{tag}      none asked (--calibration none); fits on {where}")
+        elif cal["applied"]:
+            t = cal["calibration"]
+            add(f"calibration{tag}      {heldout['method']} on {where}: applied (temperature {t['temperature']:.3f}"
+                + (f", MI slope {t['mi_slope']:.3f}" if t.get("mi_slope") else "") + ")")
+        else:
+            add(f"calibration{tag}      {heldout['method']} on {where}: {cal['reason']}")
+        rows = []
+        if cal is not None:
+            rows += [("held-out", "before", cal["before"]), ("held-out", "after", cal["after"] if cal["applied"] else None)]
+        if test is not None and test["output"] == name:
+            rows += [("test", "before", test["before"]), ("test", "after", test["after"])]
+        if rows:
+            add(f"  {'data':<10}{'':<8}{'acc':>7}{'ECE':>8}{'NLL':>8}{'Brier':>8}")
+            for data, when, m in rows:
+                if m is None:
+                    add(f"  {data:<10}{when:<8}{'(not applied: as before)':>31}")
+                else:
+                    add(f"  {data:<10}{when:<8}{100 * m['accuracy']:>7.2f}{m['ece']:>8.4f}{m['nll']:>8.4f}"
+                        f"{m['brier']:>8.4f}")
+        ab = fit.get("abstain")
+        if ab is not None:
+            text = (f"abstention{tag}       abstain when 1 - confidence > {ab['threshold']:.4f}: answers "
+                    f"{_pct(ab['heldout_coverage'])}% of held-out (selective accuracy {_pct(ab['heldout_selective_accuracy'])}%)")
+            t_ab = (test or {}).get("abstain") if (test or {}).get("output") == name else None
+            if t_ab is not None:
+                text += f", {_pct(t_ab['coverage'])}% of test ({_pct(t_ab['selective_accuracy'])}%)"
+            add(text)
+        rc = fit["risk_coverage"]
+        t_rc = (test or {}).get("risk_coverage") if (test or {}).get("output") == name else None
+        text = f"risk-coverage{tag}    AURC {rc['aurc']:.4f} held-out"
+        if t_rc is not None:
+            text += f", {t_rc['aurc']:.4f} test"
+            curve = t_rc["curve"]
+            picks = [c for c in curve if round(c[0] * 100) in (50, 80, 90, 100)]
+            text += "; test risk at " + "/".join(f"{round(c[0] * 100)}" for c in picks) + "% coverage: " + "/".join(
+                f"{100 * c[1]:.1f}" for c in picks) + "%"
+        add(text + " (by 1 - confidence)")
+    return lines
