@@ -109,6 +109,31 @@ def _fit_shape(x, shape):
     return x
 
 
+def _heldout_data(spec: str, x_train, y_train):
+    """``(calibration pool, (x_heldout, y_heldout) or None)`` from ``--data``.
+
+    Fashion-MNIST: the last 5,000 training images are held out (training only uses them for early
+    stopping), and int8 calibration inputs come from the first 55,000. An ``.npz``: its
+    ``x_heldout`` and ``y_heldout``, and the calibration inputs from all of ``x_train``. The test
+    split is never either.
+    """
+    import numpy as np
+
+    if spec == FASHION_MNIST:
+        from edgekit.trust import fashion_mnist_split
+
+        pool, heldout = fashion_mnist_split(x_train, y_train)
+        return pool, heldout
+    with open(spec, "rb") as f, np.load(f, allow_pickle=False) as npz:
+        present = [k for k in ("x_heldout", "y_heldout") if k in npz.files]
+        if not present:
+            return x_train, None
+        if len(present) == 1:
+            raise InvalidArgumentError(f"Expected both x_heldout and y_heldout in {spec!r} (held-out inputs and "
+                                       f"their labels, for calibration). Received: only {present[0]}")
+        return x_train, (npz["x_heldout"], npz["y_heldout"])
+
+
 def _shape_text(in_shape) -> str:
     return "(n, " + ", ".join(str(d) for d in in_shape) + ")"
 
@@ -172,10 +197,21 @@ def _choose_data(data, in_shape, num_classes, quantize, need_train, need_test):
 @click.option("--per-channel-dense/--per-tensor-dense", "per_channel_dense", default=None,
               help="Dense kernels: one quantization scale per unit, or one per kernel (smaller file) "
                    "[default: per kernel for int8, per unit otherwise].")
+@click.option("--calibration", type=click.Choice(("mi-temperature", "temperature", "none")), default=None,
+              help="Temperature fitted on held-out data and stored in the file: one that grows with the samples' "
+                   "mutual information, one for every input, or none [default: mi-temperature when there is "
+                   "held-out data].")
+@click.option("--abstain-coverage", type=FiniteFloatRange(0, 1), default=0.9, show_default=True,
+              help="Store an abstention threshold that answers this share of the held-out inputs (0: none).")
+@click.option("--heldout-samples", type=click.IntRange(min=1), default=100, show_default=True,
+              help="MC samples per held-out input for the fits (the T the file will run).")
+@click.option("--force-small-heldout", is_flag=True,
+              help="Fit on a held-out split under 500 examples anyway (with a warning).")
 @json_option
 @library_errors
 def convert(model_path, output, quantize, int8_io, device, calibration_examples, no_fold_bn, seed, stochastic,
-            report_path, data, examples, samples, class_names, sparse, per_channel_dense, as_json):
+            report_path, data, examples, samples, class_names, sparse, per_channel_dense, calibration,
+            abstain_coverage, heldout_samples, force_small_heldout, as_json):
     """Convert a Keras MC-dropout model to one .tflite whose dropout stays random.
 
     The file runs on the stock LiteRT interpreter, has signatures full, trunk and head (and
@@ -186,6 +222,11 @@ def convert(model_path, output, quantize, int8_io, device, calibration_examples,
 
     int8 and int16x8 calibrate on training inputs: Fashion-MNIST by default (when it fits the
     model's input), else x_train from --data FILE.npz.
+
+    The file's temperature and abstention threshold are fitted on held-out data, from the
+    converted file's own MC samples: the last 5,000 Fashion-MNIST training images (int8
+    calibration inputs then come from the first 55,000), or x_heldout/y_heldout in --data
+    FILE.npz. Without held-out data the file carries neither.
 
     \b
     Examples:
@@ -223,11 +264,25 @@ def convert(model_path, output, quantize, int8_io, device, calibration_examples,
     num_classes = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None
     need_train = quantize in CALIBRATED
     need_test = examples > 0
+    need_heldout = calibration != "none" or abstain_coverage > 0
     data, need_test = _choose_data(data, in_shape, num_classes, quantize, need_train, need_test)
+    if need_heldout and data == FASHION_MNIST and not _fits_fashion_mnist(in_shape, num_classes):
+        need_heldout = False  # the default data do not fit this model: no held-out split either
     x_train = x_test = y_test = None
     names, image = None, None
-    if need_train or need_test:
-        x_train, _, x_test, y_test, names, image = _load_data(data, need_train, need_test)
+    heldout = None
+    if need_train or need_test or (need_heldout and data is not None):
+        x_train, y_train, x_test, y_test, names, image = _load_data(data, need_train, need_test)
+        if need_heldout:
+            x_train, heldout = _heldout_data(data, x_train, y_train)
+    if calibration is not None and calibration != "none" and heldout is None:
+        raise click.UsageError(
+            f"--calibration {calibration} fits on held-out data, and there is none. Pass --data FILE.npz holding "
+            f"x_heldout and y_heldout (inputs and labels held out from training and testing), or --data "
+            f"fashion-mnist for a model it fits."
+        )
+    if heldout is not None and in_shape is not None:
+        heldout = (_fit_shape(heldout[0], in_shape), heldout[1])
     if class_names is not None:
         names = [c.strip() for c in class_names.split(",")]
     if names is not None and len(names) != num_classes and class_names is None:
@@ -247,6 +302,7 @@ def convert(model_path, output, quantize, int8_io, device, calibration_examples,
             model, quantize=quantize, representative_data=rep, fold_batchnorm=not no_fold_bn, device=profile,
             stochastic=stochastic, seed=seed, class_names=names, input_image=image, int8_io=int8_io,
             batch=settings.batch, sparse=sparse, dense_per_channel=per_channel_dense,
+            **_heldout_options(heldout, calibration, abstain_coverage, heldout_samples, force_small_heldout),
         )
         report = result.report
         if need_test:
@@ -266,6 +322,15 @@ def convert(model_path, output, quantize, int8_io, device, calibration_examples,
     else:
         click.echo(f"wrote {output}")
         click.echo(report.to_table())
+
+
+def _heldout_options(heldout, calibration, abstain_coverage, heldout_samples, force) -> dict:
+    """The held-out fitting arguments of :func:`edgekit.converters.convert` from the CLI's options."""
+    if heldout is None:
+        return {}
+    status(f"Fitting calibration on {len(heldout[0])} held-out inputs, T={heldout_samples}")
+    return {"heldout_data": heldout, "heldout_samples": heldout_samples, "calibration": calibration or "mi-temperature",
+            "abstain_coverage": abstain_coverage or None, "force_small_heldout": force}
 
 
 def _report_json(report, output) -> dict:
