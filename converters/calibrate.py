@@ -248,9 +248,11 @@ def fit_temperature(probs, labels, *, mi_aware: bool = True, min_examples: int =
     applied = after["nll"] < before["nll"]
     kind = f"temperature {fitted.temperature:.3f}" + (f", MI slope {b:.3f}" if mi_aware else "")
     if applied:
-        reason = f"{kind}: held-out NLL {before['nll']:.4f} -> {after['nll']:.4f}, ECE {before['ece']:.4f} -> {after['ece']:.4f}"
+        reason = (f"{kind}: held-out NLL {before['nll']:.4f} -> {after['nll']:.4f}, "
+                  f"ECE {before['ece']:.4f} -> {after['ece']:.4f}")
     else:
-        reason = f"not applied: the fit ({kind}) does not lower the held-out NLL ({before['nll']:.4f} -> {after['nll']:.4f})"
+        reason = (f"not applied: the fit ({kind}) does not lower the held-out NLL "
+                  f"({before['nll']:.4f} -> {after['nll']:.4f})")
     return CalibrationFit(
         calibration=fitted if applied else None, fitted=fitted, applied=applied, reason=reason,
         examples=int(p.shape[0]), samples=int(p.shape[1]), before=before, after=after,
@@ -296,7 +298,8 @@ def fit_abstention(mean_probs, labels, *, score: str = "entropy", target_coverag
         raise InvalidArgumentError(
             f"Expected score 'entropy' or 'confidence' for a threshold on mean probabilities. Received: score={score!r}"
         )
-    if isinstance(target_coverage, bool) or not isinstance(target_coverage, (int, float)) or not 0 < target_coverage <= 1:
+    if (isinstance(target_coverage, bool) or not isinstance(target_coverage, (int, float))
+            or not 0 < target_coverage <= 1):
         raise InvalidArgumentError(f"Expected `target_coverage` in (0, 1]. Received: {target_coverage!r}")
     m = np.asarray(mean_probs, dtype=np.float64)
     y = np.asarray(labels).astype(np.int64)
@@ -343,7 +346,8 @@ def _value_arrays(samples, targets, what: str, min_examples: int, force: bool) -
         y = y[:, None]
     if s.ndim != 3 or s.shape[0] == 0 or s.shape[1] < 2:
         raise InvalidArgumentError(
-            f"Expected {what} value samples of shape (inputs, samples >= 2, values). Received: shape {np.shape(samples)}"
+            f"Expected {what} value samples of shape (inputs, samples >= 2, values). "
+            f"Received: shape {np.shape(samples)}"
         )
     if y.shape != (s.shape[0], s.shape[2]):
         raise InvalidArgumentError(

@@ -353,7 +353,8 @@ def _calibration_lines(heldout: dict | None, test: dict | None) -> list[str]:
             add(f"calibration{tag}      {heldout['method']} on {where}: {cal['reason']}")
         rows = []
         if cal is not None:
-            rows += [("held-out", "before", cal["before"]), ("held-out", "after", cal["after"] if cal["applied"] else None)]
+            rows += [("held-out", "before", cal["before"]),
+                     ("held-out", "after", cal["after"] if cal["applied"] else None)]
         if test is not None and test["output"] == name:
             rows += [("test", "before", test["before"]), ("test", "after", test["after"])]
         if rows:
@@ -367,7 +368,8 @@ def _calibration_lines(heldout: dict | None, test: dict | None) -> list[str]:
         ab = fit.get("abstain")
         if ab is not None:
             text = (f"abstention{tag}       abstain when 1 - confidence > {ab['threshold']:.4f}: answers "
-                    f"{_pct(ab['heldout_coverage'])}% of held-out (selective accuracy {_pct(ab['heldout_selective_accuracy'])}%)")
+                    f"{_pct(ab['heldout_coverage'])}% of held-out "
+                    f"(selective accuracy {_pct(ab['heldout_selective_accuracy'])}%)")
             t_ab = (test or {}).get("abstain") if (test or {}).get("output") == name else None
             if t_ab is not None:
                 text += f", {_pct(t_ab['coverage'])}% of test ({_pct(t_ab['selective_accuracy'])}%)"

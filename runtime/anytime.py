@@ -110,7 +110,8 @@ class Anytime:
     value_share: float = 0.1
 
     def __post_init__(self):
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, float)) or not (math.isfinite(self.k) and self.k > 0):
+        k = self.k
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not (math.isfinite(k) and k > 0):
             raise InvalidArgumentError(f"Expected `k` to be a finite number > 0. Received: k={self.k!r}")
         for name, low in (("min_samples", 2), ("every", 1)):
             v = getattr(self, name)

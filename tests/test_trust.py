@@ -370,7 +370,8 @@ def test_cli_convert_fits_on_the_npz_heldout_split_and_reports_it(trained):
 @pytest.mark.parametrize("data, extra, code, message", [
     ("small.npz", [], 1, ("Error: A held-out split of 300 examples is too small for a stable calibration fit. "
                           "Expected at least 500")),
-    ("labels.npz", [], 1, "Error: Expected held-out labels in [0, 9] (the model's classes). Received: labels in [3, 12]"),
+    ("labels.npz", [], 1, ("Error: Expected held-out labels in [0, 9] (the model's classes). "
+                           "Received: labels in [3, 12]")),
     ("nan.npz", [], 1, "Expected finite values"),
     ("half.npz", [], 1, "Expected both x_heldout and y_heldout"),
     ("plain.npz", ["--calibration", "temperature"], 2, "--calibration temperature fits on held-out data"),
