@@ -7,7 +7,8 @@
 
 - :class:`MCModel` / :class:`MCPrediction` (:mod:`edgekit.runtime.mc`): trunk once, head at batch
   T in one invoke (or ``full`` at batch T where that is faster), latency budgets, early stop on a
-  tolerance or once the answer is settled (:class:`Anytime`, :mod:`~edgekit.runtime.anytime`), thread-safe. Its parts: :mod:`~edgekit.runtime.plan` (how a file is run),
+  tolerance or once the answer is settled (:class:`Anytime`, :mod:`~edgekit.runtime.anytime`),
+  thread-safe. Its parts: :mod:`~edgekit.runtime.plan` (how a file is run),
   :mod:`~edgekit.runtime.interpreter` (running it), :mod:`~edgekit.runtime.masks`,
   :mod:`~edgekit.runtime.summaries`, :mod:`~edgekit.runtime.budget` (the budget controller),
   :mod:`~edgekit.runtime.strategy`, :mod:`~edgekit.runtime.checks`.
