@@ -130,7 +130,10 @@ def fit_heldout(tflite: bytes, meta: dict, heldout_data, *, samples: int = 100, 
             if calibration != "none":
                 fit = fit_temperature(probs, y, mi_aware=calibration == "mi-temperature", **fits)
                 cal = fit.calibration
-                entry["calibration"] = None if cal is None else cal.to_dict()
+                # What the runtime reads (method, temperature, mi_slope), and what it was fitted on.
+                entry["calibration"] = None if cal is None else {
+                    **cal.to_dict(), "examples": fit.examples, "samples": fit.samples,
+                    "heldout_before": fit.before, "heldout_after": fit.after}
                 done["calibration"] = fit.to_dict()
             mean = (probs if cal is None else cal.apply(probs)).mean(axis=1)
             if abstain_coverage is not None:

@@ -278,7 +278,9 @@ def test_convert_fits_an_mi_aware_temperature_the_runtime_applies(trained):
     assert fit["calibration"]["applied"]
     assert fit["calibration"]["after"]["nll"] < fit["calibration"]["before"]["nll"]
     stored = c.metadata["outputs"][0]["calibration"]
-    assert stored == fit["calibration"]["calibration"] and stored["mi_slope"] >= 0
+    assert {k: stored[k] for k in ("method", "temperature", "mi_slope")} == fit["calibration"]["calibration"]
+    assert stored["mi_slope"] >= 0 and stored["examples"] == 600 and stored["samples"] == 40
+    assert stored["heldout_after"]["ece"] == fit["calibration"]["after"]["ece"]
     assert c.metadata["outputs"][0]["abstain"]["heldout_coverage"] == pytest.approx(0.9, abs=1 / 600 + 1e-9)
     assert MCModel(c.tflite, probe=False).plan.output.calibration == Temperature.from_dict(stored)
     plain = convert(trained.model, heldout_data=(xh, yh), heldout_samples=40, calibration="temperature")
