@@ -160,23 +160,33 @@ def plot_reliability(path: str | os.PathLike, title: str, reference: tuple, befo
     _save(fig, path)
 
 
-def plot_shift(path: str | os.PathLike, curves: Mapping[str, Sequence[dict]], *, title: str = "") -> None:
-    """Accuracy, ECE and mean mutual information against the rotation angle, one line per model.
+def plot_shift(path: str | os.PathLike, curves: Mapping[str, Sequence[dict]], *, title: str = "",
+               reference: str = "float Keras MC") -> None:
+    """Accuracy, ECE, ECE minus the ``reference`` curve's, and mean mutual information against the
+    rotation angle, one line per model.
 
-    ``curves`` maps a label to its points ``[{"angle", "accuracy", "ece", "mean_mi"}, ...]``.
+    ``curves`` maps a label to its points ``[{"angle", "accuracy", "ece", "mean_mi"}, ...]``
+    (same angles for every label).
     """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.4))
+    ref = {p["angle"]: p["ece"] for p in curves.get(reference, ())}
     for label, points in curves.items():
         angles = [p["angle"] for p in points]
         style = "--" if "uncalibrated" in label else ":" if "plain" in label else "-"
-        for ax, key in zip(axes, ("accuracy", "ece", "mean_mi")):
-            ax.plot(angles, [p[key] for p in points], style, marker="o", markersize=3, label=label)
-    for ax, what in zip(axes, ("accuracy", "ECE (15 bins)", "mean mutual information (nats)")):
+        kw = {"marker": "o", "markersize": 3, "label": label, "color": "black" if label == reference else None}
+        axes[0].plot(angles, [p["accuracy"] for p in points], style, **kw)
+        axes[1].plot(angles, [p["ece"] for p in points], style, **kw)
+        if ref:
+            axes[2].plot(angles, [p["ece"] - ref[p["angle"]] for p in points], style, **kw)
+        axes[3].plot(angles, [p["mean_mi"] for p in points], style, **kw)
+    what = ("accuracy", "ECE (15 bins)", f"ECE minus {reference}'s", "mean mutual information (nats)")
+    for ax, label in zip(axes, what):
         ax.set_xlabel("rotation (degrees)")
-        ax.set_ylabel(what)
+        ax.set_ylabel(label)
         ax.set_xticks(range(0, 181, 30))
         ax.grid(alpha=0.3)
+    axes[2].axhline(0.0, color="gray", linewidth=0.8)
     axes[0].legend(fontsize=7)
     if title:
         fig.suptitle(title)
