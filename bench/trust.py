@@ -279,19 +279,23 @@ def run(args) -> dict:
     def item(value, limit, ok):
         return {"value": value, "limit": limit, "pass": bool(ok)}
 
+    # Accuracy changes are whole inputs out of 10,000: 10 of them is 0.1 points exactly, which
+    # float64 may round a hair above 0.001.
+    within_point = 0.001 + 1e-9
+
     acceptance = {
         "int8_calibrated_ece": item(after["ece"], "<= 0.011", after["ece"] <= 0.011),
         "int8_calibrated_accuracy_change_points": item(100 * (after["accuracy"] - before["accuracy"]), "within 0.1",
-                                                       abs(after["accuracy"] - before["accuracy"]) <= 0.001),
+                                                       abs(after["accuracy"] - before["accuracy"]) <= within_point),
         "int8_calibrated_nll_change": item(after["nll"] - before["nll"], "<= 0", after["nll"] <= before["nll"]),
         "anytime_mean_samples": item(rt["mean_samples"], "<= 12", rt["mean_samples"] <= 12),
         "anytime_accuracy_change_points": item(100 * (rt["accuracy"] - fx["accuracy"]), "within 0.1",
-                                               abs(rt["accuracy"] - fx["accuracy"]) <= 0.001),
+                                               abs(rt["accuracy"] - fx["accuracy"]) <= within_point),
         "anytime_ece_change": item(rt["ece"] - fx["ece"], "<= 0.002", rt["ece"] <= fx["ece"] + 0.002),
         # The same two figures on the same samples, replayed in many orders: the rule's own cost,
         # without the noise of two independent runs.
         "anytime_replay_accuracy_change_points_mean": item(ro["accuracy_change_points"]["mean"], "within 0.1",
-                                                           abs(ro["accuracy_change_points"]["mean"]) <= 0.1),
+                                                           abs(ro["accuracy_change_points"]["mean"]) <= 0.1 + 1e-6),
         "anytime_replay_ece_change_mean": item(ro["ece_change"]["mean"], "<= 0.002",
                                                ro["ece_change"]["mean"] <= 0.002),
         "abstain_test_coverage": item(ab.get("test_coverage"), f"within 0.02 of {args.coverage}",
