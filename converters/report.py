@@ -49,14 +49,14 @@ from edgekit.qtyping import CALIBRATED
 from edgekit.runtime.metrics import ece, nll
 
 __all__ = [
-    "ConversionReport",
-    "AccuracyCollapseWarning",
-    "build_report",
-    "evaluate",
-    "tflite_probs",
-    "ece",
-    "nll",
     "COLLAPSE_POINTS",
+    "AccuracyCollapseWarning",
+    "ConversionReport",
+    "build_report",
+    "ece",
+    "evaluate",
+    "nll",
+    "tflite_probs",
 ]
 
 COLLAPSE_POINTS = 2.0  # MC accuracy drop (percentage points) that counts as a collapse
@@ -217,7 +217,10 @@ def tflite_probs(tflite: bytes, x, samples: int, *, seed: int | None = 0, rows: 
 
     The file runs through :class:`edgekit.runtime.MCModel`, as ``edgekit predict`` runs it: the same
     signature plan (the ``masked`` twin fed numpy masks where the file has it), ``samples`` per
-    input, ``rows`` inputs x samples per invoke. The dropout-off probabilities are
+    input, ``rows`` inputs x samples per invoke, every signature at its static batch in a
+    fixed-batch file (the runtime pads the last batch and drops the padded rows). Such a file
+    draws samples in whole batches: the mean is over the first ``samples`` of them, an unbiased
+    ``samples``-sample MC estimate like the Keras side's. The dropout-off probabilities are
     :meth:`~edgekit.runtime.MCModel.deterministic` (None for a file without that path). ``seed``
     seeds the masks the runtime draws (None: unseeded, like ``predict`` without ``--seed``).
     """
@@ -226,7 +229,8 @@ def tflite_probs(tflite: bytes, x, samples: int, *, seed: int | None = 0, rows: 
     model = MCModel(tflite, threads=threads, seed=seed, probe=False)  # the converter's own output
     x = np.asarray(x, dtype=np.float32)
     chunk = max(1, rows // samples)
-    mc = [model.sample(x[i : i + chunk], samples, rows=rows).mean(axis=1) for i in range(0, len(x), chunk)]
+    mc = [model.sample(x[i : i + chunk], samples, rows=rows)[:, :samples].mean(axis=1)
+          for i in range(0, len(x), chunk)]
     strategy = model.strategy_at(samples, inputs=min(chunk, len(x)))
     return np.concatenate(mc), model.deterministic(x, rows=rows), strategy
 
@@ -271,7 +275,7 @@ def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows:
     t_mc, t_det, strategy = tflite_probs(converted.tflite, x, samples, seed=seed, rows=rows)
     keras_m, tfl_m = _metrics(k_mc, y, k_det), {**_metrics(t_mc, y, t_det), "strategy": strategy}
     delta = 100.0 * (tfl_m["mc_accuracy"] - keras_m["mc_accuracy"])
-    acc = {"n": int(len(x)), "samples": samples, "keras": keras_m, "tflite": tfl_m,
+    acc = {"n": len(x), "samples": samples, "keras": keras_m, "tflite": tfl_m,
            "mc_accuracy_delta_points": delta}
     warns = list(converted.report.warnings)
     if delta < -COLLAPSE_POINTS:

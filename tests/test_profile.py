@@ -455,3 +455,51 @@ def test_predict_profile_and_report_run_the_same_strategy(name):
         assert report_strategy == strategy, (p.samples, report_strategy, strategy)
         assert mean.shape == (1, model.num_classes)
     assert rep.strategy == rep.latency[-1].strategy
+
+
+# ------------------------------------------------------------------ fixed-batch files (the `batch` metadata key)
+
+# mlp_fixed_int8: full and trunk at batch 1, head at 4; mlp_fixed3_int8: trunk at 3, full at 2, head at 4.
+FIXED = [FIX / "mlp_fixed_int8.tflite", FIX / "mlp_fixed3_int8.tflite"]
+
+
+def _fixed_data(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    # Inside the int8 input's range [0, 0.995] (scale 1/256, zero point -128).
+    return rng.uniform(0.0, 0.99, (n, 20)).astype(np.float32), rng.integers(0, 5, n)
+
+
+@pytest.mark.parametrize("path", FIXED, ids=lambda p: p.stem)
+def test_profile_runs_a_fixed_batch_file_at_its_batches(path):
+    x, y = _fixed_data(7)  # 7 inputs: no whole number of trunk (3) or full (2) batches
+    rep = profile_model(path, threads=(1,), samples=(1, 10, 30), runs=5, warmup=1, x=x, y=y, runtime=False)
+    # The sampler's static batch is 4: T is drawn in whole batches, and the profile reports the T that ran.
+    assert [p.samples for p in rep.latency] == [4, 12, 32]
+    assert [a.samples for a in rep.accuracy] == [4, 12, 32] and rep.accuracy[0].examples == 7
+    assert {p.strategy for p in rep.latency} == {"trunk+head"} and rep.recommended.samples % 4 == 0
+    result = _run("profile", path, "--runs", 3, "--warmup", 0, "--json")  # the default sweep 1,10,30,100
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert _validate(report, _schema()) == []
+    assert [p["samples"] for p in report["models"][0]["latency"]] == [4, 12, 32, 100]
+
+
+@pytest.mark.parametrize("path", FIXED, ids=lambda p: p.stem)
+def test_the_report_reads_a_fixed_batch_file_at_its_batches(path):
+    from edgekit.converters.report import tflite_probs
+    from edgekit.runtime import MCModel
+
+    x, _ = _fixed_data(7, seed=1)
+    data = path.read_bytes()
+    mean, det, strategy = tflite_probs(data, x, 10, seed=3, threads=1)
+    assert strategy == "trunk+head" and mean.shape == (7, 5) and det.shape == (7, 5)
+    # The mean is over exactly T=10 samples (the first 10 of the 12 the batch-4 sampler drew), the
+    # same draws as the runtime's own sample() with that seed: int8 outputs, so equal to float rounding.
+    model = MCModel(data, seed=3, threads=1)
+    np.testing.assert_allclose(mean, model.sample(x, 10)[:, :10].mean(axis=1), atol=1e-6)
+    # Padding the last trunk or full batch never leaks into the rows that are kept: every row is
+    # what that input gives alone.
+    alone = np.concatenate([model.deterministic(x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_array_equal(det, alone)
+    features = np.concatenate([model.features(x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_array_equal(model.features(x), features)
