@@ -1,17 +1,18 @@
-"""MC-dropout speed of the runtime against the seed's Keras loop, plain invokes and the numpy floor.
+"""MC-dropout speed of the runtime against a Keras loop, plain invokes and the numpy floor; budgets.
 
-Writes JSON (default ``bench/mc_speed.json``) for the acceptance list of issue 4. Every speed
-figure is a median over interleaved rounds (each round times every contender once, so a noisy
-neighbour hits them alike) and every ratio is taken within this one run.
+Writes JSON (default ``bench/mc_speed.json``; not committed: the figures are the machine's). Every
+speed figure is a median over interleaved rounds (each round times every contender once, so a
+noisy neighbour hits them alike) and every ratio is taken within this one run.
 
     .venv/bin/python bench/mc_speed.py            # a few minutes: trains the book MLP 2 epochs
+    .venv/bin/python bench/mc_speed.py --budget-only book.tflite x.npy --contention-rounds 3 --remedies
 
 What it measures (1 interpreter thread, one input, T=100, fp32 unless said):
 
-- ``book``: the seed's MLP (Fashion-MNIST, trained briefly for realistic weights), exported the
-  default way (in-graph, unseeded, so with the ``masked`` twin). Runtime ``MCModel.predict(x,
-  samples=100)`` (``runtime``: numpy masks fed to ``masked``, the default) vs the seed's loop
-  ``[model(x, training=True) for _ in range(100)]``, vs 100 plain invokes of ``full`` (stock
+- ``book``: the Hands-On ML chapter 11 MLP (Fashion-MNIST, trained briefly for realistic weights),
+  exported the default way (in-graph, unseeded, so with the ``masked`` twin). Runtime
+  ``MCModel.predict(x, samples=100)`` (``runtime``: numpy masks fed to ``masked``, the default) vs
+  the book's loop ``[model(x, training=True) for _ in range(100)]``, vs 100 plain invokes of ``full`` (stock
   interpreter), vs numpy doing the same matrix products at batch T (BLAS pinned to one thread,
   like the interpreter). Also timed: the same file with ``rng="graph"`` (its own
   ``RANDOM_UNIFORM``) and a mask-input export. The MC mean must match a Keras MC mean within 3
@@ -25,10 +26,18 @@ What it measures (1 interpreter thread, one input, T=100, fp32 unless said):
 - ``budget``: 500 calls at budgets of 1, 2, 5 and 20 ms on the book model, in a fresh process
   without TensorFlow (as on a device): p99 latency, and the samples used vs the samples that fit
   (largest T whose median ``predict(samples=T)`` time is within the budget, measured in the same
-  run). ``machine_noise`` is the p99 of a fixed 0.2 ms numpy workload: no budget below it can be
-  met at p99 on that machine at that moment. After every budgeted call, a call with a fixed T of
-  70% of the fit (no budget logic) is timed too: ``both_feasible_here`` says whether its p99 was
-  within the budget, i.e. whether any controller could have met both targets in this run.
+  run and phase). ``machine_noise`` is the p99 of a fixed 0.2 ms numpy workload: no budget below
+  it can be met at p99 on that machine at that moment. After every budgeted call, a call with a
+  fixed T of 70% of the fit (no budget logic) is timed too: ``both_feasible_here`` says whether
+  its p99 was within the budget, i.e. whether any controller could have met both targets then.
+  The budgets run **quiet** (top level) and **contended** (``budget.contended``: beside
+  ``--contenders`` Python busy loops that the bench starts and stops), ``--contention-rounds``
+  times in alternation (then the top-level figures are medians over the rounds). Per budget,
+  ``late`` says where the late calls' time went: waiting for a CPU (the thread's run-queue delay,
+  inside an invoke or outside), a slow invoke, the checks and trunk before sampling, or the work
+  after sampling; ``stalls_per_s`` and ``wait_ms_p99`` show how often and how long the thread
+  lost its CPU. ``--remedies`` adds the contended budgets with this thread pinned to one CPU and
+  with the busy loops at niceness 19 (docs/budgets.md).
 - ``startup``: ``import edgekit.runtime`` + load + first prediction in a fresh process, wall
   time and peak RSS, with cold caches (the child-process probe runs, Python compiles bytecode) and
   warm ones (a device's every later start; the median of 7).
@@ -156,7 +165,7 @@ def bench_book(model, data, rounds: int) -> dict:
 
     xt = tf.constant(xf)
 
-    def keras_loop():  # the seed's code, verbatim in spirit
+    def keras_loop():  # the book's code, verbatim in spirit
         return np.stack([model(xt, training=True) for _ in range(T)])
 
     contenders = {
@@ -313,8 +322,9 @@ def _late_breakdown(calls: list[dict], budget: float) -> dict:
     return out
 
 
-def _budget_phase(model, x: np.ndarray, calls: int) -> dict:
-    """500 (``calls``) budgeted calls at each budget, each followed by a call at a fixed T of 70% of the fit."""
+def _budget_phase(model, blind, x: np.ndarray, calls: int) -> dict:
+    """500 (``calls``) budgeted calls at each budget, each beside a call of ``blind`` (the same file,
+    its controller without a wait clock: blind to stalls) and a call at a fixed T of 70% of the fit."""
     from edgekit.runtime.stalls import runqueue_wait_clock
 
     wait = runqueue_wait_clock(1)
@@ -323,18 +333,27 @@ def _budget_phase(model, x: np.ndarray, calls: int) -> dict:
     out = {"machine_noise": machine_noise()}
     for budget in BUDGETS_MS:
         fit = _fits(model, x, budget)
-        model.warmup(budget_ms=budget, samples=100_000)  # what `edgekit predict --budget-ms` does
+        for m in (model, blind):
+            m.warmup(budget_ms=budget, samples=100_000)  # what `edgekit predict --budget-ms` does
         # The machine's own tail for the least work the target allows: a fixed T of 70% of what
         # fits, no budget logic at all, timed right after each budgeted call (so both meet the same
         # moments of the machine's noise). If its p99 is over the budget, no controller could have
         # met both targets in this run.
         t70 = max(1, round(0.7 * fit))
-        rows, used, fixed, fixed_wait = [], [], [], []
-        for _ in range(calls):
+        rows, used, fixed, fixed_wait, blind_ms, blind_used = [], [], [], [], [], []
+        for i in range(calls):
+            if i % 2:  # the blind controller's call first every other time: neither always follows the other
+                start = time.perf_counter()
+                blind_used.append(int(blind.predict(x, budget_ms=budget, samples=100_000).samples[0]))
+                blind_ms.append((time.perf_counter() - start) * 1e3)
             del records[:]
             w0, c0, start = wait(), time.thread_time(), time.perf_counter()
             pred = model.predict(x, budget_ms=budget, samples=100_000)
             end, c1, w1 = time.perf_counter(), time.thread_time(), wait()
+            if i % 2 == 0:
+                start_b = time.perf_counter()
+                blind_used.append(int(blind.predict(x, budget_ms=budget, samples=100_000).samples[0]))
+                blind_ms.append((time.perf_counter() - start_b) * 1e3)
             rec = records[0]
             rows.append({"elapsed_ms": (end - start) * 1e3, "cpu_ms": (c1 - c0) * 1e3, "wait_ms": (w1 - w0) * 1e3,
                          "before_ms": rec.before_s * 1e3, "invoke_ms": sum(c[1] for c in rec.chunks) * 1e3,
@@ -370,6 +389,10 @@ def _budget_phase(model, x: np.ndarray, calls: int) -> dict:
             "calls_with_wait_over_0.2ms": int((waits >= 0.2).sum()),
             "stalls_per_s": float((waits >= 0.2).sum() / call_s),
             "late": _late_breakdown(rows, budget),
+            # The same budget on a controller blind to stalls (no wait clock), call by call beside this one.
+            "blind": {"p50_ms": float(np.median(blind_ms)), "p99_ms": float(np.quantile(blind_ms, 0.99)),
+                      "share_of_fit": float(np.median(blind_used)) / fit if fit else float("nan"),
+                      "late_calls": int(sum(v > budget for v in blind_ms))},
             "targets": {"p99 <= budget": p99 <= budget, "p99 <= 1.25 budget": p99 <= 1.25 * budget,
                         "share_of_fit >= 0.7": bool(share >= 0.7)},
             # Both targets at once are only possible here if the least work they allow (70% of
@@ -385,6 +408,7 @@ def _budget_phase(model, x: np.ndarray, calls: int) -> dict:
 
 _MEDIAN_KEYS = ("p50_ms", "p99_ms", "share_of_fit", "fixed_t70_p99_ms", "samples_that_fit", "stalls_per_s",
                 "wait_ms_p99")
+_BLIND_KEYS = ("p99_ms", "share_of_fit")
 
 
 def _median_phase(phases: list[dict]) -> dict:
@@ -394,6 +418,8 @@ def _median_phase(phases: list[dict]) -> dict:
         key = f"{budget:g}ms"
         med = {k: float(np.median([p[key][k] for p in phases])) for k in _MEDIAN_KEYS}
         med["late_calls"] = [p[key]["late"]["calls"] for p in phases]
+        med["blind"] = {k: float(np.median([p[key]["blind"][k] for p in phases])) for k in _BLIND_KEYS}
+        med["blind"]["late_calls"] = [p[key]["blind"]["late_calls"] for p in phases]
         med["targets"] = {"p99 <= budget": med["p99_ms"] <= budget, "p99 <= 1.25 budget": med["p99_ms"] <= 1.25 * budget,
                           "share_of_fit >= 0.7": med["share_of_fit"] >= 0.7}
         med["both_feasible_here"] = med["fixed_t70_p99_ms"] <= budget
@@ -423,27 +449,28 @@ def bench_budget(blob: bytes, x: np.ndarray, calls: int, *, contenders: int = 1,
     the busy loops at niceness 19 (for the scheduler the same as raising this thread's priority)."""
     from edgekit.runtime import MCModel
 
-    model = MCModel(blob, threads=1)
+    model, blind = MCModel(blob, threads=1), MCModel(blob, threads=1)
+    blind.budget.wait_clock = None  # the controller without stall detection, for the same-run comparison
     out: dict = {"tensorflow_imported": "tensorflow" in sys.modules, "contenders": contenders, "rounds": rounds,
                  "note": "medians over rounds on a shared, noisy machine: rerun on a quiet one for final figures"}
     phases: dict[str, list[dict]] = {"quiet": [], "contended": []}
     if remedies:
         phases |= {"contended_pinned": [], "contended_low_priority_competitors": []}
     for _ in range(rounds):
-        phases["quiet"].append(_budget_phase(model, x, calls))
+        phases["quiet"].append(_budget_phase(model, blind, x, calls))
         with _Busy(contenders):
-            phases["contended"].append(_budget_phase(model, x, calls))
+            phases["contended"].append(_budget_phase(model, blind, x, calls))
             if remedies:
                 allowed = os.sched_getaffinity(0)
                 os.sched_setaffinity(0, {min(allowed)})  # this thread only (pid 0 = the calling thread)
                 try:
-                    phases["contended_pinned"].append(_budget_phase(model, x, calls))
+                    phases["contended_pinned"].append(_budget_phase(model, blind, x, calls))
                 finally:
                     os.sched_setaffinity(0, allowed)
         if remedies:
             with _Busy(contenders, nice=19):
-                phases["contended_low_priority_competitors"].append(_budget_phase(model, x, calls))
-    # The quiet phase's figures at the top level (as before), the others beside them.
+                phases["contended_low_priority_competitors"].append(_budget_phase(model, blind, x, calls))
+    # The quiet phase's figures at the top level (where readers of the JSON find the budgets), the others beside them.
     out.update(phases["quiet"][0] if rounds == 1 else _median_phase(phases["quiet"]))
     for name, runs in phases.items():
         if name != "quiet":
@@ -473,8 +500,8 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_predict_s": t3 
 
 
 def bench_startup(blob: bytes, x: np.ndarray, warm_runs: int = 7) -> dict:
-    """One cold start-up, then ``warm_runs`` warm ones: the warm figures are medians (one start-up
-    on this VM varies by ~1.5x from moment to moment), peak RSS the largest seen."""
+    """One cold start-up, then ``warm_runs`` warm ones: the warm figures are medians (a single
+    start-up on a shared machine depends on the moment), peak RSS the largest seen."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         path, xpath = Path(tmp) / "book.tflite", Path(tmp) / "x.npy"
@@ -483,7 +510,7 @@ def bench_startup(blob: bytes, x: np.ndarray, warm_runs: int = 7) -> dict:
         env = {**os.environ, "XDG_CACHE_HOME": str(Path(tmp) / "cache")}
         # An installed package has its bytecode compiled (pip does it at install time); this
         # sandbox sets PYTHONDONTWRITEBYTECODE, which would make every start-up compile edgekit's
-        # sources again (~30 ms). Let the cold run write the cache, as a first start-up would.
+        # sources again. Let the cold run write the cache, as a first start-up would.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         runs = []
         for _ in range(1 + warm_runs):

@@ -342,9 +342,7 @@ class BudgetController:
         self.on_finish = on_finish
         # Time a budgeted input needs after sampling (statistics, bookkeeping, and for the last
         # input of a call the result's assembly). Sampling aims to end its 99.5th percentile
-        # before the budget does. (Not a reserve sized by how late whole calls end relative to
-        # their aim: a larger reserve makes calls end later relative to their aim, so that one runs
-        # away. The slack only counts calls that end past the budget itself.)
+        # before the budget does (measured after sampling only: see docs/budgets.md, "Reserve").
         self._after: deque[float] = deque([1e-4], maxlen=256)
         self._after_n = 0
         self._reserve_s = self._after_med = 1e-4
