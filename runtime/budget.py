@@ -8,7 +8,7 @@
 
 What decides a chunk (the reasoning, with measurements, is in docs/budgets.md):
 
-- A :class:`LatencyModel` ``cost(T) = fixed + per_sample * T`` of one sampler invoke, a tail
+- A :class:`~edgekit.runtime.latency.LatencyModel` ``cost(T) = fixed + per_sample * T`` of one invoke, a tail
   margin learnt per size range, and the machine's speed of the moment.
 - Sampling goes in chunks of at most a third of the budget (none shorter than ``_MIN_CHUNK_S``),
   so that a delay in an early chunk is absorbed by the later ones. Each chunk is planned at the
@@ -16,11 +16,11 @@ What decides a chunk (the reasoning, with measurements, is in docs/budgets.md):
 - The last chunk is the largest whose predicted 99.5th percentile fits what is left, minus a
   **reserve** for the work after sampling and a **slack** learnt from how often calls end late
   (:class:`SlackTracker`).
-- **Stalls**: waits for the CPU (the thread descheduled while another process runs) are read
-  from a ``wait_clock`` (:func:`~edgekit.runtime.stalls.runqueue_wait_clock`), kept out of the
-  invoke timings, and learnt by a :class:`~edgekit.runtime.stalls.StallTracker` (how often, how long). When stalls are frequent, sampling
-  aims to end early enough that one stall of the usual length still fits, and no chunk crosses
-  the *stall line* (the budget minus a stall): a stall before it is absorbed.
+- **Stalls** (the thread waiting for a CPU while another process runs) are read from a
+  ``wait_clock`` and learnt by a :class:`~edgekit.runtime.stalls.StallTracker`. While they are
+  rare, they are kept out of the invoke timings, sampling aims to end where one is unlikely to
+  break the budget, and no chunk crosses the *stall line* (the budget minus a stall); when
+  several per call are likely, they count as the machine's slowness.
 - Protection is capped: at least ``_MIN_SHARE`` of the samples that fit at the typical cost
   are drawn, unless the speed planned at shows they would end past the budget. The reserve is
   capped the same way.
@@ -33,7 +33,6 @@ controller can be driven by fake clocks and fake invoke costs. Thread-safe.
 
 from __future__ import annotations
 
-import bisect
 import math
 import threading
 import time
@@ -42,7 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgekit.errors import EdgekitError
-from edgekit.runtime.stalls import StallTracker, _quantile
+from edgekit.runtime.latency import LatencyModel, _quantile
+from edgekit.runtime.stalls import StallTracker
 
 __all__ = [
     "BudgetCall",
@@ -67,6 +67,10 @@ _RESERVE_EVERY = 8
 # A chunk is cut at the stall line only if the part before the line is worth an invoke: at least
 # this many times the invoke's fixed cost.
 _LINE_MIN_FIXED = 2.0
+# Stalls are planned around one at a time while fewer than this many are expected in a call of
+# the budget (rate x budget); above it, several per call are likely, and they are treated as the
+# machine's slowness instead: in the invoke timings, the margins, the reserve and the slack.
+_RARE_STALLS = 0.25
 
 
 class BudgetError(EdgekitError, ValueError):
@@ -79,175 +83,6 @@ def ladder_floor(n: int) -> int:
         return 0
     p = 1 << (n.bit_length() - 1)
     return p + p // 2 if p >= 2 and p + p // 2 <= n else p
-
-
-class LatencyModel:
-    """``cost(T) = fixed + per_sample * T`` for one stochastic invoke, plus a p99 margin.
-
-    ``fixed`` and ``per_sample`` are a relative-error least-squares fit (weights ``1/cost**2``,
-    so a one-sample invoke counts as much as a 1000-sample one) on calibration anchors and the
-    last ``window`` invokes. The margin is the 99.5th percentile of recent residuals (observed -
-    fitted, in seconds) **per size bucket** (T in [1], [2, 3], [4, 7], ...): delays add time
-    rather than scale it, but a large invoke suffers more from a busy memory bus than a small
-    one, so each size range gets the margin it has shown. A bucket with fewer than 20 recent
-    residuals borrows the margin of all of them (so a range that was slow once is tried again
-    instead of being avoided for ever); with fewer than 20 in all, the margin is half the cost.
-
-    **Speed of the moment** (:meth:`speed`): each invoke moves a speed factor, the ratio of its
-    time to the fit, with weight ``_SPEED_WEIGHT`` on the newest invoke, drifting back to 1 with
-    time constant ``speed_memory_s`` of idleness. Predictions are the fit times that factor, and
-    the margins are kept over what the factor does not explain: a shared machine runs in slow
-    phases longer than a call (docs/budgets.md).
-
-    Every update costs a few microseconds (running sums for the fit, sorted lists for the
-    quantiles): it runs inside budgeted calls, so it must not be the delay it predicts.
-    Times come from ``clock``. Thread-safe.
-    """
-
-    _MIN_RESIDUALS = 20
-    # The quantile of the residuals used as the margin. Above 0.99 on purpose: a budgeted call is
-    # late if its last chunk *or* the work after sampling runs late, so each gets less than 1%.
-    _QUANTILE = 0.995
-    _SPEED_WEIGHT = 0.5
-    # One invoke moves the speed factor at most to 1/4 or 4x the fit: a single long delay in a
-    # short invoke must not make the next calls plan for a machine many times slower.
-    _SPEED_RANGE = (0.25, 4.0)
-
-    def __init__(self, window: int = 256, *, clock: Callable[[], float] = time.perf_counter,
-                 speed_memory_s: float = 1.0):
-        self._window = window
-        self._clock = clock
-        self._speed_memory_s = speed_memory_s
-        self._lock = threading.Lock()
-        self._obs: deque[tuple[int, float]] = deque()
-        self._sums = [0.0] * 5  # over the window: w, w*t, w*t*t, w*s, w*t*s with w = 1/s**2
-        self._anchor_sums = [0.0] * 5
-        self._n_anchors = 0
-        # (size bucket, residual) of the most recent invokes: one window for all sizes, so a size
-        # range not tried for `window` invokes forgets its old delays and gets explored again.
-        self._residuals: deque[tuple[int, float]] = deque()
-        self._sorted_all: list[float] = []
-        self._sorted_by: dict[int, list[float]] = {}
-        self._since_exact = 0
-        self.fixed_s = 0.0
-        self.per_sample_s = 0.0
-        self._speed, self._speed_at = 1.0, 0.0
-
-    @staticmethod
-    def _bucket(samples: int) -> int:
-        return max(1, int(samples)).bit_length()
-
-    @staticmethod
-    def _terms(samples: int, seconds: float) -> tuple[float, ...]:
-        w = 1.0 / max(seconds, 1e-9) ** 2
-        return w, w * samples, w * samples * samples, w * seconds, w * samples * seconds
-
-    def anchor(self, samples: int, seconds: float) -> None:
-        """A calibration point kept in every fit (the online window may hold only one T)."""
-        with self._lock:
-            for i, v in enumerate(self._terms(samples, seconds)):
-                self._anchor_sums[i] += v
-            self._n_anchors += 1
-            self._refit()
-
-    def _speed_now(self, now: float) -> float:
-        """The speed factor, decayed toward 1 for the time since the last invoke."""
-        return 1.0 + (self._speed - 1.0) * math.exp(-max(0.0, now - self._speed_at) / self._speed_memory_s)
-
-    def speed(self) -> float:
-        """This moment's speed: recent invokes' time over the fit (1: as fitted, 2: twice as slow)."""
-        with self._lock:
-            return self._speed_now(self._clock())
-
-    def observe(self, samples: int, seconds: float, *, residual: bool = True) -> None:
-        with self._lock:
-            if self.per_sample_s > 0:
-                now = self._clock()
-                speed, expected = self._speed_now(now), self.fixed_s + self.per_sample_s * samples
-                if residual:
-                    self._add_residual(self._bucket(samples), seconds - expected * speed)
-                lo, hi = self._SPEED_RANGE
-                ratio = min(hi, max(lo, seconds / expected))
-                self._speed, self._speed_at = speed + self._SPEED_WEIGHT * (ratio - speed), now
-            self._obs.append((samples, seconds))
-            for i, v in enumerate(self._terms(samples, seconds)):
-                self._sums[i] += v
-            if len(self._obs) > self._window:
-                old = self._obs.popleft()
-                for i, v in enumerate(self._terms(*old)):
-                    self._sums[i] -= v
-            self._since_exact += 1
-            if self._since_exact >= self._window:  # running sums drift: recompute now and then
-                self._since_exact = 0
-                self._sums = [sum(col) for col in zip(*(self._terms(*o) for o in self._obs))]
-            self._refit()
-
-    def _add_residual(self, bucket: int, r: float) -> None:
-        self._residuals.append((bucket, r))
-        bisect.insort(self._sorted_all, r)
-        bisect.insort(self._sorted_by.setdefault(bucket, []), r)
-        if len(self._residuals) > self._window:
-            b, old = self._residuals.popleft()
-            for ordered in (self._sorted_all, self._sorted_by[b]):
-                del ordered[bisect.bisect_left(ordered, old)]
-
-    def _refit(self) -> None:
-        w, wt, wtt, ws, wts = (a + b for a, b in zip(self._sums, self._anchor_sums))
-        if len(self._obs) + self._n_anchors < 2 or w <= 0:
-            return
-        det = w * wtt - wt * wt
-        if det <= 1e-9 * w * wtt:  # one batch size only: keep the slope, move the intercept
-            self.fixed_s = max(0.0, (ws - self.per_sample_s * wt) / w)
-            return
-        b = (w * wts - wt * ws) / det
-        # Costs can't be negative; a negative intercept just means noise at small T.
-        self.per_sample_s = max(b, 1e-9)
-        self.fixed_s = max((ws - b * wt) / w, 0.0)
-
-    @property
-    def margin_s(self) -> float | None:
-        """The margin over all sizes (None: fewer than 20 residuals yet)."""
-        with self._lock:
-            return self._margin_all()
-
-    def _margin_all(self) -> float | None:
-        if len(self._sorted_all) < self._MIN_RESIDUALS:
-            return None
-        return max(0.0, _quantile(self._sorted_all, self._QUANTILE))
-
-    def typical(self, samples: int) -> float:
-        """Fitted (not p99) cost of one invoke of ``samples`` samples, in seconds."""
-        return self.fixed_s + self.per_sample_s * samples
-
-    def _margin(self, samples: int) -> float:
-        ordered = self._sorted_by.get(self._bucket(samples))
-        if ordered is not None and len(ordered) >= self._MIN_RESIDUALS:
-            return max(0.0, _quantile(ordered, self._QUANTILE))
-        m = self._margin_all()
-        return m if m is not None else 0.5 * self.typical(samples)
-
-    def p99(self, samples: int, speed: float | None = None) -> float:
-        """Predicted 99.5th-percentile cost of one invoke, at ``speed`` (default: :meth:`speed`)."""
-        with self._lock:
-            speed = self._speed_now(self._clock()) if speed is None else speed
-            return self.typical(samples) * speed + self._margin(samples)
-
-    def largest_fitting(self, seconds: float, cap: int, speed: float | None = None) -> int:
-        """Largest T <= cap with p99(T) <= seconds at ``speed`` (default: :meth:`speed`); 0 if even
-        T=1 does not fit."""
-        with self._lock:
-            if self.per_sample_s <= 0:
-                return cap
-            speed = self._speed_now(self._clock()) if speed is None else speed
-            # Each size bucket has its own margin: take the best T over the buckets.
-            blind = self._margin_all() is None  # no residuals yet: margin = half the cost itself
-            for b in range(self._bucket(cap), 0, -1):
-                lo, hi = 1 << (b - 1), min(cap, (1 << b) - 1)
-                room = seconds / 1.5 if blind else seconds - self._margin(lo)
-                t = math.floor((room / speed - self.fixed_s) / self.per_sample_s)
-                if min(t, hi) >= lo:
-                    return int(min(t, hi))
-            return 0
 
 
 class SlackTracker:
@@ -402,20 +237,21 @@ class BudgetController:
         t0 = self.clock() if started is None else started
         line = aim = None
         plan = self.stalls.plan() if self.wait_clock is not None else None
-        if plan is not None and plan[1] < budget_s:  # stalls likely enough to hit this budget
+        rare = plan is None or self.stalls.rate() * budget_s < _RARE_STALLS
+        if plan is not None and rare and plan[1] < budget_s:  # rare, but likely enough to hit this budget
             length, window = plan
             line = t0 + budget_s - self._after_med - length
             aim = line + window
         return BudgetCall(self, budget_s, cap, t0, t0 + budget_s - reserve - slack_s, t0 + budget_s - self._after_med,
-                          step, ladder, line, aim)
+                          step, ladder, line, aim, rare)
 
     def _record(self, call: BudgetCall, after_s: float, elapsed_s: float, stalls: list[float]) -> None:
         self._after.append(after_s)
         self._after_n += 1
         stalled = sum(stalls)
-        # The slack learns the lateness that stalls do not explain: they have their own guard, and
-        # a stall longer than the slack's range would only push it to its maximum for nothing.
-        self.slack.update(call.budget_s, elapsed_s - stalled)
+        # While stalls are rare, the slack learns the lateness they do not explain: they have their
+        # own guard, and a stall longer than the slack's range would push it to its maximum for nothing.
+        self.slack.update(call.budget_s, elapsed_s - stalled if call.stalls_apart else elapsed_s)
         if self.wait_clock is not None:
             self.stalls.observe(elapsed_s - stalled, stalls)
         if self.on_finish is not None:
@@ -431,18 +267,20 @@ class BudgetCall:
         hard: the budget minus the typical time after sampling (sizes the floor of samples).
         stall_line: no chunk crosses it (the budget minus a stall of the usual length), or None.
         stall_aim: when sampling should be done for stalls to be unlikely to make it late, or None.
+        stalls_apart: stalls are rare enough to be planned around one at a time (see ``_RARE_STALLS``):
+            they are kept out of the latency model, the reserve and the slack.
         cut: True once the budget stopped sampling before ``cap``.
     """
 
     def __init__(self, controller: BudgetController, budget_s: float, cap: int, started: float, deadline: float,
                  hard: float, step: int = 1, ladder: bool = False, stall_line: float | None = None,
-                 stall_aim: float | None = None):
+                 stall_aim: float | None = None, stalls_apart: bool = True):
         self.controller, self.budget_s, self.cap, self.started = controller, budget_s, cap, started
         self.deadline, self.hard, self.step, self.ladder = deadline, hard, max(1, int(step)), ladder
-        self.stall_line, self.stall_aim = stall_line, stall_aim
+        self.stall_line, self.stall_aim, self.stalls_apart = stall_line, stall_aim, stalls_apart
         self.cut = False
         self._chunk_s = self._floor = None
-        self._spent = self._fitted = 0.0
+        self._spent = self._stalled = self._fitted = 0.0
         self._last = False
         self._asked = 0
         self._slow = 1.0
@@ -453,14 +291,15 @@ class BudgetCall:
         wait = controller.wait_clock
         self._waited = wait() if wait is not None else 0.0
 
-    def _speed(self, latency: LatencyModel) -> float:
+    def _speed(self, latency: LatencyModel, *, stalls: bool = True) -> float:
         # The speed to plan at: the latency model's speed of the moment (recent invokes, this
         # call's chunks included), or this call's own chunks' time over their fitted time if that
         # is slower. The latter also sees delays outside the invokes the model times, at full
-        # weight: a call whose first chunk ran 1.5x slow will run its last one slow too.
+        # weight: a call whose first chunk ran 1.5x slow will run its last one slow too. It keeps
+        # this call's stalls (see ran()) unless ``stalls`` is False: the invokes' own speed.
         slow = latency.speed()
         if self._fitted > 0:
-            slow = max(slow, self._spent / self._fitted)
+            slow = max(slow, (self._spent - (0.0 if stalls else self._stalled)) / self._fitted)
         return slow
 
     def _aim(self) -> float:
@@ -495,11 +334,14 @@ class BudgetCall:
         left = int(((self.deadline - now) / slow - latency.fixed_s) / per)
         fit = max(fit, min(want, self._floor - done, left))
         line = self.stall_line
-        if line is not None and line - now >= _LINE_MIN_FIXED * latency.fixed_s * slow:
+        if line is not None:
             # No chunk crosses the stall line: a stall in a chunk that ends before it still fits.
-            before = self._round(int(((line - now) / slow - latency.fixed_s) / per))
-            if 1 <= before < fit:
-                return before
+            # Sized at the invokes' own speed, so that the chunk ends at the line if it does not stall.
+            own = self._speed(latency, stalls=False)
+            if line - now >= _LINE_MIN_FIXED * latency.fixed_s * own:
+                before = self._round(int(((line - now) / own - latency.fixed_s) / per))
+                if 1 <= before < fit:
+                    return before
         return self._settle(fit, want, done)
 
     def _round(self, n: int) -> int:
@@ -542,8 +384,10 @@ class BudgetCall:
         """This call's chunk of ``samples`` took ``seconds`` (wall time, everything included).
 
         A chunk slower than planned by half a stall or more reads the wait clock: time spent
-        waiting for the CPU is a stall, not the invoke's cost, and is kept out of this call's
-        speed (and, with ``observe``, of the latency model, which is then given the chunk).
+        waiting for the CPU is a stall, not the invoke's cost, and while stalls are rare
+        (``stalls_apart``) it is kept out of the latency model (given the chunk with ``observe``).
+        This call's own speed keeps it: a call that has stalled once plans the rest of its chunks
+        as if it may stall again, which keeps the floor of samples from carrying it past the line.
         """
         controller = self.controller
         latency = controller.latency
@@ -557,15 +401,15 @@ class BudgetCall:
             if waited >= min_stall:
                 self._stalls.append(waited)
                 stalled = waited
-        clean = seconds - stalled
         self._chunks.append((samples, seconds, stalled))
-        if clean < 0.5 * typical:
-            # The wait (or part of it) fell before this chunk: its own time is unknown.
-            return
-        self._spent += clean
+        self._spent += seconds
+        self._stalled += stalled
         self._fitted += typical
         if observe:
-            controller.observe(samples, clean)
+            clean = seconds - stalled if self.stalls_apart else seconds
+            # Below half the typical cost the wait (or part of it) fell before this chunk: its time is unknown.
+            if clean >= 0.5 * typical:
+                controller.observe(samples, clean)
 
     def sampled(self) -> None:
         """Sampling is over: the time from now to :meth:`finish` is the work after sampling."""
@@ -581,7 +425,7 @@ class BudgetCall:
             waited = wait() - self._waited
             if waited >= controller.stalls.min_stall_s:
                 self._stalls.append(waited)
-                if waited <= after:  # it fell after sampling (else before it, in the checks or the trunk)
+                if waited <= after and self.stalls_apart:  # it fell after sampling (else before, in the trunk)
                     after -= waited
         elapsed = end - self.started
         controller._record(self, after, elapsed, self._stalls)

@@ -24,16 +24,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from edgekit.runtime.latency import _quantile
+
 __all__ = ["StallTracker", "runqueue_wait_clock"]
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    """numpy's default (linear) quantile of an already sorted, non-empty list, in pure Python."""
-    h = (len(ordered) - 1) * q
-    lo = int(h)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (h - lo) * (ordered[hi] - ordered[lo])
-
 
 
 class StallTracker:
@@ -59,7 +52,7 @@ class StallTracker:
         self.clock, self.min_stall_s, self.memory_s, self.prior_s = clock, min_stall_s, memory_s, prior_s
         self.q, self.quantile = q, quantile
         self._lengths: deque[float] = deque(maxlen=lengths)
-        self._events = self._exposure = 0.0
+        self._events = self._exposure = self._rate = 0.0
         self._at: float | None = None
         self._length = 0.0
         self._plan: tuple[float, float] | None = None
@@ -76,14 +69,13 @@ class StallTracker:
             if stalls:
                 self._lengths.extend(stalls)
                 self._length = _quantile(sorted(self._lengths), self.quantile)
-            rate = self._events / (self._exposure + self.prior_s)
+            rate = self._rate = self._events / (self._exposure + self.prior_s)
             # Below 1e-6 stalls per second of call time nothing is left to guard against.
             self._plan = (self._length, self.q / rate) if rate > 1e-6 and self._length > 0 else None
 
     def rate(self) -> float:
         """Stalls per second of budgeted call time, as of the last call."""
-        with self._lock:
-            return self._events / (self._exposure + self.prior_s)
+        return self._rate
 
     def length(self) -> float:
         """The stall length guarded against (the ``quantile`` of recent stalls; 0: none yet)."""
