@@ -13,7 +13,8 @@ What happens, in order:
 
 0. **Settings.** ``quantize``, ``stochastic``, ``int8_io`` and ``batch`` not given come from the device
    profile (:func:`edgekit.devices.conversion_settings`, the rule ``edgekit convert --device`` uses too).
-1. **Checks.** One input, one output, no nested MC layer we cannot see; representative data (when
+1. **Checks.** One input, any number of outputs (each a class or a value output:
+   :mod:`edgekit.converters.outputs`), no nested MC layer we cannot see; representative data (when
    given) has the model's input shape, is non-empty and finite.
 2. **BatchNorm folding** (:mod:`edgekit.converters.fold`), unless ``fold_batchnorm=False``.
 3. **Split.** ``trunk`` is everything before the input of the first MC layer and ``head`` the
@@ -34,7 +35,8 @@ What happens, in order:
    instead: reproducible masks, identical on every device (a warning says so).
 6. **Quantization**: ``float32``, ``float16``, ``dynamic`` (int8 weights), ``int8`` (full integer
    with float islands where no int8 kernel exists, e.g. ``RANDOM_UNIFORM``; float or int8 I/O) and
-   ``int16x8``. Calibration runs every signature on the representative data.
+   ``int16x8``. Calibration runs every signature on the representative data; an int8 value output's
+   range is then widened (:data:`VALUE_RANGE_MARGIN`: it would saturate at the calibrated range).
 7. **Static reshapes**: Keras' Flatten/Reshape compute their shape from the run-time batch
    (``SHAPE`` -> ``STRIDED_SLICE`` -> ``PACK`` -> ``RESHAPE``); each becomes a ``RESHAPE`` to the
    constant ``[-1, ...]``, which does the same job without a dynamic output (docs/format.md).
@@ -51,12 +53,13 @@ What happens, in order:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,11 +67,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edgekit.converters.outputs import describe_outputs, named, outputs_metadata
 from edgekit.devices import ROLES, DeviceFitError, DeviceProfile, conversion_settings
 from edgekit.errors import InvalidArgumentError, InvalidTypeError, UnsupportedModelError
-from edgekit.layers import MC_LAYERS, MCAlphaDropout, MCDropout, MCSpatialDropout2D, mask_inputs
+from edgekit.layers import MC_LAYERS, mask_inputs
 from edgekit.qtyping import CALIBRATED, Quantization, Stochastic
-from edgekit.runtime.metadata import twin_mask_inputs
+from edgekit.runtime.metadata import FORMAT, twin_mask_inputs
 
 __all__ = [
     "ConvertedModel",
@@ -130,7 +134,7 @@ def _mc_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return found
 
 
-def _io_shape(model: keras.Model) -> tuple[tuple, tuple]:
+def _io_shape(model: keras.Model) -> tuple:
     if not isinstance(model, keras.Model):
         raise InvalidTypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
     try:
@@ -142,19 +146,18 @@ def _io_shape(model: keras.Model) -> tuple[tuple, tuple]:
             "Expected a built functional or Sequential model with a known input shape. Received: a model "
             "that has never been called (give it a keras.Input)"
         )
-    if len(inputs) != 1 or len(outputs) != 1:
+    if len(inputs) != 1:
         raise UnsupportedModelError(
-            f"Expected a model with one input and one output. Received: {len(inputs)} inputs and "
-            f"{len(outputs)} outputs"
+            f"Expected a model with one input (any number of outputs). Received: {len(inputs)} inputs "
+            f"({', '.join(str(t.shape) for t in inputs)}); several inputs are not supported: concatenate them "
+            f"into one input first"
         )
-    in_shape, out_shape = tuple(inputs[0].shape[1:]), tuple(outputs[0].shape[1:])
+    in_shape = tuple(inputs[0].shape[1:])
     if any(d is None for d in in_shape):
         raise UnsupportedModelError(f"Expected a fixed input shape (besides the batch). Received: {(None, *in_shape)}")
-    if len(out_shape) != 1 or out_shape[0] is None:
-        raise UnsupportedModelError(f"Expected an output of shape (batch, num_classes). Received: {(None, *out_shape)}")
-    if inputs[0] is outputs[0]:
+    if any(inputs[0] is o for o in outputs):
         raise UnsupportedModelError("Expected a model whose output differs from its input. Received: output == input")
-    return in_shape, out_shape
+    return in_shape
 
 
 def check_representative_data(data, input_shape: Sequence[int], what: str = "representative_data") -> np.ndarray:
@@ -251,7 +254,7 @@ def _split(model: keras.Model, first_mc) -> tuple[keras.Model | None, keras.Mode
         # Keras refuses a head whose output still needs the model input (a skip connection
         # around the cut): then the cut does not separate the graph.
         trunk = keras.Model(model.inputs, cut, name="trunk")
-        head = keras.Model(cut, model.outputs[0], name="head")
+        head = keras.Model(cut, list(model.outputs), name="head")
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         return None, None, f"the input of {first_mc.name!r} does not separate the graph ({str(e).splitlines()[0]})"
     return trunk, head, ""
@@ -261,12 +264,14 @@ def _split(model: keras.Model, first_mc) -> tuple[keras.Model | None, keras.Mode
 
 
 def _mask_shape(layer) -> list[int | None]:
+    # Without the batch axis; 1 where units share a decision (spatial dropout, a noise_shape such
+    # as stochastic depth's (None, 1, 1, 1) -> [1, 1, 1]): the mask broadcasts over that axis.
     shape = layer.mask_shape(tuple(layer.input.shape))
     return [None if d is None else int(d) for d in shape]
 
 
 def _mc_layer_meta(layers, stochastic: str) -> list[dict]:
-    kinds = {MCDropout: "MCDropout", MCAlphaDropout: "MCAlphaDropout", MCSpatialDropout2D: "MCSpatialDropout2D"}
+    kinds = {cls: cls.__name__ for cls in MC_LAYERS}  # MCDropout, MCAlphaDropout, MCSpatialDropout1D/2D/3D
     out = []
     for i, layer in enumerate(layers):
         out.append({
@@ -280,7 +285,7 @@ def _mc_layer_meta(layers, stochastic: str) -> list[dict]:
 
 
 def _write_saved_model(model, trunk, head, mc_meta, in_shape, folder: str, masked_twin: bool = False,
-                       batch: int | None = None) -> list[str]:
+                       batch: int | None = None, infos=()) -> list[str]:
     """Write a SavedModel with the endpoints ``full`` (+ ``trunk`` and ``head``, + ``masked``);
     return their names. With ``batch``, ``trunk`` takes batch 1 and the others ``batch``: static
     shapes, so TensorFlow folds every shape computation into a constant."""
@@ -290,7 +295,7 @@ def _write_saved_model(model, trunk, head, mc_meta, in_shape, folder: str, maske
 
     def with_masks(fn, first, masks, layers=masked):
         with mask_inputs({m["name"]: t for m, t in zip(layers, masks)}):
-            return {"probs": fn(first)}
+            return named(fn(first), infos)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -540,9 +545,82 @@ def _drop_unused_opcodes(model) -> None:
             op.opcodeIndex = remap[int(op.opcodeIndex)]
 
 
-def _finish_flatbuffer(tflite: bytes) -> bytes:
+VALUE_RANGE_MARGIN = 2.0
+"""How much wider than calibrated the quantized range of a value output is (:func:`_widen_value_ranges`)."""
+
+# Ops whose int8 kernels rescale to any output scale, and ops that pass values through with their
+# input's scale (a value output's range may be widened only back to the first of the former).
+_REQUANTIZING = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "TRANSPOSE_CONV", "ADD", "SUB", "MUL")
+_PASS_THROUGH = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
+
+
+def _widen_value_ranges(model, codes, schema, names: Sequence[str], factor: float = VALUE_RANGE_MARGIN) -> bool:
+    """Widen the quantized range of each value output (``names``) ``factor`` times about its centre.
+
+    A quantized tensor saturates at the ends of the range calibration saw. Class probabilities
+    live in [0, 1] whatever the input, but a value output's calibrated range is that of one
+    stochastic pass per calibration input, and the MC samples of other inputs go beyond it: a
+    regressor trained on standardized targets, calibrated on 200 inputs, clipped test predictions
+    at 1.7 where Keras gave 3.7 (its int8 MC mean 0.6 away, 23 standard errors). Twice the range
+    costs one bit of the output's resolution (a step of 1/128 of the calibrated span), far under
+    the noise of any regression target. The rescale is exact: the producing op (a Dense or a
+    convolution) computes its output multiplier from the scales when the interpreter prepares.
+    True if any changed.
+    """
+    changed = False
+    wanted = set(names)
+    for sd in model.signatureDefs or []:
+        sg = model.subgraphs[sd.subgraphIndex]
+        producer, consumers = {}, {}
+        for op in sg.operators or []:
+            for t in op.outputs if op.outputs is not None else []:
+                producer[int(t)] = op
+            for t in op.inputs if op.inputs is not None else []:
+                consumers.setdefault(int(t), []).append(op)
+        for tm in sd.outputs or []:
+            name = tm.name.decode() if isinstance(tm.name, bytes) else tm.name
+            if name not in wanted:
+                continue
+            t = int(tm.tensorIndex)
+            op = producer.get(t)
+            if op is not None and codes[op.opcodeIndex] == "DEQUANTIZE":  # float output of a quantized graph
+                t = int(op.inputs[0])
+                op = producer.get(t)
+            chain = [t]
+            while op is not None and codes[op.opcodeIndex] in _PASS_THROUGH:
+                t = int(op.inputs[0])
+                chain.append(t)
+                op = producer.get(t)
+            if op is None or codes[op.opcodeIndex] not in _REQUANTIZING:
+                continue
+            tensors = [sg.tensors[i] for i in chain]
+            q = tensors[0].quantization
+            kinds = {schema.TensorType.INT8: (-128, 127), schema.TensorType.INT16: (-32768, 32767)}
+            if (tensors[0].type not in kinds or q is None or q.scale is None or len(q.scale) != 1
+                    or any(c is not op and codes[c.opcodeIndex] not in ("DEQUANTIZE", *_PASS_THROUGH)
+                           for i in chain for c in consumers.get(i, []))):
+                continue
+            lo_q, hi_q = kinds[tensors[0].type]
+            scale, zero = float(q.scale[0]), int(q.zeroPoint[0]) if q.zeroPoint is not None else 0
+            low, high = scale * (lo_q - zero), scale * (hi_q - zero)
+            centre, half = 0.5 * (low + high), 0.5 * factor * (high - low)
+            low, high = min(centre - half, 0.0), max(centre + half, 0.0)  # zero stays representable
+            if tensors[0].type == schema.TensorType.INT16:  # 16-bit activations are symmetric
+                new_scale, new_zero = max(-low, high) / hi_q, 0
+            else:
+                new_scale = (high - low) / (hi_q - lo_q)
+                new_zero = int(min(hi_q, max(lo_q, round(lo_q - low / new_scale))))
+            for tensor in tensors:
+                tensor.quantization.scale = [new_scale]
+                tensor.quantization.zeroPoint = [new_zero]
+            changed = True
+    return changed
+
+
+def _finish_flatbuffer(tflite: bytes, value_outputs: Sequence[str] = ()) -> bytes:
     """The converter's file with static reshapes (:func:`_static_reshapes`, then the shape ops
-    nobody reads any more removed) and the names of intermediate tensors stripped.
+    nobody reads any more removed), the quantized ranges of ``value_outputs`` widened
+    (:func:`_widen_value_ranges`) and the names of intermediate tensors stripped.
 
     Tensor names are debugging text ("head_1/dense_0_1/MatMul;head_1/dense_0_1/BiasAdd2", ...):
     about 3.5 KB plus string headers in the book MLP's int8 file, where they decide whether it stays
@@ -556,6 +634,8 @@ def _finish_flatbuffer(tflite: bytes) -> bytes:
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     codes = [op_names.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), "") for oc in model.operatorCodes or []]
     changed = [_static_reshapes(model, sg, codes, schema) for sg in model.subgraphs or []]
+    if value_outputs:
+        _widen_value_ranges(model, codes, schema, value_outputs)
     if any(changed):
         for index, sg in enumerate(model.subgraphs or []):
             _drop_dead_ops(sg, codes)
@@ -598,7 +678,14 @@ def convert(
     device=None,
     stochastic: str | None = None,
     seed: int | None = None,
-    class_names: Sequence[str] | None = None,
+    class_names: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    tasks: Mapping[str, str] | None = None,
+    variance: Mapping[str, str] | None = None,
+    heldout_data=None,
+    heldout_samples: int = 100,
+    calibration: str = "mi-temperature",
+    abstain_coverage: float | None = None,
+    force_small_heldout: bool = False,
     input_image: dict | None = None,
     int8_io: bool | None = None,
     batch: int | None = None,
@@ -613,8 +700,9 @@ def convert(
     without a device. A value given explicitly always wins.
 
     Args:
-        model: a built Keras 3 model (one input, output ``(batch, num_classes)`` probabilities)
-            using ``edgekit.layers`` MC layers. It is not modified.
+        model: a built Keras 3 model with one input and any number of outputs (class
+            probabilities or values: :mod:`edgekit.converters.outputs`) using ``edgekit.layers`` MC
+            layers. It is not modified.
         quantize: ``"float32"``, ``"float16"``, ``"dynamic"``, ``"int8"`` or ``"int16x8"``.
         representative_data: model inputs from the training set, shape ``(n, *input_shape)``;
             required for ``int8`` and ``int16x8`` (the first 1000 are used), and used to record the
@@ -632,7 +720,21 @@ def convert(
         seed: bake this seed into the random ops (reproducible masks, identical on every device).
             ``None`` (default) leaves the ops unseeded, whatever global seed is set. A seeded file
             has no ``masked`` signature (its masks must come from its own seeded ops).
-        class_names: names of the output classes, stored in the metadata.
+        class_names: names of the classes of the class output (a list), or per output name.
+        tasks: per Keras output name, ``"classification"`` or ``"regression"``, where the task
+            cannot be inferred from the output's activation (or to override it).
+        variance: ``{value output: its log-variance output}`` for heteroscedastic heads.
+        heldout_data: ``(x, y)`` held out from training and from ``representative_data`` (not
+            the test set): ``y`` an array for a one-output model, else ``{output name: targets}``.
+            The converted file's own MC samples on it fit what the file carries
+            (:mod:`edgekit.converters.heldout`): a temperature per class output, a noise variance
+            (or variance scale) per value output, and an abstention threshold.
+        heldout_samples: MC samples per held-out input for those fits (the T the file will run).
+        calibration: ``"mi-temperature"`` (default: a temperature that grows with the samples'
+            disagreement), ``"temperature"`` (one for every input) or ``"none"``.
+        abstain_coverage: with held-out data, store an abstention threshold that answers this
+            share of the inputs (e.g. 0.9); None: no threshold.
+        force_small_heldout: fit on a held-out split under 500 examples anyway (with a warning).
         input_image: how an 8-bit image becomes the input, ``{"height", "width", "channels",
             "scale", "offset"}`` (``x = pixel * scale + offset``), stored in the metadata.
         int8_io: int8 inputs and outputs (only with ``quantize="int8"``).
@@ -675,14 +777,12 @@ def convert(
         )
     if dense_per_channel is None:
         dense_per_channel = quantize != Quantization.INT8
-    in_shape, out_shape = _io_shape(model)
+    in_shape = _io_shape(model)
+    infos = describe_outputs(model, tasks=tasks, variance=variance, class_names=class_names)
     image = _check_image(input_image, in_shape)
-    if class_names is not None:
-        class_names = [str(c) for c in class_names]
-        if len(class_names) != out_shape[0]:
-            raise InvalidArgumentError(
-                f"Expected {out_shape[0]} class names (the model's outputs). Received: {len(class_names)}"
-            )
+    if calibration not in ("mi-temperature", "temperature", "none"):
+        raise InvalidArgumentError(f"Expected calibration 'mi-temperature', 'temperature' or 'none'. Received: "
+                                   f"calibration={calibration!r}")
     data = None
     if representative_data is not None or quantize in CALIBRATED:
         if representative_data is None:
@@ -725,17 +825,18 @@ def convert(
     folder = tempfile.mkdtemp(prefix="edgekit-export-")
     try:
         with _tracing_seed(seed):
-            names = _write_saved_model(work, trunk, head, mc_meta, in_shape, folder, masked_twin, batch)
-        calibration = (_calibration(work, trunk, head, mc_meta, data, names, batch=batch)
-                       if quantize in CALIBRATED else None)
-        raw = _finish_flatbuffer(_tflite_convert(folder, names, quantize, int8_io, calibration, sparse,
-                                                 dense_per_channel))
+            names = _write_saved_model(work, trunk, head, mc_meta, in_shape, folder, masked_twin, batch, infos)
+        dataset = (_calibration(work, trunk, head, mc_meta, data, names, batch=batch)
+                   if quantize in CALIBRATED else None)
+        values = [i.name for i in infos if i.task != "classification"] if quantize in CALIBRATED else []
+        raw = _finish_flatbuffer(_tflite_convert(folder, names, quantize, int8_io, dataset, sparse,
+                                                 dense_per_channel), values)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
     present = {"full": True, "trunk": trunk is not None, "head": trunk is not None, "masked": masked_twin}
     metadata = {
-        "format": "edgekit/1",
+        "format": FORMAT,
         "edgekit_version": _version(),
         "stochastic": stochastic if mc_meta and any(m["rate"] > 0 for m in mc_meta) else Stochastic.NONE.value,
         "seed": seed,
@@ -751,8 +852,7 @@ def convert(
             "range": [float(data.min()), float(data.max())] if data is not None else None,
             **({"image": image} if image else {}),
         },
-        "output": {"name": "probs", "num_classes": int(out_shape[0])},
-        "class_names": class_names,
+        "outputs": outputs_metadata(infos),
         "quantization": {"mode": quantize, "io": "int8" if int8_io else "float32",
                          **({"dense": "per-tensor"} if not dense_per_channel
                             and quantize in (Quantization.DYNAMIC, *CALIBRATED) else {})},
@@ -762,8 +862,20 @@ def convert(
     from edgekit.runtime.metadata import embed_metadata, read_metadata
 
     tflite = embed_metadata(raw, metadata)
+    heldout = None
+    if heldout_data is not None:
+        from edgekit.converters.heldout import fit_heldout
+
+        metadata, heldout = fit_heldout(tflite, read_metadata(tflite), heldout_data, samples=heldout_samples,
+                                        calibration=calibration, abstain_coverage=abstain_coverage,
+                                        force=force_small_heldout)
+        for w in heldout.get("warnings", ()):
+            caught.append(w)
+        tflite = embed_metadata(raw, metadata)
     metadata = read_metadata(tflite)
     report = report_mod.build_report(tflite, fold_report=fold_report, warnings=tuple(caught), raw_bytes=len(raw))
+    if heldout is not None:
+        report = dataclasses.replace(report, heldout=heldout)
     if profile is not None:
         report = _check_fit(tflite, profile, report)
     return ConvertedModel(tflite=tflite, metadata=metadata, report=report, warnings=tuple(caught))

@@ -5,8 +5,14 @@ In inference mode a BatchNormalization layer is an affine map per channel,
 ``t = beta - s * moving_mean``. Next to a linear layer it can be merged into that layer's
 weights, which removes two ops per BN from the exported graph and, for int8, one requantization:
 
-- **Dense / Conv2D / DepthwiseConv2D followed by BN** (the layer has no activation and its output
-  goes only to the BN): ``kernel' = kernel * s`` per output channel, ``bias' = s * bias + t``.
+- **A linear layer followed by BN** (the layer has no activation and its output goes only to the
+  BN): ``kernel' = kernel * s`` per output channel, ``bias' = s * bias + t``. The layer computes
+  ``y[..., c] = sum(kernel[..., c] * patch) + bias[c]``, so scaling output channel c's kernel
+  slice scales ``y[..., c]``: the same algebra for ``Dense``, ``Conv1D``, ``Conv2D`` and ``Conv3D``
+  (the output channel is the kernel's last axis, whatever the rank, groups or dilation),
+  ``DepthwiseConv1D/2D`` (output channel ``c * multiplier + m`` is kernel slice ``[..., c, m]``)
+  and ``SeparableConv1D/2D`` (the pointwise kernel's last axis; the depthwise kernel before it is
+  left as is). Transposed convolutions are not folded (their output channel is another axis).
 - **BN directly before a Dense** (the BN output goes only to the Dense):
   ``kernel' = s[:, None] * kernel``, ``bias' = bias + kernel.T @ t``.
 
@@ -30,9 +36,15 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from edgekit.errors import InvalidTypeError
+
 __all__ = ["FoldReport", "FoldedBatchNorm", "fold_batchnorm"]
 
-_LINEAR_BEFORE = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+_LINEAR_BEFORE = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+                  *_DEPTHWISE, *_SEPARABLE)
+_LINEAR_NAMES = "Dense, Conv1D/2D/3D, DepthwiseConv1D/2D or SeparableConv1D/2D"
 
 
 @keras.saving.register_keras_serializable(package="edgekit")
@@ -115,16 +127,22 @@ def _channels_last(layer) -> bool:
 
 
 def _fold_after(layer, bn) -> list[np.ndarray]:
-    """New [kernel, bias] for ``layer`` followed by ``bn``."""
+    """New weights for ``layer`` followed by ``bn``, in ``layer.get_weights()`` order (bias included)."""
     s, t = _bn_affine(bn)
-    kernel = _f64(layer.kernel)
     bias = _f64(layer.bias) if layer.use_bias else np.zeros_like(s)
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        kh, kw, cin, mult = kernel.shape
-        kernel = kernel * s.reshape(1, 1, cin, mult)  # output channel c*mult + m
+    new_bias = (s * bias + t).astype(np.float32)
+    if isinstance(layer, _SEPARABLE):
+        # depthwise then pointwise: only the pointwise kernel (last axis = output channel) is scaled.
+        depthwise = keras.ops.convert_to_numpy(layer.depthwise_kernel)
+        pointwise = _f64(layer.pointwise_kernel) * s
+        return [depthwise, pointwise.astype(np.float32), new_bias]
+    kernel = _f64(layer.kernel)
+    if isinstance(layer, _DEPTHWISE):
+        cin, mult = kernel.shape[-2:]
+        kernel = kernel * s.reshape(cin, mult)  # output channel c*mult + m
     else:
-        kernel = kernel * s  # last axis is the output channel for Dense and Conv2D
-    return [kernel.astype(np.float32), (s * bias + t).astype(np.float32)]
+        kernel = kernel * s  # last axis is the output channel for Dense and Conv1D/2D/3D
+    return [kernel.astype(np.float32), new_bias]
 
 
 def _fold_before(bn, dense) -> list[np.ndarray]:
@@ -239,7 +257,7 @@ def _plan(model):
                 nonlinear = isinstance(prev, (keras.layers.Activation, keras.layers.ReLU, keras.layers.ELU,
                                               keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.Softmax))
                 reason = (f"follows a non-linearity ({kind} {prev.name!r})" if nonlinear
-                          else f"follows a {kind} layer ({prev.name!r}), not Dense/Conv2D/DepthwiseConv2D, "
+                          else f"follows a {kind} layer ({prev.name!r}), not a {_LINEAR_NAMES} layer, "
                                "and no Dense follows it")
         skipped.append((bn.name, reason))
     return plan, skipped
@@ -252,7 +270,7 @@ def fold_batchnorm(model: keras.Model) -> tuple[keras.Model, FoldReport]:
     be folded, ``model`` is returned as is.
     """
     if not isinstance(model, keras.Model):
-        raise TypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
+        raise InvalidTypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
     plan, skipped = _plan(model)
     if not plan:
         return model, FoldReport((), tuple(skipped))

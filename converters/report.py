@@ -50,13 +50,17 @@ from edgekit.runtime.metrics import ece, nll
 
 __all__ = [
     "COLLAPSE_POINTS",
+    "VALUE_CURVE_T",
     "AccuracyCollapseWarning",
     "ConversionReport",
+    "KerasReference",
     "build_report",
     "ece",
     "evaluate",
+    "keras_reference",
     "nll",
     "tflite_probs",
+    "value_quality",
 ]
 
 COLLAPSE_POINTS = 2.0  # MC accuracy drop (percentage points) that counts as a collapse
@@ -89,6 +93,7 @@ class ConversionReport:
     accuracy: dict | None = None
     split_reason: str | None = None
     extra: dict = field(default_factory=dict)
+    heldout: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -120,19 +125,63 @@ class ConversionReport:
             add(f"device           {self.device['name']}: {status}")
             for p in self.device["problems"]:
                 add(f"                 - {p}")
+        if self.heldout is not None:
+            lines.extend(_heldout_value_lines(self.heldout))
         if self.accuracy is not None:
-            a = self.accuracy
-            add(f"accuracy         on {a['n']} samples, T={a['samples']} MC samples")
-            add(f"  {'model':<10}{'determ.':>9}{'MC acc':>9}{'NLL':>8}{'ECE':>8}")
-            for key in ("keras", "tflite"):
-                r = a[key]
-                det = "-" if r["deterministic_accuracy"] is None else f"{100 * r['deterministic_accuracy']:.2f}"
-                add(f"  {key:<10}{det:>9}{100 * r['mc_accuracy']:>9.2f}{r['nll']:>8.4f}{r['ece']:>8.4f}")
-            add(f"  MC accuracy change: {a['mc_accuracy_delta_points']:+.2f} points")
+            lines.extend(_quality_lines(self.accuracy))
         for w in self.warnings:
             loud = "ACCURACY COLLAPSE" in w
             add(("!!! " if loud else "warning: ") + w)
         return "\n".join(lines)
+
+
+def _heldout_value_lines(heldout: dict) -> list[str]:
+    """The table's lines for the value outputs' held-out fits (noise variance or variance scale)."""
+    lines = []
+    for name, fit in (heldout.get("outputs") or {}).items():
+        if not fit.get("fitted") or ("noise_variance" not in fit and "variance_scale" not in fit):
+            continue
+        if fit.get("noise_variance") is not None:
+            what = "noise variance   " + ", ".join(f"{v:.4g}" for v in fit["noise_variance"])
+        else:
+            what = f"variance scale   {fit['variance_scale']:.4g}"
+        lines.append(f"{what} ({name!r}; held-out NLL {fit['before']['nll']:.4f} -> {fit['after']['nll']:.4f}, "
+                     f"{fit['examples']} examples, T={fit['samples']})")
+    return lines
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}" if abs(v) < 1e4 else f"{v:.3g}"
+
+
+def _quality_lines(a: dict) -> list[str]:
+    """The table's lines for :func:`evaluate`'s figures: one block per output measured."""
+    lines = []
+    outputs = a.get("outputs") or {"probs": {"task": "classification", **a}}
+    several = len(outputs) > 1
+    for name, o in outputs.items():
+        if o["task"] == "classification":
+            which = f"output {name!r} " if several else ""
+            lines.append(f"accuracy         {which}on {a['n']} samples, T={a['samples']} MC samples")
+            lines.append(f"  {'model':<10}{'determ.':>9}{'MC acc':>9}{'NLL':>8}{'ECE':>8}")
+            for key in ("keras", "tflite"):
+                r = o[key]
+                det = "-" if r["deterministic_accuracy"] is None else f"{100 * r['deterministic_accuracy']:.2f}"
+                lines.append(f"  {key:<10}{det:>9}{100 * r['mc_accuracy']:>9.2f}{r['nll']:>8.4f}{r['ece']:>8.4f}")
+            lines.append(f"  MC accuracy change: {o['mc_accuracy_delta_points']:+.2f} points")
+        else:
+            part = {"noise_variance": "with the file's noise variance", "log_variance": "with the predicted variance",
+                    None: "no aleatoric part: the model's uncertainty only"}[o["aleatoric"]]
+            lines.append(f"values           output {name!r} on {a['n']} targets, {100 * o['level']:g}% interval, {part}")
+            lines.append(f"  {'T':>5}{'RMSE keras':>12}{'tflite':>9}{'NLL keras':>11}{'tflite':>9}"
+                         f"{'cover keras':>13}{'tflite':>8}")
+            for c in o["curve"]:
+                k, t = c["keras"], c["tflite"]
+                lines.append(f"  {c['samples']:>5}{k['rmse']:>12.4f}{t['rmse']:>9.4f}{_num(k['nll']):>11}"
+                             f"{_num(t['nll']):>9}{100 * k['coverage']:>12.1f}%{100 * t['coverage']:>7.1f}%")
+            if o["rmse_ratio"] is not None:
+                lines.append(f"  RMSE change: {100 * (o['rmse_ratio'] - 1):+.2f}%")
+    return lines
 
 
 # --------------------------------------------------------------------------- reading the file
@@ -185,30 +234,81 @@ def _metrics(probs: np.ndarray, labels: np.ndarray, det: np.ndarray | None) -> d
     }
 
 
-def _keras_probs(model, x, samples: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class KerasReference:
+    """The float Keras model's MC samples and dropout-off outputs on some inputs (:func:`keras_reference`).
+
+    Attributes:
+        names: Keras' output names, in ``model.outputs`` order.
+        samples: per output, ``[N, T, *shape]`` float32 MC samples.
+        deterministic: per output, ``[N, *shape]`` the dropout-off outputs.
+
+    It unpacks as ``(MC mean, dropout-off)`` of the first output, ``[N, C]`` each, as the
+    one-output API did: ``mc_mean, det = keras_reference(model, x)``.
+    """
+
+    names: tuple[str, ...]
+    samples: tuple[np.ndarray, ...]
+    deterministic: tuple[np.ndarray, ...]
+
+    @property
+    def n(self) -> int:
+        return int(self.samples[0].shape[0])
+
+    @property
+    def t(self) -> int:
+        return int(self.samples[0].shape[1])
+
+    @property
+    def mean(self) -> np.ndarray:
+        """The first output's MC mean ``[N, *shape]``."""
+        return _sample_mean(self.samples[0])
+
+    def __iter__(self):
+        return iter((self.mean, self.deterministic[0]))
+
+
+def _sample_mean(samples: np.ndarray) -> np.ndarray:
+    return samples.mean(axis=1)
+
+
+def _keras_reference(model, x, samples: int, rows: int) -> KerasReference:
     import tensorflow as tf
 
-    from edgekit.converters.export import _mc_layers, _split, call_model
+    from edgekit.converters.export import _mc_layers, _split
     from edgekit.layers import dropout_off
+    from edgekit.mc import _as_list, output_names
 
+    names = output_names(model)
     # Same shortcut as the runtime: the deterministic trunk once, the head T times.
     first = next((layer for layer in _mc_layers(model) if layer.rate > 0), None)
     trunk, head, _ = _split(model, first)
-    # Eager calls on large batches: a tf.function here would be retraced on every evaluate()
-    # (new model, new shapes), and one traced under dropout_off() would keep dropout off.
     net = head or model
+
+    def call(m, batch) -> list[np.ndarray]:
+        # Eager calls on large batches: a tf.function here would be retraced on every evaluate()
+        # (new model, new shapes), and one traced under dropout_off() would keep dropout off.
+        # Keras warns when a model with a named input gets a bare tensor; the call is right.
+        with _warnings.catch_warnings():
+            _warnings.filterwarnings("ignore", message=r"(?s)The structure of `inputs` doesn't match")
+            return [np.asarray(o) for o in _as_list(m(tf.constant(batch), training=False), names)]
+
     chunk = max(1, rows // samples)
-    mc = []
+    parts: list[list[np.ndarray]] = []
     for i in range(0, len(x), chunk):
         xb = x[i : i + chunk]
         if trunk is not None:
-            xb = call_model(trunk, tf.constant(xb))
-        rep = np.repeat(xb, samples, axis=0)
-        p = call_model(net, tf.constant(rep)).reshape(len(xb), samples, -1)
-        mc.append(p.mean(axis=1))
+            xb = call(trunk, xb)[0]
+        rep = np.repeat(xb, samples, axis=0)  # input-major: a reshape gives [k, T, *shape]
+        parts.append([o.reshape(len(xb), samples, *o.shape[1:]) for o in call(net, rep)])
     with dropout_off():
-        det = np.concatenate([call_model(model, tf.constant(x[i : i + rows])) for i in range(0, len(x), rows)])
-    return np.concatenate(mc), det
+        det = [call(model, x[i : i + rows]) for i in range(0, len(x), rows)]
+    width = len(parts[0])
+    return KerasReference(
+        names=tuple(names[:width]),
+        samples=tuple(np.concatenate([p[j] for p in parts]).astype(np.float32, copy=False) for j in range(width)),
+        deterministic=tuple(np.concatenate([d[j] for d in det]) for j in range(width)),
+    )
 
 
 def tflite_probs(tflite: bytes, x, samples: int, *, seed: int | None = 0, rows: int = 5000, threads: int = 2
@@ -223,6 +323,7 @@ def tflite_probs(tflite: bytes, x, samples: int, *, seed: int | None = 0, rows: 
     ``samples``-sample MC estimate like the Keras side's. The dropout-off probabilities are
     :meth:`~edgekit.runtime.MCModel.deterministic` (None for a file without that path). ``seed``
     seeds the masks the runtime draws (None: unseeded, like ``predict`` without ``--seed``).
+    The first output of the file (see :func:`evaluate` for every output).
     """
     from edgekit.runtime import MCModel
 
@@ -235,52 +336,213 @@ def tflite_probs(tflite: bytes, x, samples: int, *, seed: int | None = 0, rows: 
     return np.concatenate(mc), model.deterministic(x, rows=rows), strategy
 
 
-def keras_reference(model, x, *, samples: int = 100, rows: int = 5000) -> tuple[np.ndarray, np.ndarray]:
-    """The float Keras model's MC-mean and dropout-off probabilities on ``x``, for :func:`evaluate`.
+def keras_reference(model, x, *, samples: int = 100, rows: int = 5000) -> KerasReference:
+    """The float Keras model's MC samples and dropout-off outputs on ``x``, every output, for :func:`evaluate`.
 
     Compute it once and pass it as ``reference=`` when one model is converted in several modes:
-    the Keras side of the comparison is the same for all of them.
+    the Keras side of the comparison is the same for all of them. It unpacks as ``(MC mean,
+    dropout-off)`` of the first output (:class:`KerasReference`).
     """
-    return _keras_probs(model, np.asarray(x, dtype=np.float32), samples, rows)
+    _check_samples(samples)
+    return _keras_reference(model, np.asarray(x, dtype=np.float32), samples, rows)
+
+
+def _check_samples(samples) -> None:
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise InvalidArgumentError(f"Expected `samples` to be a positive int. Received: samples={samples!r}")
+
+
+VALUE_CURVE_T = (1, 10, 30, 100, 300, 1000)
+"""The T at which value outputs are measured (those below the evaluated T, and T itself)."""
+
+
+def _keras_index(entries: list[dict], keras_names: tuple[str, ...]) -> dict[str, int]:
+    """File output name -> Keras output index. A one-output model's output is renamed in the file
+    (``probs`` / ``value``, :mod:`edgekit.converters.outputs`); several keep Keras' names."""
+    if len(keras_names) == 1:
+        return {entries[0]["name"]: 0}
+    return {n: i for i, n in enumerate(keras_names)}
+
+
+def _class_of(spec, arr: np.ndarray) -> np.ndarray:
+    """Class probabilities from one class output's own array (a sigmoid unit p -> [1 - p, p])."""
+    a = arr.reshape(*arr.shape[:-1], -1)
+    return np.concatenate([1.0 - a, a], axis=-1) if spec.activation == "sigmoid" else a
+
+
+def _targets(y, specs, n: int, what: str) -> dict[str, np.ndarray]:
+    """Targets per output name from ``y`` (an array for a one-output file, else a mapping), checked."""
+    from collections.abc import Mapping
+
+    names = [s.name for s in specs]
+    if isinstance(y, Mapping):
+        unknown = sorted(set(y) - set(names))
+        if unknown:
+            raise InvalidArgumentError(f"{what} name output(s) {unknown} the model does not have. Expected names from "
+                                       f"{names}. Received: {sorted(y)}")
+        given = dict(y)
+    elif len(names) == 1:
+        given = {names[0]: y}
+    else:
+        raise InvalidArgumentError(f"Expected {what} per output name ({{name: targets}}) for a model with outputs "
+                                   f"{names}. Received: one array")
+    out = {}
+    for spec in specs:
+        if spec.name not in given or given[spec.name] is None:
+            continue
+        t = np.asarray(given[spec.name])
+        if spec.task == "classification":
+            if t.dtype.kind not in "iuf" or t.size != n:
+                raise InvalidArgumentError(f"Expected {what} of output {spec.name!r}: {n} integer labels. Received: "
+                                           f"shape {t.shape}, dtype {t.dtype}")
+            t = t.reshape(-1)
+            if t.dtype.kind == "f" and not (np.isfinite(t).all() and np.all(t == np.round(t))):
+                raise InvalidArgumentError(f"Expected integer labels for class output {spec.name!r}. Received: "
+                                           f"non-integer or NaN values")
+            t = t.astype(np.int64)
+            if len(t) and (t.min() < 0 or t.max() >= spec.num_classes):
+                raise InvalidArgumentError(f"Expected labels in [0, {spec.num_classes - 1}] for output {spec.name!r}. "
+                                           f"Received: labels in [{int(t.min())}, {int(t.max())}]")
+        else:
+            want = (n, *spec.shape)
+            if t.dtype.kind not in "iuf" or t.shape[:1] != (n,) or t.size != int(np.prod(want)):
+                raise InvalidArgumentError(f"Expected {what} of value output {spec.name!r} of shape {want}. Received: "
+                                           f"shape {t.shape}")
+            t = t.astype(np.float64).reshape(want)
+            if not np.isfinite(t).all():
+                raise InvalidArgumentError(f"Expected finite {what} for value output {spec.name!r}. Received: "
+                                           f"NaN or Inf")
+        out[spec.name] = t
+    return out
+
+
+def value_quality(spec, rows: np.ndarray, targets: np.ndarray) -> dict:
+    """RMSE, Gaussian NLL (nats per value) and coverage of the central ``spec.interval`` interval of
+    value output ``spec`` from sample rows ``[N, T, D]`` (the file's layout,
+    :class:`edgekit.runtime.plan.OutputSpec`), summarized as the runtime does
+    (:func:`edgekit.runtime.summaries.summarize_value_output`)."""
+    from edgekit.runtime.metrics import gaussian_nll, interval_coverage, rmse
+    from edgekit.runtime.summaries import summarize_value_output
+
+    s = summarize_value_output(spec, rows)
+    # One sample without an aleatoric part has no spread: no likelihood to speak of.
+    spread = rows.shape[1] > 1 or s.aleatoric_std is not None
+    return {"rmse": rmse(s.mean, targets), "nll": gaussian_nll(s.mean, s.total_std**2, targets) if spread else None,
+            "coverage": interval_coverage(s.low, s.high, targets)}
+
+
+def _value_entry(spec, k_rows, t_rows, targets, det, samples: int, strategy: str) -> dict:
+    points = sorted({t for t in VALUE_CURVE_T if t < samples} | {samples})
+    curve = [{"samples": t, "keras": value_quality(spec, k_rows[:, :t], targets),
+              "tflite": value_quality(spec, t_rows[:, :t], targets)} for t in points]
+    from edgekit.runtime.metrics import rmse
+
+    keras_m = {**curve[-1]["keras"], "deterministic_rmse": None if det is None else rmse(det, targets)}
+    tfl_m = {**curve[-1]["tflite"], "strategy": strategy}
+    aleatoric = ("log_variance" if spec.variance is not None else
+                 "noise_variance" if spec.noise_variance is not None else None)
+    return {"task": "regression", "level": spec.interval, "aleatoric": aleatoric, "keras": keras_m, "tflite": tfl_m,
+            "rmse_ratio": tfl_m["rmse"] / keras_m["rmse"] if keras_m["rmse"] > 0 else None, "curve": curve}
 
 
 def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows: int = 5000,
-             reference: tuple[np.ndarray, np.ndarray] | None = None) -> ConversionReport:
+             reference: KerasReference | None = None) -> ConversionReport:
     """Return ``converted.report`` with ``accuracy`` filled in (and a collapse warning if any).
+
+    Per output of the file with targets in ``y``:
+
+    - a class output: deterministic and MC accuracy, NLL and ECE (the mean of T uncalibrated
+      samples), Keras against the file, and the MC accuracy change in points;
+    - a value output: RMSE, Gaussian NLL and the coverage of the file's central interval (90% by
+      default) against T (:data:`VALUE_CURVE_T` up to ``samples``), Keras against the file. Both
+      sides are summarized as the runtime summarizes the file's samples, with the aleatoric part
+      the file carries (its fitted noise variance, or the variance the Keras head itself
+      predicts), so the comparison measures what the conversion changed.
+
+    ``accuracy["outputs"]`` has one entry per output measured; the first class output's figures
+    are also at the top level (``keras``, ``tflite``, ``mc_accuracy_delta_points``).
 
     Args:
         converted: a :class:`~edgekit.converters.ConvertedModel`.
         model: the float Keras model it came from (before folding).
-        x, y: inputs and integer labels (the test set).
+        x: inputs (the test set).
+        y: targets: integer labels of a class output or values of a value output (an array for a
+            one-output model), or ``{file output name: targets}`` (outputs without targets are
+            not measured).
         samples: MC samples per input (T).
         seed: seeds the numpy generator of the masks the runtime draws (None: unseeded).
         rows: inputs x samples evaluated per batch (memory bound).
         reference: :func:`keras_reference` of ``model`` on ``x`` with the same ``samples``
             (computed here when None).
+
+    Raises:
+        InvalidArgumentError: inputs or targets of the wrong shape, labels out of range,
+            a reference for other inputs or another T.
     """
     from edgekit.converters.export import check_representative_data
+    from edgekit.runtime import MCModel
 
     in_shape = tuple(model.inputs[0].shape[1:])
     x = check_representative_data(x, in_shape, "x")
-    y = np.asarray(y).astype(np.int64).reshape(-1)
-    if len(y) != len(x):
-        raise InvalidArgumentError(f"Expected one label per input. Received: {len(x)} inputs and {len(y)} labels")
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"Expected `samples` to be a positive int. Received: samples={samples!r}")
+    _check_samples(samples)
+    file = MCModel(converted.tflite, threads=2, seed=seed, probe=False)  # the converter's own output
+    specs = file.plan.outputs
+    targets = _targets(y, specs, len(x), "targets")
+    if not targets:
+        raise InvalidArgumentError(f"Expected targets for at least one output of {[s.name for s in specs]}. "
+                                   f"Received: none")
     if reference is None:
-        reference = _keras_probs(model, x, samples, rows)
-    k_mc, k_det = reference
-    if k_mc.shape[0] != len(x):
-        raise ValueError(f"Expected a reference for {len(x)} inputs. Received: {k_mc.shape[0]} rows")
-    t_mc, t_det, strategy = tflite_probs(converted.tflite, x, samples, seed=seed, rows=rows)
-    keras_m, tfl_m = _metrics(k_mc, y, k_det), {**_metrics(t_mc, y, t_det), "strategy": strategy}
-    delta = 100.0 * (tfl_m["mc_accuracy"] - keras_m["mc_accuracy"])
-    acc = {"n": len(x), "samples": samples, "keras": keras_m, "tflite": tfl_m,
-           "mc_accuracy_delta_points": delta}
+        reference = _keras_reference(model, x, samples, rows)
+    if isinstance(reference, tuple):  # (MC mean, dropout-off) of a one-output model, without samples
+        raise InvalidArgumentError("Expected a KerasReference from keras_reference(). Received: a tuple")
+    if reference.n != len(x):
+        raise InvalidArgumentError(f"Expected a reference for {len(x)} inputs. Received: {reference.n} rows")
+    if reference.t != samples:
+        raise InvalidArgumentError(f"Expected a reference of T={samples} samples. Received: T={reference.t}")
+    index = _keras_index(converted.metadata["outputs"], reference.names)
+    # A fixed-batch file draws T in whole batches: the first T of them are an unbiased T-sample
+    # estimate, the same T as the Keras side's.
+    t_rows = file.sample_rows(x, samples, rows=rows)[:, :samples]
+    strategy = file.strategy_at(samples, inputs=min(max(1, rows // samples), len(x)))
+    k_rows = np.empty_like(t_rows)
+    for spec in specs:
+        k_rows[..., slice(*spec.columns)] = reference.samples[index[spec.name]].reshape(len(x), samples, -1)
+        if spec.variance_columns is not None:
+            k_rows[..., slice(*spec.variance_columns)] = (
+                reference.samples[index[spec.variance.name]].reshape(len(x), samples, -1))
+
+    from edgekit.runtime.summaries import class_probs
+
+    outputs: dict[str, dict] = {}
     warns = list(converted.report.warnings)
-    if delta < -COLLAPSE_POINTS:
-        msg = (f"ACCURACY COLLAPSE: the {converted.report.quantization} model's MC accuracy is {-delta:.2f} points "
-               f"under the float Keras model ({100 * tfl_m['mc_accuracy']:.2f}% vs {100 * keras_m['mc_accuracy']:.2f}%)")
-        _warnings.warn(msg, AccuracyCollapseWarning, stacklevel=2)
-        warns.append(msg)
+    several = len(specs) > 1
+    for spec in specs:
+        if spec.name not in targets:
+            continue
+        yt, k_det = targets[spec.name], reference.deterministic[index[spec.name]]
+        if spec.task == "classification":
+            t_det = file.deterministic(x, rows=rows, output=spec.name)
+            k_mc = _sample_mean(class_probs(spec, k_rows))
+            t_mc = _sample_mean(class_probs(spec, t_rows))
+            keras_m = _metrics(k_mc, yt, _class_of(spec, k_det))
+            tfl_m = {**_metrics(t_mc, yt, t_det), "strategy": strategy}
+            delta = 100.0 * (tfl_m["mc_accuracy"] - keras_m["mc_accuracy"])
+            outputs[spec.name] = {"task": "classification", "keras": keras_m, "tflite": tfl_m,
+                                  "mc_accuracy_delta_points": delta}
+            if delta < -COLLAPSE_POINTS:
+                which = f"output {spec.name!r} of the " if several else ""
+                msg = (f"ACCURACY COLLAPSE: {which}the {converted.report.quantization} model's MC accuracy is "
+                       f"{-delta:.2f} points under the float Keras model ({100 * tfl_m['mc_accuracy']:.2f}% vs "
+                       f"{100 * keras_m['mc_accuracy']:.2f}%)")
+                _warnings.warn(msg, AccuracyCollapseWarning, stacklevel=2)
+                warns.append(msg)
+        else:
+            det = k_det.reshape(len(x), *spec.shape)
+            outputs[spec.name] = _value_entry(spec, k_rows, t_rows, yt, det, samples, strategy)
+    acc: dict = {"n": len(x), "samples": samples}
+    first_class = next((v for v in outputs.values() if v["task"] == "classification"), None)
+    if first_class is not None:
+        acc.update(keras=first_class["keras"], tflite=first_class["tflite"],
+                   mc_accuracy_delta_points=first_class["mc_accuracy_delta_points"])
+    acc["outputs"] = outputs
     return dataclasses.replace(converted.report, accuracy=acc, warnings=tuple(warns))

@@ -13,11 +13,13 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, InvalidArgumentError, InvalidTypeError
 
-__all__ = ["OutputError", "check_input", "check_model_options", "check_options", "check_probs", "check_row"]
+__all__ = ["OutputError", "check_input", "check_model_options", "check_options", "check_probs", "check_row",
+           "output_checker"]
 
 
 class OutputError(EdgekitError, RuntimeError):
-    """The model ran but its output is not a probability vector (a damaged or foreign model)."""
+    """The model ran but its output is not what its metadata says: probabilities, finite values (a damaged
+    or foreign model)."""
 
 
 def check_options(samples, budget_ms, tolerance) -> None:
@@ -131,3 +133,40 @@ def check_row(flat: list[float], slack: float, source: str) -> None:
             f"{source}: the model's output is not class probabilities. Expected values in [0, 1] "
             f"summing to 1 per sample. Received: min={lo:g}, max={hi:g}, sums in [{total:g}, {total:g}]"
         )
+
+
+def output_checker(plan, source: str):
+    """A function that refuses sample rows ``[S, D]`` whose outputs are not what ``plan`` says:
+    class probabilities (softmax rows summing to 1, a sigmoid unit in [0, 1]) and finite values.
+    A file with one softmax output (the common case) gets :func:`check_probs` itself."""
+    outs = plan.outputs
+    if len(outs) == 1 and len(plan.fetch) == 1 and outs[0].activation == "softmax":
+        o = outs[0]
+        return lambda rows: check_probs(rows, o.num_classes, o.prob_slack, source)
+    width = plan.width
+
+    def check(rows: np.ndarray) -> None:
+        if rows.ndim != 2 or rows.shape[1] != width:
+            raise OutputError(f"{source}: the model's outputs have the wrong shape. Expected [samples, {width}] "
+                              f"(the outputs side by side). Received: shape={rows.shape}")
+        for o in outs:
+            a, b = o.columns
+            part = rows[:, a:b]
+            if o.activation == "softmax":
+                check_probs(part, o.num_classes, o.prob_slack, source)
+            elif o.activation == "sigmoid":
+                lo, hi = float(part.min()), float(part.max())
+                if not (lo >= -o.prob_slack and hi <= 1 + o.prob_slack):  # NaN fails both
+                    raise OutputError(f"{source}: output {o.name!r} is not a probability. Expected values in [0, 1]. "
+                                      f"Received: min={lo:g}, max={hi:g}")
+            else:
+                cols = [part] if o.variance_columns is None else [part, rows[:, slice(*o.variance_columns)]]
+                for c in cols:
+                    if not np.isfinite(c).all():
+                        raise OutputError(
+                            f"{source}: value output {o.name!r} holds NaN or Inf in "
+                            f"{int((~np.isfinite(c)).sum())} of {c.size} sampled values. Expected finite values "
+                            f"(a damaged file, or inputs far outside the training range)."
+                        )
+
+    return check

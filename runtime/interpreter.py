@@ -21,7 +21,7 @@ import numpy as np
 
 from edgekit.errors import InvalidArgumentError
 from edgekit.runtime.masks import expected_keep_masks, fill_keep_masks, new_keep_masks
-from edgekit.runtime.plan import SignaturePlan, TensorSpec
+from edgekit.runtime.plan import SignaturePlan, TensorSpec, _specs
 from edgekit.runtime.safety import ModelLoadError
 
 __all__ = ["PlanRunner", "Runner", "ThreadInterpreters", "dequantize", "interpreter_class", "quantize"]
@@ -209,16 +209,40 @@ class PlanRunner:
         self.step = plan.static_batch("sampler") or 1  # the sampler's static batch (1: dynamic)
         self._trunk_batch = plan.static_batch("trunk")
         self._full_batch = plan.static_batch("full")
-        self._out = plan.output.tensor
-        self._full_out = self._out.name
+        # The sampler's outputs read for the plan's outputs, and the same outputs of `full` (by name;
+        # a foreign file's only output by position). Each signature dequantizes with its own scales.
+        self._fetch = plan.fetch
+        self._names = tuple(t.name for t in plan.fetch)
+        self._single = len(plan.fetch) == 1
+        full_specs = _specs(self.interpreter().get_signature_runner(plan.full), "out")
+        if all(n in full_specs for n in self._names):
+            self._full_names = self._names
+        elif self._single and len(full_specs) == 1:
+            self._full_names = tuple(full_specs)
+        else:
+            raise ModelLoadError(f"`{plan.full}` lacks the outputs {list(self._names)} of the stochastic signature. "
+                                 f"Received: {sorted(full_specs)}")
+        self._full_fetch = tuple(full_specs[n] for n in self._full_names)
+        self._full_out = self._full_names[0]
         sigs = self.interpreter().get_signature_list()
-        outs = sigs[plan.full]["outputs"]
-        if self._out.name not in outs:
-            self._full_out = outs[0]
         if plan.trunk is not None:
             outs = sigs[plan.trunk]["outputs"]
             self._trunk_out = outs[0] if len(outs) == 1 or plan.feed.name not in outs else plan.feed.name
         self.broadcast = self._feed_broadcasts()
+
+    def _rows(self, outs: dict[str, np.ndarray], full: bool = False) -> np.ndarray:
+        """One float32 row per sample: the fetched outputs of one invoke, dequantized, side by side."""
+        specs, names = (self._full_fetch, self._full_names) if full else (self._fetch, self._names)
+        parts = [dequantize(t, outs[n]) for t, n in zip(specs, names)]
+        return np.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1)
+
+    def _read(self, runner: Runner, full: bool = False) -> np.ndarray:
+        """Invoke ``runner`` on the inputs it handed out and read the sample rows."""
+        if self._single:
+            t = self._full_fetch[0] if full else self._fetch[0]
+            out = dequantize(t, runner.output(self._full_out if full else self._names[0]))
+            return out if out.ndim == 2 else out.reshape(out.shape[0], -1)
+        return self._rows(runner.invoke(), full)
 
     def interpreter(self):
         """The calling thread's main interpreter."""
@@ -278,11 +302,10 @@ class PlanRunner:
                 for name, value in masks.items():
                     arrays[name][...] = value
                 del arrays
-                outs.append(runner.output(self._out.name))
+                outs.append(self._read(runner))
             except (RuntimeError, ValueError):
                 return False
-        classes = self.plan.output.num_classes
-        return outs[0].shape == outs[1].shape == (2, classes) and bool(np.array_equal(outs[0], outs[1]))
+        return outs[0].shape == outs[1].shape == (2, self.plan.width) and bool(np.array_equal(outs[0], outs[1]))
 
     def trunk(self, xq: np.ndarray) -> np.ndarray:
         """Trunk outputs for quantized inputs (the inputs themselves when there is no trunk)."""
@@ -307,8 +330,7 @@ class PlanRunner:
             parts = []
             for lo in range(0, batch, self.step):
                 masks = new_keep_masks(self._random_raw, plan.masks, self.step)
-                out = runner(**{feed.name: rows[lo:lo + self.step]}, **masks)[self._out.name]
-                parts.append(dequantize(self._out, out))
+                parts.append(self._rows(runner(**{feed.name: rows[lo:lo + self.step]}, **masks)))
             probs = np.concatenate(parts) if len(parts) > 1 else parts[0]
         else:
             grew = self.grows(batch)
@@ -325,7 +347,7 @@ class PlanRunner:
             if plan.masks:
                 fill_keep_masks(self._random_raw, arrays, plan.masks, batch)
             del arrays  # views into the interpreter: never kept past this invoke
-            probs = dequantize(self._out, runner.output(self._out.name))
+            probs = self._read(runner)
             if grew:
                 self.local.high_water = max(self.local.high_water, batch)
         if check:
@@ -340,7 +362,11 @@ class PlanRunner:
         k = xq.shape[0]
         batch = k * per
         if batch == 1 and not plan.full_masks:
-            probs = dequantize(self._out, runner.run(x.name, xq, self._full_out))
+            if self._single:
+                probs = dequantize(self._full_fetch[0], runner.run(x.name, xq, self._full_out))
+                probs = probs if probs.ndim == 2 else probs.reshape(1, -1)
+            else:
+                probs = self._rows(runner(**{x.name: xq}), full=True)
             if check:
                 self._check(probs)
             return probs
@@ -352,7 +378,7 @@ class PlanRunner:
         if plan.full_masks:
             fill_keep_masks(self._random_raw, arrays, plan.full_masks, batch)
         del arrays
-        probs = dequantize(self._out, runner.output(self._full_out))
+        probs = self._read(runner, full=True)
         if check:
             self._check(probs)
         return probs
@@ -364,7 +390,7 @@ class PlanRunner:
 
         def run(chunk):
             feed = {plan.input.name: chunk, **expected_keep_masks(plan.full_masks, len(chunk))}
-            return dequantize(self._out, runner(**feed)[self._full_out])
+            return self._rows(runner(**feed), full=True)
 
         if self._full_batch is not None:
             return _in_static_batches(xq, self._full_batch, run)

@@ -77,6 +77,7 @@ from edgekit.runtime.checks import (
     check_options,
     check_probs,
     check_row,
+    output_checker,
 )
 from edgekit.runtime.interpreter import PlanRunner, Runner, interpreter_class, quantize
 from edgekit.runtime.masks import mask_plan, new_keep_masks
@@ -85,7 +86,14 @@ from edgekit.runtime.plan import SignaturePlan, build_plan
 from edgekit.runtime.safety import ModelLoadError, declared_tensors, probe_model
 from edgekit.runtime.stalls import runqueue_wait_clock
 from edgekit.runtime.strategy import FULL, SPLIT, StrategyChooser
-from edgekit.runtime.summaries import ClassSummary, summarize, summarize_classes
+from edgekit.runtime.summaries import (
+    ClassOutput,
+    class_probs,
+    concat_outputs,
+    standard_error,
+    summarize,
+    summarize_outputs,
+)
 
 __all__ = [
     "BudgetError",
@@ -117,31 +125,29 @@ class UnverifiedModelWarning(UserWarning):
 
 @dataclass(frozen=True)
 class MCPrediction:
-    """The MC-dropout result for a batch of N inputs (every array has N rows).
+    """The MC-dropout result for a batch of N inputs: one summary per model output.
+
+    ``pred.outputs`` holds a :class:`~edgekit.runtime.summaries.ClassOutput` (mean, std,
+    predicted, confidence, entropy, mutual_information, class_names, abstain) or a
+    :class:`~edgekit.runtime.summaries.ValueOutput` (mean, std, aleatoric_std, total_std, low,
+    high) per output, in the file's order; ``pred["name"]`` picks one by name, and the first
+    output's fields are also the result's own (``pred.mean`` is ``pred.outputs[0].mean``), so a
+    single-output caller never needs to name it.
 
     Attributes:
-        mean: ``[N, C]`` mean class probabilities over the samples.
-        std: ``[N, C]`` standard deviation of the class probabilities over the samples.
-        predicted: ``[N]`` index of the class with the highest mean probability.
-        confidence: ``[N]`` that highest mean probability.
-        entropy: ``[N]`` predictive entropy of ``mean`` (nats).
-        mutual_information: ``[N]`` BALD mutual information (nats).
+        outputs: the per-output summaries.
         samples: ``[N]`` number of MC samples used for each input.
         elapsed_ms: ``[N]`` wall time spent on each input.
         budget_cut: ``[N]`` True where the budget stopped sampling before ``samples`` was reached.
-        class_names: names of the C classes (from the metadata, or ``"0"``, ``"1"``, ...).
+        notes: things the caller should know about how this was computed (e.g. a file that carries
+            no calibration).
     """
 
-    mean: np.ndarray
-    std: np.ndarray
-    predicted: np.ndarray
-    confidence: np.ndarray
-    entropy: np.ndarray
-    mutual_information: np.ndarray
+    outputs: tuple
     samples: np.ndarray
     elapsed_ms: np.ndarray
     budget_cut: np.ndarray
-    class_names: tuple[str, ...]
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def _of(cls, *values) -> MCPrediction:
@@ -151,15 +157,32 @@ class MCPrediction:
         obj.__dict__.update(zip(cls._FIELDS, values))
         return obj
 
+    def __getattr__(self, name: str):
+        # Only reached for names the result itself lacks: the first output's fields.
+        outputs = self.__dict__.get("outputs")
+        if outputs and not name.startswith("_") and hasattr(outputs[0], name):
+            return getattr(outputs[0], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __getitem__(self, name: str):
+        for o in self.outputs:
+            if o.name == name:
+                return o
+        raise KeyError(f"Expected one of the outputs {[o.name for o in self.outputs]}. Received: {name!r}")
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: one dict per input."""
-        rows = [{"predicted": int(self.predicted[i]), "label": self.class_names[int(self.predicted[i])],
-                 "confidence": float(self.confidence[i]), "mean": [float(v) for v in self.mean[i]],
-                 "std": [float(v) for v in self.std[i]], "entropy": float(self.entropy[i]),
-                 "mutual_information": float(self.mutual_information[i]), "samples": int(self.samples[i]),
-                 "elapsed_ms": float(self.elapsed_ms[i]), "budget_cut": bool(self.budget_cut[i])}
-                for i in range(len(self.predicted))]
-        return {"class_names": list(self.class_names), "predictions": rows}
+        """JSON-ready: one dict per input. Each holds every output's summary under ``outputs``, and
+        the first output's fields at its top level (what a single-output consumer reads)."""
+        rows = []
+        for i in range(len(self.samples)):
+            per = {o.name: o.row(i) for o in self.outputs}
+            rows.append({**per[self.outputs[0].name], "samples": int(self.samples[i]),
+                         "elapsed_ms": float(self.elapsed_ms[i]), "budget_cut": bool(self.budget_cut[i]),
+                         "outputs": per})
+        first = self.outputs[0]
+        return {"outputs": [o.describe() for o in self.outputs],
+                "class_names": list(first.class_names) if first.task == "classification" else None,
+                "notes": list(self.notes), "predictions": rows}
 
 
 MCPrediction._FIELDS = tuple(f.name for f in dataclasses.fields(MCPrediction))
@@ -183,6 +206,8 @@ class MCModel:
             models you already trust.
         memory_bytes: Largest total of declared tensor bytes a subgraph may allocate (default
             512 MiB, or the device's ``ram_bytes``).
+        calibrated: Apply the temperature the file carries to class outputs (default). False
+            gives the file's raw MC probabilities.
 
     Raises:
         IntegrityError: the file differs from what was exported.
@@ -192,7 +217,7 @@ class MCModel:
 
     def __init__(self, path_or_bytes: str | os.PathLike | bytes, *, threads: int | None = None,
                  device: str | None = None, seed: int | None = None, rng: str = "auto", probe: bool = True,
-                 memory_bytes: int | None = None):
+                 memory_bytes: int | None = None, calibrated: bool = True):
         if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
             data, self.source = bytes(path_or_bytes), "<bytes>"
         elif isinstance(path_or_bytes, (str, os.PathLike)):
@@ -239,15 +264,22 @@ class MCModel:
         self.plan: SignaturePlan = build_plan(self.metadata, interp, source=self.source, rng=rng)
         plan = self.plan
         self.input, self._feed, self._out = plan.input, plan.feed, plan.output.tensor
-        self.num_classes, self.class_names = plan.output.num_classes, plan.output.class_names
-        self._prob_slack = slack = plan.output.prob_slack
+        first = plan.output
+        self.num_classes, self.class_names = first.num_classes, first.class_names
+        self.calibrated = bool(calibrated)
+        self._width = plan.width
+        self._check = output_checker(plan, self.source)
+        # One softmax output: a T=1 prediction in plain Python (see _result_one).
+        self._lean = len(plan.outputs) == 1 and len(plan.fetch) == 1 and first.activation == "softmax"
+        self._prob_slack = first.prob_slack
+        self.notes = self._notes()
         self.max_batch = self._max_batch(interp, plan.sampler, "one MC sample")
         # SFC64: a small, fast generator of good statistical quality (its raw output is 1.4x faster
         # to draw than PCG64's here). One generator, never reset.
         self._bits = np.random.SFC64(seed)
         self._rng_lock = threading.Lock()
         self._run = PlanRunner(self._interpreter, plan, self._random_raw,
-                               lambda p: check_probs(p, self.num_classes, slack, self.source), main=interp)
+                               self._check, main=interp)
         self._step = self._run.step
         self._budget = BudgetController(clock=_clock, calibrate=self._calibrate, wait_clock=runqueue_wait_clock(threads))
         self._chooser = None
@@ -278,6 +310,19 @@ class MCModel:
     def budget(self) -> BudgetController:
         """The controller that sizes budgeted sampling (its latency model, reserve and slack)."""
         return self._budget
+
+    def _notes(self) -> tuple[str, ...]:
+        """What a result should say about how it was computed, from the file's metadata."""
+        notes = []
+        old = not str(self.metadata.get("format", "")).startswith("edgekit/") or self.metadata.get("format") == "edgekit/1"
+        for o in self.plan.outputs:
+            if o.task == "classification" and o.calibration is None:
+                why = "the file predates calibration (edgekit/1)" if old else "the file carries no temperature"
+                notes.append(f"{o.name}: uncalibrated ({why})")
+            elif o.task == "regression" and o.noise_variance is None and o.variance is None:
+                notes.append(f"{o.name}: no noise variance in the file: the std and interval cover the model's "
+                             f"uncertainty only")
+        return tuple(notes)
 
     def strategy_at(self, samples: int, inputs: int = 1) -> str:
         """What ``predict(x, samples=T)`` runs for ``inputs`` inputs: ``"trunk+head"`` or ``"full"``.
@@ -393,33 +438,57 @@ class MCModel:
         input itself when the file has no trunk."""
         return self._run.trunk(quantize(self.input, self._check_input(x), "input", self.source))
 
-    def sample(self, x, samples: int, *, rows: int = _ROWS_PER_INVOKE) -> np.ndarray:
-        """Per-sample class probabilities ``[N, T, C]`` (float32) of the plan's output (the one
-        output files have today; a file with several will name the one wanted) for one input or a batch.
+    def sample(self, x, samples: int, *, output: str | None = None, rows: int = _ROWS_PER_INVOKE) -> np.ndarray:
+        """Per-sample outputs of one input or a batch, uncalibrated: ``[N, T, C]`` class probabilities
+        for a class output (a sigmoid unit as two classes), ``[N, T, *shape]`` values for a value
+        output. ``output`` names it (default: the first).
 
         The samples of each input are independent draws, run as :meth:`predict` runs a fixed T
         (same plan, same strategy at each size, at most ``rows`` rows per invoke); the first t of
         them are an unbiased t-sample MC prediction, so one call gives a whole accuracy-vs-T curve.
         T is rounded up to a multiple of a fixed-batch file's sampler batch.
         """
+        spec = self.plan.output if output is None else self._output_spec(output)
+        table = self.sample_rows(x, samples, rows=rows)
+        if spec.task == "classification":
+            return class_probs(spec, table)
+        a, b = spec.columns
+        return table[..., a:b].reshape(*table.shape[:2], *spec.shape)
+
+    def sample_rows(self, x, samples: int, *, rows: int = _ROWS_PER_INVOKE) -> np.ndarray:
+        """Every output of every sample side by side, ``[N, T, D]`` float32 (the columns of each
+        output are ``model.plan.outputs[i].columns``; a log-variance partner's ``variance_columns``)."""
         check_options(samples, None, None)
         x = self._check_input(x)
         cap = self._fixed_cap(samples)
         group = max(1, min(x.shape[0], min(int(rows), self.max_batch) // cap))
-        parts = [self._rows(x[lo:lo + group], cap).reshape(-1, cap, self.num_classes)
+        parts = [self._rows(x[lo:lo + group], cap).reshape(-1, cap, self._width)
                  for lo in range(0, x.shape[0], group)]
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    def deterministic(self, x, *, rows: int = 4096) -> np.ndarray | None:
-        """Dropout-off probabilities ``[N, C]``: ``full`` fed every unit's expected keep-mask ``1 - rate``
-        (the identity for MCDropout-type layers). Only mask-input files whose every MC layer is an
-        MCDropout or MCSpatialDropout2D have that path; None for any other file."""
+    def _output_spec(self, name: str):
+        for o in self.plan.outputs:
+            if o.name == name:
+                return o
+        raise InvalidArgumentError(f"Expected one of the outputs {[o.name for o in self.plan.outputs]}. "
+                                   f"Received: output={name!r}")
+
+    def deterministic(self, x, *, rows: int = 4096, output: str | None = None) -> np.ndarray | None:
+        """Dropout-off outputs: ``full`` fed every unit's expected keep-mask ``1 - rate`` (the identity
+        for MCDropout-type layers); ``[N, C]`` probabilities of a class output, ``[N, *shape]`` values
+        of a value output. ``output`` names it (default: the first). Only mask-input files whose
+        every MC layer is an MCDropout or MCSpatialDropout2D have that path; None for any other file."""
+        spec = self.plan.output if output is None else self._output_spec(output)
         layers = self.plan.mc_layers
         if (self.plan.stochastic != "mask-input" or not layers or len(self.plan.full_masks) != len(layers)
-                or not all(m.get("kind") in ("MCDropout", "MCSpatialDropout2D") for m in layers)):
+                or not all(m.get("kind") in ("MCDropout", "MCSpatialDropout1D", "MCSpatialDropout2D", "MCSpatialDropout3D")
+                        for m in layers)):
             return None
         xq = quantize(self.input, self._check_input(x), "input", self.source)
-        return self._run.full_expected(xq, max(1, min(int(rows), self._full_rows)))
+        table = self._run.full_expected(xq, max(1, min(int(rows), self._full_rows)))
+        if spec.task == "classification":
+            return class_probs(spec, table)
+        return table[:, slice(*spec.columns)].reshape(len(table), *spec.shape)
 
     def predict(self, x, *, samples: int | None = None, budget_ms: float | None = None,
                 tolerance: float | None = None) -> MCPrediction:
@@ -456,52 +525,70 @@ class MCModel:
             # Several inputs share one invoke (input-major rows), up to _ROWS_PER_INVOKE rows.
             # elapsed_ms is the group's time split evenly between its inputs.
             group = max(1, min(n, min(_ROWS_PER_INVOKE, self.max_batch) // cap))
-            if group >= n:
+            parts, times = [], []
+            for lo in range(0, n, group):
                 t0 = _clock()
-                s = summarize_classes(self._rows(x, cap).reshape(n, cap, self.num_classes))
-                elapsed = np.full(n, (_clock() - t0) * 1e3 / n)
-            else:
-                parts, times = [], []
-                for lo in range(0, n, group):
-                    t0 = _clock()
-                    k = min(n, lo + group) - lo
-                    parts.append(summarize_classes(self._rows(x[lo:lo + k], cap).reshape(k, cap, self.num_classes)))
-                    times.append(np.full(k, (_clock() - t0) * 1e3 / k))
-                s = ClassSummary(*(np.concatenate([p[j] for p in parts]) for j in range(4)))
-                elapsed = np.concatenate(times)
-            return self._result(s, np.full(n, cap, dtype=np.int64), elapsed, np.zeros(n, dtype=bool))
+                k = min(n, lo + group) - lo
+                parts.append(self._summaries(self._rows(x[lo:lo + k], cap).reshape(k, cap, self._width)))
+                times.append(np.full(k, (_clock() - t0) * 1e3 / k))
+            elapsed = np.concatenate(times) if len(times) > 1 else times[0]
+            return self._result(concat_outputs(parts), np.full(n, cap, dtype=np.int64), elapsed,
+                                np.zeros(n, dtype=bool))
         check_options(samples, budget_ms, tolerance)
         x = self._check_input(x)
         cap = self._round_up(min(int(samples or DEFAULT_MAX_SAMPLES), self.max_batch))
         return self._predict_adaptive(x, cap, None if budget_ms is None else budget_ms / 1e3, tolerance, t_call)
 
+    def _summaries(self, rows: np.ndarray) -> tuple:
+        return summarize_outputs(self.plan, rows, self.calibrated)
+
     def _result_one(self, probs: np.ndarray, cap: int, t0: float) -> MCPrediction:
-        """The result for one input's ``probs [T, C]``. At T=1 in plain Python on the C values (the
-        latency-critical case: each numpy call here costs about as much as the arithmetic of all)."""
+        """The result for one input's sample rows ``[T, D]``. For one softmax output: at T>1 with one
+        input's 2-D summaries, at T=1 in plain Python on the C values (the latency-critical case:
+        each numpy call here costs about as much as the arithmetic of all)."""
+        spec = self.plan.output
+        one = np.zeros(1, dtype=bool)
+        if not self._lean:
+            return self._result(self._summaries(probs[None]), np.array([cap]), np.array([(_clock() - t0) * 1e3]), one)
+        cal = spec.calibration if self.calibrated else None
         if cap != 1:
+            if cal is not None:
+                return self._result(self._summaries(probs[None]), np.array([cap]),
+                                    np.array([(_clock() - t0) * 1e3]), one)
             mean, std, entropy, mi = summarize(probs)
             top = int(mean.argmax())
-            return MCPrediction._of(mean[None].astype(np.float32), std[None].astype(np.float32), np.array([top]),
-                                    np.array([mean[top]], dtype=np.float32), np.array([entropy]), np.array([mi]),
-                                    np.array([cap]), np.array([(_clock() - t0) * 1e3]), np.zeros(1, dtype=bool),
-                                    self.class_names)
+            abstain = None if spec.abstain is None else spec.abstain.abstain(mean[None], np.array([mi]))
+            out = ClassOutput._of(spec.name, mean[None].astype(np.float32), std[None].astype(np.float32),
+                                  np.array([top]), np.array([mean[top]], dtype=np.float32), np.array([entropy]),
+                                  np.array([mi]), self.class_names, False, abstain)
+            return MCPrediction._of((out,), np.array([cap]), np.array([(_clock() - t0) * 1e3]), one, self.notes)
         if probs.shape != (1, self.num_classes):
             check_probs(probs, self.num_classes, self._prob_slack, self.source)  # raises: the wrong shape
         flat = probs[0].tolist()
         check_row(flat, self._prob_slack, self.source)  # the check the runner left to this one pass
-        top = flat.index(max(flat))
         log = math.log
+        if cal is not None:
+            # One sample has no spread: MI = 0, so its temperature is the file's base one.
+            inv = 1.0 / cal.temperature
+            powered = [(p + 1e-12) ** inv for p in flat]
+            total = sum(powered)
+            flat = [p / total for p in powered]
+            probs = np.array([flat], dtype=np.float32)
+        top = flat.index(max(flat))
         # One sample: no spread, and no mutual information (the mean per-sample entropy is the entropy).
         entropy = -sum([p * log(p + 1e-12) for p in flat])
-        return MCPrediction._of(probs, np.zeros(probs.shape, dtype=np.float32), np.array([top]),
-                                np.array([flat[top]], dtype=np.float32), np.array([entropy]), np.zeros(1),
-                                np.array([cap]), np.array([(_clock() - t0) * 1e3]), np.zeros(1, dtype=bool),
-                                self.class_names)
+        abstain = None
+        if spec.abstain is not None:
+            a = spec.abstain
+            score = entropy if a.score == "entropy" else (1.0 - flat[top] if a.score == "confidence" else 0.0)
+            abstain = np.array([score > a.threshold])
+        out = ClassOutput._of(spec.name, probs, np.zeros(probs.shape, dtype=np.float32), np.array([top]),
+                              np.array([flat[top]], dtype=np.float32), np.array([entropy]), np.zeros(1),
+                              self.class_names, cal is not None, abstain)
+        return MCPrediction._of((out,), np.array([cap]), np.array([(_clock() - t0) * 1e3]), one, self.notes)
 
-    def _result(self, s: ClassSummary, used: np.ndarray, elapsed: np.ndarray, cut: np.ndarray) -> MCPrediction:
-        mean = s[0]
-        return MCPrediction._of(mean.astype(np.float32), s[1].astype(np.float32), mean.argmax(axis=1),
-                                mean.max(axis=1).astype(np.float32), s[2], s[3], used, elapsed, cut, self.class_names)
+    def _result(self, outputs: tuple, used: np.ndarray, elapsed: np.ndarray, cut: np.ndarray) -> MCPrediction:
+        return MCPrediction._of(outputs, used, elapsed, cut, self.notes)
 
     def _predict_adaptive(self, x, cap: int, budget_s: float | None, tolerance: float | None,
                           t_call: float) -> MCPrediction:
@@ -517,13 +604,12 @@ class MCModel:
             probs = self._sample_chunks(feat, cap, tolerance, call)
             if call is not None:
                 call.sampled()
-            rows.append(summarize_classes(probs[None]))
+            rows.append(self._summaries(probs[None]))
             used[i], cut[i] = probs.shape[0], call is not None and call.cut
             elapsed[i] = (_clock() - t0) * 1e3
             if call is not None and i < n - 1:
                 call.finish()
-        s = ClassSummary(*(np.concatenate([r[j] for r in rows]) for j in range(4))) if n > 1 else rows[0]
-        result = self._result(s, used, elapsed, cut)
+        result = self._result(concat_outputs(rows), used, elapsed, cut)
         if call is not None:  # the last input's "after" lasts until its result is assembled
             call.finish()
         return result
@@ -562,9 +648,7 @@ class MCModel:
             done += want
             if tolerance is not None:
                 probs = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
-                top = int(probs.mean(axis=0).argmax())
-                se = probs[:, top].std(ddof=1) / math.sqrt(done) if done > 1 else math.inf
-                if se < tolerance and done >= 8:  # fewer than 8 samples give no usable std estimate
+                if done >= 8 and standard_error(self.plan, probs) < tolerance:  # fewer give no usable std
                     break
                 chunk *= 2
         return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]

@@ -4,7 +4,7 @@ No TensorFlow. The format is described in ``docs/format.md``; in short, ``Model.
 entry named ``edgekit`` whose buffer is UTF-8 JSON, and that JSON carries a SHA-256 of the whole file.
 
 >>> from edgekit.runtime.metadata import embed_metadata, read_metadata, verify_integrity
->>> tagged = embed_metadata(tflite_bytes, {"format": "edgekit/1", "stochastic": "in-graph"})
+>>> tagged = embed_metadata(tflite_bytes, {"format": "edgekit/2", "stochastic": "in-graph"})
 >>> read_metadata(tagged)["stochastic"]
 'in-graph'
 >>> verify_integrity(tagged)            # raises IntegrityError if any byte changed
@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 METADATA_NAME = "edgekit"
-FORMAT = "edgekit/1"
+FORMAT = "edgekit/2"
 
 _IDENT = b"TFL3"
 _ZERO_DIGEST = "0" * 64
@@ -353,7 +353,7 @@ def embed_metadata(tflite: bytes, meta: dict[str, Any]) -> bytes:
 
     Adds the entry, or replaces an existing one. Every existing byte is kept (shifted by a
     16-byte-aligned block after the header), so weights and alignment are untouched. ``meta``
-    must be JSON-serializable; ``"format"`` defaults to ``"edgekit/1"`` and ``"sha256"`` is
+    must be JSON-serializable; ``"format"`` defaults to ``"edgekit/2"`` and ``"sha256"`` is
     always (re)computed.
 
     Raises:

@@ -31,12 +31,14 @@ The plan says, for a file (docs/format.md):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgekit.errors import InvalidArgumentError
+from edgekit.runtime.calibration import Abstention, Temperature
 from edgekit.runtime.masks import MaskPlan, mask_plan
 from edgekit.runtime.metadata import masked_twin, twin_mask_inputs
 from edgekit.runtime.safety import ModelLoadError
@@ -59,20 +61,43 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """One user-facing output of the sampler.
+    """One user-facing output of the sampler (one entry of the metadata's ``outputs``, docs/format.md).
+
+    Every invoke's outputs are read into one float32 row per sample, the outputs side by side:
+    ``columns`` is this output's ``(start, stop)`` in that row, ``variance_columns`` its
+    log-variance partner's (a heteroscedastic value output), or None.
 
     Attributes:
         tensor: the signature output.
-        task: ``"classification"`` (the only task the runtime runs today).
+        task: ``"classification"`` or ``"regression"``.
+        activation: for a class output, ``"softmax"`` (C probabilities) or ``"sigmoid"`` (one unit,
+            read as P(class 1): two class probabilities); None for a value output.
+        shape: the output's shape without the batch axis.
         class_names: names of the classes (from the metadata, or ``"0"``, ``"1"``, ...).
         prob_slack: per-value slack of the probability check (a row sum may miss 1 by C times it):
             float32 softmax rounding, plus half a quantization step where the softmax runs quantized.
+        calibration: the file's temperature for this output, or None.
+        abstain: the file's abstention threshold for this output, or None.
+        noise_variance: a value output's homoscedastic noise variance per value, or None.
+        variance: the log-variance output of a heteroscedastic value output, or None.
+        variance_scale: the factor on a heteroscedastic output's total variance (1: none fitted).
+        interval: the level of the central predictive interval reported for a value output.
     """
 
     tensor: TensorSpec
     task: str = "classification"
     class_names: tuple[str, ...] = ()
     prob_slack: float = 1e-4
+    activation: str | None = "softmax"
+    shape: tuple[int, ...] = ()
+    columns: tuple[int, int] = (0, 0)
+    calibration: Temperature | None = None
+    abstain: Abstention | None = None
+    noise_variance: tuple[float, ...] | None = None
+    variance: TensorSpec | None = None
+    variance_columns: tuple[int, int] | None = None
+    variance_scale: float = 1.0
+    interval: float = 0.9
 
     @property
     def name(self) -> str:
@@ -80,7 +105,17 @@ class OutputSpec:
 
     @property
     def num_classes(self) -> int:
+        """C for a class output (2 for one sigmoid unit), 0 for a value output."""
+        if self.task != "classification":
+            return 0
+        if self.activation == "sigmoid":
+            return 2
         return int(self.tensor.shape[-1]) if self.tensor.shape else 1
+
+    @property
+    def width(self) -> int:
+        """Columns this output takes in a sample row."""
+        return self.columns[1] - self.columns[0]
 
 
 @dataclass(frozen=True)
@@ -97,6 +132,7 @@ class SignaturePlan:
     full_masks: tuple[MaskPlan, ...]
     outputs: tuple[OutputSpec, ...]
     batch: Mapping[str, int | None] = field(default_factory=dict)
+    fetch: tuple[TensorSpec, ...] = ()
     stochastic: str = "in-graph"
     masks_from: str = "file"
     full_masks_from: str = "file"
@@ -106,8 +142,13 @@ class SignaturePlan:
 
     @property
     def output(self) -> OutputSpec:
-        """The first output (the only one today)."""
+        """The first output (the one a single-output caller means)."""
         return self.outputs[0]
+
+    @property
+    def width(self) -> int:
+        """Columns of one sample row: every fetched output flattened, side by side."""
+        return sum(math.prod(t.shape) for t in self.fetch)
 
     @property
     def has_trunk(self) -> bool:
@@ -147,6 +188,92 @@ def _static_batches(meta: dict, source: str) -> dict[str, int | None]:
             f"Received: {raw!r}"
         )
     return {k: v for k, v in raw.items() if v is not None}
+
+
+def output_entries(meta: dict, available: list[str] | tuple[str, ...]) -> list[dict]:
+    """The metadata's ``outputs`` list (docs/format.md), whatever the file's format version.
+
+    ``edgekit/2`` files list their outputs; an ``edgekit/1`` file has one class output (its
+    ``output.name``, with ``class_names``); a file without edgekit metadata is read as one class
+    output, the first of ``available`` (the sampler's output names).
+    """
+    listed = meta.get("outputs")
+    if listed is not None:
+        return [dict(e) if isinstance(e, dict) else e for e in listed]
+    name = (meta.get("output") or {}).get("name", "probs")
+    if name not in available and available:
+        name = available[0]
+    return [{"name": name, "task": "classification", "activation": "softmax", "class_names": meta.get("class_names")}]
+
+
+def _bad(source: str, what: str, received) -> ModelLoadError:
+    return ModelLoadError(f"{source}: malformed `outputs` metadata. Expected {what}. Received: {received!r}")
+
+
+def _outputs(meta: dict, s_out: dict[str, TensorSpec], source: str) -> tuple[tuple[OutputSpec, ...], tuple[TensorSpec, ...]]:
+    """The plan's outputs and the sampler tensors read for them, in column order."""
+    entries = output_entries(meta, list(s_out))
+    if not isinstance(entries, list) or not entries:
+        raise _bad(source, "a non-empty list of outputs", entries)
+    # An int8 model computes its softmax in int8 (steps of 1/256) even when its output tensor is
+    # float; without edgekit metadata the file's quantization is unknown: allow the int8 step too.
+    quantized = (meta.get("quantization") or {}).get("mode", "int8") in ("int8", "int16x8")
+    specs, fetch, col = [], [], 0
+    for e in entries:
+        if not isinstance(e, dict) or not isinstance(e.get("name"), str):
+            raise _bad(source, "each output to be an object with a `name`", e)
+        name = e["name"]
+        if name not in s_out:
+            raise ModelLoadError(f"{source}: the metadata names output {name!r}, which the stochastic signature "
+                                 f"lacks. Expected one of {sorted(s_out)}. Received: {name!r}")
+        t, task = s_out[name], e.get("task", "classification")
+        width = math.prod(t.shape)
+        columns = (col, col + width)
+        fetch.append(t)
+        col += width
+        if task == "classification":
+            activation = e.get("activation") or "softmax"
+            if activation not in ("softmax", "sigmoid") or (activation == "sigmoid" and width != 1):
+                raise _bad(source, f"output {name!r} to be softmax, or sigmoid with one unit", e)
+            step = t.scale if t.dtype == np.int8 else (1 / 256 if quantized else 0.0)
+            classes = 2 if activation == "sigmoid" else width
+            listed = e.get("class_names")
+            names = (tuple(str(c) for c in listed) if listed and len(listed) == classes
+                     else tuple(str(i) for i in range(classes)))
+            cal, abstain = e.get("calibration"), e.get("abstain")
+            try:
+                cal = None if cal is None else Temperature.from_dict(cal)
+                abstain = None if abstain is None else Abstention.from_dict(abstain)
+            except InvalidArgumentError as err:
+                raise _bad(source, f"a calibration/abstention entry for {name!r} ({err})", e) from None
+            specs.append(OutputSpec(t, "classification", names, 1e-4 + step / 2, activation, t.shape, columns,
+                                    cal, abstain))
+        elif task == "regression":
+            noise, var, var_cols = e.get("noise_variance"), None, None
+            if noise is not None:
+                if (not isinstance(noise, list) or len(noise) != width
+                        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in noise)):
+                    raise _bad(source, f"`noise_variance` of {name!r}: {width} numbers >= 0", noise)
+                noise = tuple(float(v) for v in noise)
+            declared = e.get("variance")
+            if declared is not None:
+                vname = declared.get("output") if isinstance(declared, dict) else None
+                if vname not in s_out or declared.get("kind") != "log_variance" or s_out[vname].shape != t.shape:
+                    raise _bad(source, f"`variance` of {name!r}: {{'output': a signature output of the same "
+                                       f"shape, 'kind': 'log_variance'}}", declared)
+                var = s_out[vname]
+                var_cols = (col, col + width)
+                fetch.append(var)
+                col += width
+            level = e.get("interval", 0.9)
+            if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+                raise _bad(source, f"`interval` of {name!r} in (0, 1)", level)
+            scale = e.get("variance_scale", 1.0) or 1.0
+            specs.append(OutputSpec(t, "regression", (), 0.0, None, t.shape, columns, None, None, noise, var, var_cols,
+                                    float(scale), float(level)))
+        else:
+            raise _bad(source, f"the task of {name!r} to be 'classification' or 'regression'", task)
+    return tuple(specs), tuple(fetch)
 
 
 def build_plan(meta: dict, interp, *, source: str = "<bytes>", rng: str = "auto") -> SignaturePlan:
@@ -218,22 +345,7 @@ def build_plan(meta: dict, interp, *, source: str = "<bytes>", rng: str = "auto"
         return tuple(mask_plan(t.name, m.get("mask_shape") or t.shape, float(m["rate"]), t.dtype, t.scale, t.zero_point)
                      for t, m in ((inputs[name], m) for name, m in which))
 
-    out_name = (meta.get("output") or {}).get("name", "probs")
-    if out_name not in s_out:
-        out_name = next(iter(s_out))
-    out = s_out[out_name]
-    num_classes = int(out.shape[-1]) if out.shape else 1
-    # An int8 model computes its softmax in int8 (steps of 1/256) even when its output tensor is
-    # float; without edgekit metadata the file's quantization is unknown: allow the int8 step too.
-    if out.dtype == np.int8:
-        step = out.scale
-    elif (meta.get("quantization") or {}).get("mode", "int8") in ("int8", "int16x8"):
-        step = 1 / 256
-    else:
-        step = 0.0
-    listed = meta.get("class_names")
-    class_names = (tuple(str(c) for c in listed) if listed and len(listed) == num_classes
-                   else tuple(str(i) for i in range(num_classes)))
+    outputs, fetch = _outputs(meta, s_out, source)
     batch = _static_batches(meta, source)
     strategies: tuple[str, ...] = ("full",)
     if has_trunk:
@@ -249,7 +361,8 @@ def build_plan(meta: dict, interp, *, source: str = "<bytes>", rng: str = "auto"
         feed=s_in[feeds[0]],
         masks=plans(s_in, fed),
         full_masks=plans(full_in, full_fed),
-        outputs=(OutputSpec(out, "classification", class_names, 1e-4 + step / 2),),
+        outputs=outputs,
+        fetch=fetch,
         batch=batch,
         stochastic=stochastic,
         masks_from=masks_from,

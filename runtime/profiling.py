@@ -11,9 +11,9 @@ and cost more. This module measures both sides so you can pick T for a latency b
 For each (threads, T) it runs ``warmup`` unmeasured predictions, then ``runs`` measured ones, each
 ``MCModel.predict(x, samples=T)`` of a single input: exactly what ``edgekit predict`` runs, through
 the file's one :class:`~edgekit.runtime.plan.SignaturePlan` (the strategy at that T, ``trunk+head``
-or ``full``, is reported with each point). A fixed-batch file (the ``batch`` metadata key) draws T
-in multiples of its sampler's batch, so each T asked is rounded up to one, and the profile reports
-the T that ran. It reports p50/p90/p99/max, the trunk and sampler parts
+or ``full``, is reported with each point; a fixed-batch file, the ``batch`` metadata key, draws T
+in multiples of its sampler's batch, so each T asked is rounded up to one and the profile reports
+the T that ran). It reports p50/p90/p99/max, the trunk and sampler parts
 (timed apart with :meth:`~edgekit.runtime.MCModel.time_parts`), the process's peak RSS, the file
 size and an estimate of the tensor arena (:func:`estimate_arena_bytes`). With ``runtime=True`` a
 second, separately loaded ``MCModel`` is timed in alternation with the first (``runtime_p50_ms``):
@@ -23,6 +23,10 @@ Given labelled data (``x``, ``y``), it also measures MC accuracy, negative log-l
 expected calibration error (15 bins) against T. The recommended T (:func:`recommend`) is then the
 smallest T on the accuracy plateau whose p99 fits the budget; without data it is the largest T
 whose p99 fits. "Fits" uses a 95% upper confidence bound of the p99, not the point estimate.
+
+For a value (regression) output (``output=``, or the file's first output), the data's targets
+give RMSE, Gaussian NLL and the coverage of the central predictive interval against T
+(:func:`value_curve`), and the recommended T comes from the NLL/coverage plateau instead.
 
 Only numpy, the standard library and LiteRT are used, so ``edgekit profile`` runs on the device.
 Timings are of *this* machine: profile on the target itself for the target's numbers.
@@ -46,22 +50,25 @@ import numpy as np
 from edgekit.errors import InvalidArgumentError
 from edgekit.runtime.inspect import estimate_arena_bytes, model_dtypes, model_ops
 from edgekit.runtime.mc import MCModel
-from edgekit.runtime.metrics import ECE_BINS, ece, nll
+from edgekit.runtime.metrics import ECE_BINS, ece, interval_coverage, nll, rmse
+from edgekit.runtime.summaries import summarize_value_output
 
 __all__ = [
-    "ECE_BINS",
-    "AccuracyPoint",
     "LatencyPoint",
-    "ModelProfile",
+    "AccuracyPoint",
+    "ValuePoint",
     "Recommendation",
-    "accuracy_curve",
-    "estimate_arena_bytes",
-    "mc_probabilities",
-    "model_dtypes",
-    "model_ops",
-    "percentile_stats",
+    "ModelProfile",
     "profile_model",
     "recommend",
+    "mc_probabilities",
+    "accuracy_curve",
+    "value_curve",
+    "estimate_arena_bytes",
+    "model_ops",
+    "model_dtypes",
+    "percentile_stats",
+    "ECE_BINS",
 ]
 
 
@@ -122,6 +129,29 @@ class AccuracyPoint:
 
 
 @dataclass(frozen=True)
+class ValuePoint:
+    """MC quality of a value output at T samples over ``examples`` targets (``values`` values in all).
+
+    ``rmse`` of the MC mean, ``nll`` the Gaussian negative log-likelihood per value under the
+    predictive mean and total variance (None at T=1 without an aleatoric part: no spread) and
+    ``nll_se`` its standard error over the values, ``coverage`` the share of targets inside the
+    central ``level`` interval, summarized as :meth:`edgekit.runtime.MCModel.predict` does.
+    """
+
+    samples: int
+    examples: int
+    values: int
+    rmse: float
+    nll: float | None
+    nll_se: float | None
+    coverage: float
+    level: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Recommendation:
     """The T (and thread count) to use for the budget, and why. ``samples`` is None if none fits."""
 
@@ -151,6 +181,8 @@ class ModelProfile:
     latency: tuple[LatencyPoint, ...]
     accuracy: tuple[AccuracyPoint, ...] | None
     recommended: Recommendation
+    output: str | None = None  # the output the quality curve measures (with data)
+    values: tuple[ValuePoint, ...] | None = None  # the quality curve of a value output
 
     def point(self, threads: int, samples: int) -> LatencyPoint:
         for p in self.latency:
@@ -170,6 +202,8 @@ class ModelProfile:
             "peak_rss_bytes": self.peak_rss_bytes,
             "latency": [p.to_dict() for p in self.latency],
             "accuracy": None if self.accuracy is None else [a.to_dict() for a in self.accuracy],
+            "output": self.output,
+            "values": None if self.values is None else [v.to_dict() for v in self.values],
             "recommended": self.recommended.to_dict(),
         }
 
@@ -244,20 +278,85 @@ def accuracy_curve(probs: np.ndarray, y: np.ndarray, samples: Sequence[int], *, 
             raise ValueError(f"Expected 1 <= T <= {probs.shape[1]}. Received: T={t}")
         mean = probs[:, :t].mean(axis=1)
         accuracy = float((mean.argmax(axis=1) == y).mean())
-        out.append(AccuracyPoint(int(t), len(y), accuracy, nll(mean, y), ece(mean, y, bins)))
+        out.append(AccuracyPoint(int(t), int(len(y)), accuracy, nll(mean, y), ece(mean, y, bins)))
     return out
 
 
+def value_curve(rows: np.ndarray, spec, targets: np.ndarray, samples: Sequence[int]) -> list[ValuePoint]:
+    """RMSE, Gaussian NLL and interval coverage of value output ``spec`` from the first T sample rows
+    ``[N, T_max, D]`` (:meth:`edgekit.runtime.MCModel.sample_rows`), for each T in ``samples``.
+
+    Raises:
+        InvalidArgumentError: targets that are not ``[N, *spec.shape]`` finite numbers, or a T
+            outside ``[1, T_max]``.
+    """
+    n = rows.shape[0]
+    y = np.asarray(targets)
+    want = (n, *spec.shape)
+    if y.dtype.kind not in "iuf" or y.shape[:1] != (n,) or y.size != math.prod(want):
+        raise InvalidArgumentError(f"Expected targets of shape {want} for value output {spec.name!r} (one per input). "
+                                   f"Received: shape {y.shape}")
+    y = y.astype(np.float64).reshape(want)
+    if not np.isfinite(y).all():
+        raise InvalidArgumentError(f"Expected finite targets for value output {spec.name!r}. Received: NaN or Inf")
+    # gaussian_nll's floor on the variance, so a zero spread cannot make a near-miss infinitely unlikely.
+    floor = 1e-12 * max(float(y.var()), 1e-12)
+    out = []
+    for t in samples:
+        if not 1 <= t <= rows.shape[1]:
+            raise InvalidArgumentError(f"Expected 1 <= T <= {rows.shape[1]}. Received: T={t}")
+        s = summarize_value_output(spec, rows[:, :t])
+        nll_value = nll_se = None
+        if t > 1 or s.aleatoric_std is not None:
+            v = np.maximum(s.total_std.astype(np.float64) ** 2, floor)
+            per = 0.5 * (np.log(2 * np.pi * v) + (y - s.mean) ** 2 / v)
+            nll_value = float(per.mean())
+            nll_se = float(per.std(ddof=1) / math.sqrt(per.size)) if per.size > 1 else 0.0
+        out.append(ValuePoint(int(t), n, int(y.size), rmse(s.mean, y), nll_value, nll_se,
+                              interval_coverage(s.low, s.high, y), float(spec.interval)))
+    return out
+
+
+def _value_plateau(values: Sequence[ValuePoint], fits: Mapping[int, LatencyPoint]) -> tuple[int | None, str]:
+    """(T, why) for a value output: the smallest fitting T on the NLL/coverage plateau, else the
+    fitting T with the lowest NLL; (None, "") when no point has an NLL."""
+    scored = [v for v in values if v.nll is not None]
+    if not scored:
+        return None, ""
+    best = min(scored, key=lambda v: (v.nll, v.samples))
+    # Plateau: NLL within one standard error of the best, and coverage no further from the nominal
+    # level than the best point's plus one binomial standard error of a coverage over its values.
+    cov_se = math.sqrt(best.level * (1 - best.level) / best.values)
+    gap = abs(best.coverage - best.level) + cov_se
+    on = sorted(v.samples for v in scored if v.samples in fits and v.nll <= best.nll + (best.nll_se or 0.0)
+                and abs(v.coverage - v.level) <= gap)
+    if on:
+        t = on[0]
+        v = next(v for v in scored if v.samples == t)
+        return t, (f"smallest T on the NLL/coverage plateau (NLL {v.nll:.4f} <= best {best.nll:.4f} + 1 SE "
+                   f"{best.nll_se or 0.0:.4f}, {100 * v.coverage:.1f}% in the {100 * v.level:g}% interval)")
+    candidates = [v for v in scored if v.samples in fits]
+    if not candidates:
+        return None, ""
+    v = min(candidates, key=lambda v: (v.nll, v.samples))
+    return v.samples, (f"the plateau (best NLL {best.nll:.4f} at T={best.samples}) does not fit the budget; "
+                       f"T={v.samples} has the lowest NLL that does")
+
+
 def recommend(latency: Sequence[LatencyPoint], budget_ms: float,
-              accuracy: Sequence[AccuracyPoint] | None = None) -> Recommendation:
+              accuracy: Sequence[AccuracyPoint] | None = None,
+              values: Sequence[ValuePoint] | None = None) -> Recommendation:
     """Pick T for ``budget_ms``.
 
     A T "fits" when the 95% upper bound of its p99 (``p99_upper_ms``) is within the budget: the
     point p99 of a few hundred runs is too noisy to promise a p99 over the next thousand.
     With accuracy points: the smallest fitting T whose accuracy is within one standard error
     (``sqrt(a(1-a)/N)`` at the best T) of the best accuracy measured (the plateau); if no T on the
-    plateau fits, the most accurate T that fits. Without: the largest T that fits. Among thread
-    counts, the one with the lowest bound at that T.
+    plateau fits, the most accurate T that fits. With value points: the smallest fitting T whose
+    NLL is within one standard error of the best NLL and whose interval coverage is no further
+    from its level than the best point's plus one binomial standard error (the NLL/coverage
+    plateau); if none fits, the fitting T with the lowest NLL. Without either: the largest T that
+    fits. Among thread counts, the one with the lowest bound at that T.
     """
     if not budget_ms > 0:
         raise ValueError(f"Expected a budget > 0 ms. Received: budget_ms={budget_ms}")
@@ -270,6 +369,12 @@ def recommend(latency: Sequence[LatencyPoint], budget_ms: float,
         return Recommendation(None, None, None, None, budget_ms,
                               f"no T fits: the lowest p99 bound, at T={fastest.samples} with {fastest.threads} "
                               f"thread(s), is {fastest.p99_upper_ms:.3g} ms > budget {budget_ms:g} ms")
+    if values:
+        t, why = _value_plateau(values, fits)
+        if t is not None:
+            p = fits[t]
+            return Recommendation(t, p.threads, p.p99_ms, p.p99_upper_ms, budget_ms,
+                                  f"{why} with p99 bound {p.p99_upper_ms:.3g} ms <= {budget_ms:g} ms")
     if accuracy:
         acc = {a.samples: a for a in accuracy}
         best = max(accuracy, key=lambda a: a.accuracy)
@@ -294,6 +399,16 @@ def recommend(latency: Sequence[LatencyPoint], budget_ms: float,
     p = fits[t]
     return Recommendation(t, p.threads, p.p99_ms, p.p99_upper_ms, budget_ms,
                           f"largest T with p99 bound {p.p99_upper_ms:.3g} ms <= budget {budget_ms:g} ms")
+
+
+def _output_named(plan, name: str | None):
+    if name is None:
+        return plan.output
+    for o in plan.outputs:
+        if o.name == name:
+            return o
+    raise InvalidArgumentError(f"Expected one of the outputs {[o.name for o in plan.outputs]}. Received: "
+                               f"output={name!r}")
 
 
 def _peak_rss_bytes() -> int:
@@ -322,6 +437,7 @@ def profile_model(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     runtime: bool = True,
+    output: str | None = None,
 ) -> ModelProfile:
     """Profile one ``.tflite`` (see the module docstring).
 
@@ -332,8 +448,10 @@ def profile_model(
         runs: Measured predictions per (threads, T).
         warmup: Unmeasured predictions first (default ``max(10, runs // 5)``).
         budget_ms: Latency budget for one MC prediction.
-        x, y: Optional labelled data (float32 inputs shaped like the model input, integer labels)
-            for the accuracy/NLL/ECE curve; ``x[0]`` is also the input timed.
+        x, y: Optional labelled data (float32 inputs shaped like the model input; integer labels
+            of a class output, or targets ``[N, *shape]`` of a value output) for the quality curve:
+            accuracy/NLL/ECE, or RMSE/Gaussian NLL/interval coverage; ``x[0]`` is also the input timed.
+        output: The output ``y`` belongs to (default: the file's first output).
         seed: Seeds the numpy generator of mask-input models and the synthetic timing input.
         progress: Called with the number of predictions just done (for a progress bar).
         runtime: Also time each (threads, T) on a second, separately loaded model, in alternation
@@ -404,13 +522,22 @@ def profile_model(
             if progress is not None:
                 progress((warmup + runs) * (2 if runtime else 1))
 
-    accuracy = None
+    accuracy = values = None
+    spec = _output_named(first.plan, output)
     if x is not None and y is not None:
-        y = np.asarray(y).reshape(-1)
-        if len(y) != len(x):
-            raise InvalidArgumentError(f"Expected one label per input. Received: {len(x)} inputs, {len(y)} labels")
-        probs = mc_probabilities(_load(data, threads[-1], seed), x, max(samples))
-        accuracy = tuple(accuracy_curve(probs, y, samples))
+        if spec.task == "classification":
+            y = np.asarray(y).reshape(-1)
+            if len(y) != len(x):
+                raise InvalidArgumentError(f"Expected one label per input. Received: {len(x)} inputs, {len(y)} labels")
+            probs = mc_probabilities(_load(data, threads[-1], seed), x, max(samples))
+            accuracy = tuple(accuracy_curve(probs, y, samples))
+        else:
+            y = np.asarray(y)
+            if y.shape[:1] != (len(x),):
+                raise InvalidArgumentError(f"Expected targets of shape {(len(x), *spec.shape)} for value output "
+                                           f"{spec.name!r} (one per input). Received: shape {y.shape}")
+            rows = _load(data, threads[-1], seed).sample_rows(x, max(samples))
+            values = tuple(value_curve(rows, spec, y, samples))
         if progress is not None:
             progress(len(x))
 
@@ -436,5 +563,7 @@ def profile_model(
         peak_rss_bytes=_peak_rss_bytes(),
         latency=tuple(points),
         accuracy=accuracy,
-        recommended=recommend(points, budget_ms, accuracy),
+        recommended=recommend(points, budget_ms, accuracy, values),
+        output=spec.name if x is not None and y is not None else None,
+        values=values,
     )

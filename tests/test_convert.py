@@ -442,11 +442,13 @@ def test_unsupported_layer_is_one_clear_error():
 def test_metadata_follows_the_format(converted):
     result = converted("cnn", "float32")
     meta = result.metadata
-    assert meta["format"] == "edgekit/1" and meta["stochastic"] == "in-graph" and meta["seed"] is None
+    assert meta["format"] == "edgekit/2" and meta["stochastic"] == "in-graph" and meta["seed"] is None
     assert [(m["name"], m["kind"], m["rate"]) for m in meta["mc_layers"]] == [
         ("mc_0", "MCDropout", 0.2), ("mc_1", "MCDropout", 0.2)]
     assert meta["mc_layers"][0]["mask_shape"] == [4 * 4 * 8]
-    assert meta["input"]["shape"] == [16, 16, 1] and meta["output"] == {"name": "probs", "num_classes": 10}
+    assert meta["input"]["shape"] == [16, 16, 1]
+    assert meta["outputs"] == [{"name": "probs", "task": "classification", "shape": [10], "activation": "softmax",
+                                "class_names": None, "calibration": None, "abstain": None}]
     assert meta["batch"] == {"full": None, "trunk": None, "head": None, "masked": None}  # dynamic everywhere
     assert len(meta["sha256"]) == 64
     # BN folding happened before export: no BatchNorm arithmetic left around the convolutions.

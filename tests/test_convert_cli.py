@@ -81,7 +81,7 @@ def test_convert_table_for_people(files):
     # The file's signature defs in its own (alphabetical) order, `masked` included (unseeded in-graph).
     assert "signatures       full(x), head(features), masked(features, mask_0, mask_1), trunk(x)" in r.stdout
     assert "MC acc" in r.stdout
-    assert read_metadata((files / "t.tflite").read_bytes())["class_names"] == list("abcdefghij")
+    assert read_metadata((files / "t.tflite").read_bytes())["outputs"][0]["class_names"] == list("abcdefghij")
 
 
 def _error(r) -> str:

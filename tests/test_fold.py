@@ -123,3 +123,74 @@ def test_folded_model_saves_and_loads(tmp_path):
     folded.save(tmp_path / "f.keras")
     again = keras.models.load_model(tmp_path / "f.keras")
     _same_function(folded, again, np.ones((2, 6), np.float32))
+
+
+def test_conv1d_time_series_classifier_folds():
+    """Issue 13's time-series classifier: Conv1D + BN + ReLU + GlobalAveragePooling1D + Dropout."""
+    from edgekit import mc
+
+    keras.utils.set_random_seed(6)
+    model = keras.Sequential([
+        keras.Input((50, 3)),
+        keras.layers.Conv1D(16, 5, padding="causal", dilation_rate=2, name="conv"),
+        keras.layers.BatchNormalization(name="bn"),
+        keras.layers.ReLU(),
+        keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dropout(0.3),
+        keras.layers.Dense(4, activation="softmax"),
+    ])
+    model = mc.to_mc(_randomize_bn(model))
+    folded, report = fold_batchnorm(model)
+    assert report.folded == (("conv", "bn"),) and report.not_folded == ()
+    _same_function(model, folded, np.random.default_rng(3).normal(size=(6, 50, 3)).astype(np.float32))
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: keras.layers.Conv3D(5, 3, padding="same", use_bias=False, name="lin"), (6, 6, 6, 2)),
+    (lambda: keras.layers.Conv2D(6, 3, groups=2, name="lin"), (8, 8, 4)),
+    (lambda: keras.layers.SeparableConv2D(6, 3, depth_multiplier=2, name="lin"), (8, 8, 3)),
+    (lambda: keras.layers.SeparableConv1D(6, 3, use_bias=False, name="lin"), (12, 3)),
+    (lambda: keras.layers.DepthwiseConv1D(3, depth_multiplier=3, name="lin"), (12, 4)),
+], ids=["conv3d", "grouped-conv2d", "separable2d", "separable1d", "depthwise1d"])
+def test_more_linear_layers_absorb_the_batchnorm_after_them(make, shape):
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input(shape)
+    h = keras.layers.BatchNormalization(name="bn")(make()(inputs))
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(MCDropout(0.2)(h)))
+    model = _randomize_bn(keras.Model(inputs, outputs))
+    # Random kernels and biases too: a kernel of ones would hide a scale applied to the wrong axis.
+    rng = np.random.default_rng(8)
+    lin = model.get_layer("lin")
+    lin.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in lin.get_weights()])
+    folded, report = fold_batchnorm(model)
+    assert report.folded == (("lin", "bn"),) and isinstance(folded.get_layer("bn"), FoldedBatchNorm)
+    assert folded.get_layer("lin").use_bias  # the BN's shift became the bias
+    _same_function(model, folded, rng.random((4, *shape), dtype=np.float32))
+
+
+def test_bn_after_a_transposed_conv_is_reported():
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2DTranspose(4, 3, name="up")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(h)))
+    folded, report = fold_batchnorm(model)
+    assert folded is model and report.folded == ()
+    assert dict(report.not_folded)["bn"] == (
+        "follows a Conv2DTranspose layer ('up'), not a Dense, Conv1D/2D/3D, DepthwiseConv1D/2D or "
+        "SeparableConv1D/2D layer, and no Dense follows it")
+
+
+def test_efficientnet_b0_folds_every_batchnorm():
+    """keras.applications.EfficientNetB0: its 49 BNs follow linear Conv2D / DepthwiseConv2D layers."""
+    from edgekit import mc
+
+    keras.utils.set_random_seed(9)
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3), classes=10)
+    model = mc.to_mc(_randomize_bn(model))
+    folded, report = fold_batchnorm(model)
+    assert len(report.folded) == 49 and report.not_folded == ()
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    x = np.random.default_rng(4).random((2, 32, 32, 3), dtype=np.float32) * 255
+    with dropout_off():
+        ya, yb = model(x, training=False).numpy(), folded(x, training=False).numpy()
+    # 16 blocks of float32 convolutions: rounding grows with depth, so 1e-4 instead of 1e-5.
+    np.testing.assert_allclose(yb, ya, rtol=1e-4, atol=1e-5)

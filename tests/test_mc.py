@@ -10,7 +10,15 @@ pytestmark = pytest.mark.train
 keras = pytest.importorskip("keras", reason="edgekit.mc needs the [train] extra (TensorFlow)")
 
 from edgekit import mc  # noqa: E402
-from edgekit.layers import MCAlphaDropout, MCDropout, MCSpatialDropout2D  # noqa: E402
+from edgekit.errors import UnsupportedModelError  # noqa: E402
+from edgekit.layers import (  # noqa: E402
+    MC_LAYERS,
+    MCAlphaDropout,
+    MCDropout,
+    MCSpatialDropout1D,
+    MCSpatialDropout2D,
+    MCSpatialDropout3D,
+)
 
 
 def _plain_functional():
@@ -52,9 +60,38 @@ def test_to_mc_sequential_and_rates():
     assert mc.has_mc_layers(new) and not mc.has_mc_layers(model)
 
 
+def test_to_mc_keeps_noise_shape_and_maps_spatial_1d_3d():
+    inputs = keras.Input((6, 4, 4, 8))
+    v = keras.layers.SpatialDropout3D(0.2, data_format="channels_first", name="sd3")(inputs)
+    h = keras.layers.Reshape((16, 18))(keras.layers.Conv3D(3, 1)(v))
+    h = keras.layers.SpatialDropout1D(0.3, name="sd1")(h)
+    branch = keras.layers.Dropout(0.1, noise_shape=(None, 1, 1), name="drop_path")(keras.layers.Conv1D(18, 1)(h))
+    h = keras.layers.Add()([h, branch])
+    # Keras' own docstring example puts the training batch size in noise_shape: MC samples still each draw.
+    h = keras.layers.Dropout(0.2, noise_shape=(32, 1, 18), name="per_step")(h)
+    h = keras.layers.AlphaDropout(0.05, noise_shape=(None, 16, 1), name="alpha")(h)
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(h))
+    new = mc.to_mc(keras.Model(inputs, outputs))
+    got = {layer.name: (type(layer), layer.rate, getattr(layer, "noise_shape", None), getattr(layer, "data_format", None))
+           for layer in new.layers if isinstance(layer, MC_LAYERS)}
+    assert got == {
+        "sd3": (MCSpatialDropout3D, 0.2, None, "channels_first"),
+        "sd1": (MCSpatialDropout1D, 0.3, None, "channels_last"),
+        "drop_path": (MCDropout, 0.1, (None, 1, 1), None),
+        "per_step": (MCDropout, 0.2, (None, 1, 18), None),
+        "alpha": (MCAlphaDropout, 0.05, (None, 16, 1), None),
+    }
+    # The twin of the drop path decides per sample: 64 samples, each kept or dropped whole.
+    out = np.asarray(new.get_layer("drop_path")(np.ones((64, 16, 18), np.float32))).reshape(64, -1)
+    assert np.all(out.min(axis=1) == out.max(axis=1)) and len({bool(row[0] == 0) for row in out}) == 2
+
+
 def test_to_mc_refuses_what_it_cannot_rewrite():
-    model = keras.Sequential([keras.Input((10, 4)), keras.layers.SpatialDropout1D(0.2), keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="Expected Dropout, AlphaDropout or SpatialDropout2D. Received: SpatialDropout1D"):
+    # Keras accepts any noise_shape until training; the MC twin checks it against its input.
+    model = keras.Sequential([keras.Input((10, 4)), keras.layers.Dropout(0.2, noise_shape=(None, 3, 4), name="bad"),
+                              keras.layers.Dense(2)])
+    with pytest.raises(UnsupportedModelError, match=r"Expected one entry per input axis \(rank 3\), each None, 1 or "
+                       r"the input's size on that axis. Received: noise_shape=\(None, 3, 4\) .*'bad'"):
         mc.to_mc(model)
     with pytest.raises(TypeError, match="Expected a keras.Model"):
         mc.to_mc("model.keras")

@@ -51,7 +51,7 @@ def test_embed_keeps_model_runnable_and_bytes_intact():
     assert out[8 + block :] == FOREIGN[8:]  # every old byte is still there, shifted by the block
     got = read_metadata(out)
     assert {k: got[k] for k in meta} == meta
-    assert got["format"] == "edgekit/1"
+    assert got["format"] == "edgekit/2"
     assert verify_integrity(out) is True
     x = np.random.default_rng(0).normal(size=(3, 20)).astype(np.float32)
     np.testing.assert_array_equal(_trunk_out(out, x), _trunk_out(FOREIGN, x))
@@ -151,7 +151,7 @@ def test_roundtrip_property(meta):
     out = embed_metadata(FOREIGN, meta)
     got = read_metadata(out)
     expected = {**meta}
-    expected.setdefault("format", "edgekit/1")
+    expected.setdefault("format", "edgekit/2")
     assert {k: v for k, v in got.items() if k != "sha256"} == json.loads(json.dumps(expected))
     assert verify_integrity(out)
     assert (len(out) - len(FOREIGN)) % 16 == 0

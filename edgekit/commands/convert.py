@@ -87,6 +87,8 @@ def _load_data(spec: str, need_train: bool, need_test: bool):
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InvalidArgumentError(f"Expected an .npz file of arrays. Received: --data {spec!r} ({why})") from None
     wanted = (["x_train"] if need_train else []) + (["x_test", "y_test"] if need_test else [])
+    if any(k.startswith("y_test_") for k in arrays):  # targets per output name (a model with several)
+        wanted = [k for k in wanted if k != "y_test"]
     missing = [k for k in wanted if k not in arrays]
     if missing:
         raise InvalidArgumentError(
@@ -94,6 +96,52 @@ def _load_data(spec: str, need_train: bool, need_test: bool):
         )
     names = [str(c) for c in arrays["class_names"]] if "class_names" in arrays else None
     return (arrays.get("x_train"), arrays.get("y_train"), arrays.get("x_test"), arrays.get("y_test"), names, None)
+
+
+class _Pairs(click.ParamType):
+    """``NAME=VALUE`` (an option given once per output), with VALUE in ``choices`` when given."""
+
+    name = "NAME=VALUE"
+
+    def __init__(self, choices=None, metavar="NAME=VALUE"):
+        self.choices, self.name = choices, metavar
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        key, sep, val = str(value).partition("=")
+        if not sep or not key.strip() or not val.strip() or (self.choices and val.strip() not in self.choices):
+            allowed = "|".join(self.choices) if self.choices else "VALUE"
+            self.fail(f"Expected NAME={allowed}. Received: {value!r}", param, ctx)
+        return key.strip(), val.strip()
+
+
+def _targets_of(arrays: dict, prefix: str, names: list[str]) -> dict | None:
+    """Targets per output name from an .npz's arrays: ``<prefix>_<output>`` for each output that has
+    them, and ``<prefix>`` itself for the first output. None when there are none."""
+    out = {n: arrays[f"{prefix}_{n}"] for n in names if f"{prefix}_{n}" in arrays}
+    if prefix in arrays and names and names[0] not in out:
+        out[names[0]] = arrays[prefix]
+    return out or None
+
+
+def _npz_arrays(spec) -> dict:
+    """Every array of the .npz ``spec``."""
+    import numpy as np
+
+    try:
+        with open(spec, "rb") as f:
+            npz = np.load(f, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise InvalidArgumentError(f"Expected an .npz file of arrays (np.savez). Received: --data {spec!r}, "
+                                           f"a single .npy array")
+            with npz:
+                return {k: npz[k] for k in npz.files}
+    except (ValueError, EOFError) as e:  # not an npz, an object array (pickle), or an empty file
+        if isinstance(e, InvalidArgumentError):
+            raise
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidArgumentError(f"Expected an .npz file of arrays. Received: --data {spec!r} ({why})") from None
 
 
 def _fit_shape(x, shape):
@@ -161,8 +209,16 @@ def _choose_data(data, in_shape, num_classes, quantize, need_train, need_test):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the report as JSON to this file.")
 @click.option("--data", type=DATA, default=None,
-              help="fashion-mnist, or an .npz with x_train (calibration) and x_test/y_test (evaluation) "
-                   "[default: fashion-mnist if it fits the model's input].")
+              help="fashion-mnist, or an .npz with x_train (calibration), x_test/y_test (evaluation) and "
+                   "x_heldout/y_heldout (held-out fits) [default: fashion-mnist if it fits the model's input]. "
+                   "y_test and y_heldout are the first output's targets; y_test_<output> and y_heldout_<output> "
+                   "name an output's (integer labels of a class output, values (n, *shape) of a value output).")
+@click.option("--task", "tasks", type=_Pairs(("regression", "classification"), "NAME=regression|classification"),
+              multiple=True, help="The task of output NAME (Keras' output name) where its activation does not say "
+                                  "it (softmax or one sigmoid unit: classes; linear: values). Repeatable.")
+@click.option("--log-variance", "log_variance", type=_Pairs(metavar="MEAN=LOGVAR"), multiple=True,
+              help="Output LOGVAR is the log-variance of value output MEAN (a heteroscedastic head): the "
+                   "predictive variance is its mean aleatoric variance plus the epistemic one. Repeatable.")
 @click.option("--examples", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Test inputs for the accuracy part of the report (0: skip it).")
 @click.option("--samples", "-T", type=click.IntRange(min=1), default=100, show_default=True,
@@ -175,7 +231,8 @@ def _choose_data(data, in_shape, num_classes, quantize, need_train, need_test):
 @json_option
 @library_errors
 def convert(model_path, output, quantize, int8_io, device, calibration_examples, no_fold_bn, seed, stochastic,
-            report_path, data, examples, samples, class_names, sparse, per_channel_dense, as_json):
+            report_path, data, tasks, log_variance, examples, samples, class_names, sparse, per_channel_dense,
+            as_json):
     """Convert a Keras MC-dropout model to one .tflite whose dropout stays random.
 
     The file runs on the stock LiteRT interpreter, has signatures full, trunk and head (and
@@ -187,11 +244,19 @@ def convert(model_path, output, quantize, int8_io, device, calibration_examples,
     int8 and int16x8 calibrate on training inputs: Fashion-MNIST by default (when it fits the
     model's input), else x_train from --data FILE.npz.
 
+    Each output's task is read from its activation (softmax or one sigmoid unit: classes, linear:
+    values), or given with --task. With x_heldout and targets (y_heldout, y_heldout_<output>) in
+    --data, the file's own MC samples on that split fit what it carries: a noise variance per
+    value output (without it, a value output's interval covers the model's uncertainty only).
+    The split must be neither the test set nor x_train's calibration inputs.
+
     \b
     Examples:
       edgekit convert model.keras -o model.tflite --quantize int8
       edgekit convert model.keras -o model.tflite --quantize int8 --data mydata.npz
       edgekit convert model.keras -o tpu.tflite --device coral-edgetpu --report report.json
+      edgekit convert regressor.keras -o reg.tflite --quantize int8 --data diabetes.npz
+      edgekit convert two_heads.keras -o m.tflite --log-variance mean=log_var --data d.npz
     """
     from edgekit.runtime.fileio import atomic_write_bytes, refuse_overwrite_input
 
@@ -220,7 +285,9 @@ def convert(model_path, output, quantize, int8_io, device, calibration_examples,
     status(f"Loading {model_path}")
     model = load_keras_model(model_path)
     in_shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else None
-    num_classes = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else None
+    infos = _outputs(model, dict(tasks), dict(log_variance))
+    classes = [i for i in infos if i.task == "classification"]
+    num_classes = classes[0].num_classes if classes else 0  # 0: no class output (Fashion-MNIST cannot fit)
     need_train = quantize in CALIBRATED
     need_test = examples > 0
     data, need_test = _choose_data(data, in_shape, num_classes, quantize, need_train, need_test)
@@ -232,6 +299,7 @@ def convert(model_path, output, quantize, int8_io, device, calibration_examples,
         names = [c.strip() for c in class_names.split(",")]
     if names is not None and len(names) != num_classes and class_names is None:
         names = None  # the data's names do not describe this model
+    heldout, y_test = _heldout_and_test_targets(data, infos, y_test, in_shape)
     if in_shape is not None:
         x_train, x_test = _fit_shape(x_train, in_shape), _fit_shape(x_test, in_shape)
     rep = None
@@ -245,13 +313,16 @@ def convert(model_path, output, quantize, int8_io, device, calibration_examples,
         status(f"Converting to TFLite ({quantize}, {stochastic})")
         result = convert_model(
             model, quantize=quantize, representative_data=rep, fold_batchnorm=not no_fold_bn, device=profile,
-            stochastic=stochastic, seed=seed, class_names=names, input_image=image, int8_io=int8_io,
-            batch=settings.batch, sparse=sparse, dense_per_channel=per_channel_dense,
+            stochastic=stochastic, seed=seed, class_names=names if classes else None, input_image=image,
+            int8_io=int8_io, batch=settings.batch, sparse=sparse, dense_per_channel=per_channel_dense,
+            tasks=dict(tasks), variance=dict(log_variance), heldout_data=heldout,
         )
         report = result.report
         if need_test:
             status(f"Evaluating on {min(examples, len(x_test))} test inputs, T={samples}")
-            report = evaluate(result, model, x_test[:examples], y_test[:examples], samples=samples)
+            targets = ({k: v[:examples] for k, v in y_test.items()} if isinstance(y_test, dict)
+                       else y_test[:examples])
+            report = evaluate(result, model, x_test[:examples], targets, samples=samples)
     atomic_write_bytes(output, result.tflite)
     shown = set()
     for w in caught:
@@ -266,6 +337,37 @@ def convert(model_path, output, quantize, int8_io, device, calibration_examples,
     else:
         click.echo(f"wrote {output}")
         click.echo(report.to_table())
+
+
+def _outputs(model, tasks: dict, variance: dict):
+    """The model's outputs as the file will carry them (:func:`edgekit.converters.outputs.describe_outputs`):
+    a task that cannot be inferred, or an override naming no output, fails here, before any data is read."""
+    from edgekit.converters.outputs import describe_outputs
+
+    return describe_outputs(model, tasks=tasks, variance=variance)
+
+
+def _heldout_and_test_targets(data, infos, y_test, in_shape):
+    """``(heldout_data or None, test targets)`` from --data: x_heldout with y_heldout /
+    y_heldout_<output>, and y_test / y_test_<output> (per output name when the model has several,
+    or when the .npz names them). Warns for value outputs when there is no held-out split."""
+    names = [i.name for i in infos if i.task != "log_variance"]
+    values = [i.name for i in infos if i.task == "regression"]
+    arrays = _npz_arrays(data) if data is not None and data != FASHION_MNIST else {}
+    heldout = None
+    if "x_heldout" in arrays:
+        y = _targets_of(arrays, "y_heldout", names)
+        if y is None:
+            raise InvalidArgumentError(f"Expected held-out targets with x_heldout in {data!r}: y_heldout or "
+                                       f"y_heldout_<output> for outputs {names}. Received: {sorted(arrays)}")
+        heldout = (_fit_shape(arrays["x_heldout"], in_shape), y)
+    if values and (heldout is None or not set(values) & set(heldout[1])):
+        warn(f"value output(s) {', '.join(map(repr, values))}: no held-out split (x_heldout with y_heldout or "
+             f"y_heldout_<output> in --data), so no noise variance is fitted: their std and interval then reflect "
+             f"the model's uncertainty only, not the noise in the targets.")
+    if arrays:
+        y_test = _targets_of(arrays, "y_test", names)
+    return heldout, y_test
 
 
 def _report_json(report, output) -> dict:

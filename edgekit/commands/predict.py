@@ -50,34 +50,92 @@ def _load_input(path: Path, meta: dict):
     )
 
 
-def _table(pred, model) -> str:
+def _run_line(pred, i: int) -> str:
+    cut = " (cut by the budget)" if pred.budget_cut[i] else ""
+    return f"samples: {pred.samples[i]}{cut}   time: {pred.elapsed_ms[i]:.2f} ms"
+
+
+def _class_block(out, pred, run: bool) -> list[str]:
+    """A class output: its classes by mean probability (one input), or one row per input."""
     lines = []
-    n = len(pred.predicted)
+    n = len(out.predicted)
     if n == 1:
-        name_w = max(len("class"), *(len(c) for c in pred.class_names))
+        name_w = max(len("class"), *(len(c) for c in out.class_names))
         lines.append(f"{'class':<{name_w}}  {'mean':>7}  {'std':>7}")
-        order = sorted(range(len(pred.class_names)), key=lambda c: -pred.mean[0, c])
+        order = sorted(range(len(out.class_names)), key=lambda c: -out.mean[0, c])
         for c in order:
-            mark = " <" if c == pred.predicted[0] else ""
-            lines.append(f"{pred.class_names[c]:<{name_w}}  {pred.mean[0, c]:7.4f}  {pred.std[0, c]:7.4f}{mark}")
+            mark = " <" if c == out.predicted[0] else ""
+            lines.append(f"{out.class_names[c]:<{name_w}}  {out.mean[0, c]:7.4f}  {out.std[0, c]:7.4f}{mark}")
         lines.append("")
         lines.append(
-            f"predicted: {pred.class_names[pred.predicted[0]]} ({pred.confidence[0]:.4f})   "
-            f"entropy: {pred.entropy[0]:.4f} nats   mutual information: {pred.mutual_information[0]:.4f} nats"
+            f"predicted: {out.class_names[out.predicted[0]]} ({out.confidence[0]:.4f})   "
+            f"entropy: {out.entropy[0]:.4f} nats   mutual information: {out.mutual_information[0]:.4f} nats"
         )
-        cut = " (cut by the budget)" if pred.budget_cut[0] else ""
-        lines.append(f"samples: {pred.samples[0]}{cut}   time: {pred.elapsed_ms[0]:.2f} ms")
+        if run:
+            lines.append(_run_line(pred, 0))
+        return lines
+    name_w = max(len("predicted"), *(len(c) for c in out.class_names))
+    head = f"{'#':>5}  {'predicted':<{name_w}}  {'mean':>7}  {'std':>7}  {'entropy':>7}  {'MI':>7}"
+    lines.append(head + (f"  {'T':>5}  {'ms':>7}" if run else ""))
+    for i in range(n):
+        p = out.predicted[i]
+        line = (f"{i:>5}  {out.class_names[p]:<{name_w}}  {out.mean[i, p]:7.4f}  {out.std[i, p]:7.4f}  "
+                f"{out.entropy[i]:7.4f}  {out.mutual_information[i]:7.4f}")
+        lines.append(line + (f"  {pred.samples[i]:>5}  {pred.elapsed_ms[i]:7.2f}" if run else ""))
+    return lines
+
+
+def _value_block(out, pred, run: bool) -> list[str]:
+    """A value output: per value, mean +- epistemic std, the aleatoric and total std, and the interval."""
+    import numpy as np
+
+    n = out.mean.shape[0]
+    shape = out.mean.shape[1:]
+    index = [str(list(ix)) for ix in np.ndindex(*shape)]
+    flat = {k: getattr(out, k).reshape(n, -1) for k in ("mean", "std", "total_std", "low", "high")}
+    ale = None if out.aleatoric_std is None else out.aleatoric_std.reshape(n, -1)
+    level = f"{100 * out.level:g}% interval"
+    idx_w = max(len("value"), *(len(ix) for ix in index))
+    spans = [[f"[{flat['low'][i, j]:.4g}, {flat['high'][i, j]:.4g}]" for j in range(len(index))] for i in range(n)]
+    span_w = max(len(level), *(len(t) for row in spans for t in row))
+    lines = []
+    lead = f"{'#':>5}  " if n > 1 else ""
+    tail = f"  {'T':>5}  {'ms':>7}" if run and n > 1 else ""
+    lines.append(f"{lead}{'value':<{idx_w}}  {'mean':>10} +- {'std':<9}  {'aleatoric':>9}  {'total':>9}  "
+                 f"{level:<{span_w}}{tail}".rstrip())
+    for i in range(n):
+        for j, ix in enumerate(index):
+            a = "-" if ale is None else f"{ale[i, j]:.4g}"
+            row = (f"{flat['mean'][i, j]:>10.4g} +- {flat['std'][i, j]:<9.4g}  {a:>9}  {flat['total_std'][i, j]:>9.4g}  "
+                   f"{spans[i][j]:<{span_w}}")
+            first = f"{i:>5}  " if n > 1 and j == 0 else " " * 7 if n > 1 else ""
+            end = f"  {pred.samples[i]:>5}  {pred.elapsed_ms[i]:7.2f}" if run and n > 1 and j == 0 else ""
+            lines.append(f"{first}{ix:<{idx_w}}  {row}{end}".rstrip())
+    lines.append("")
+    if ale is None:
+        lines.append("std is the model's (epistemic) uncertainty; the file has no aleatoric part, so the interval "
+                     "covers only the model's uncertainty (convert with held-out data to fit a noise variance)")
     else:
-        name_w = max(len("predicted"), *(len(c) for c in pred.class_names))
-        lines.append(f"{'#':>5}  {'predicted':<{name_w}}  {'mean':>7}  {'std':>7}  {'entropy':>7}  {'MI':>7}  {'T':>5}  {'ms':>7}")
-        for i in range(n):
-            p = pred.predicted[i]
-            lines.append(
-                f"{i:>5}  {pred.class_names[p]:<{name_w}}  {pred.mean[i, p]:7.4f}  {pred.std[i, p]:7.4f}  "
-                f"{pred.entropy[i]:7.4f}  {pred.mutual_information[i]:7.4f}  {pred.samples[i]:>5}  "
-                f"{pred.elapsed_ms[i]:7.2f}"
-            )
-    return "\n".join(lines)
+        lines.append("std: the model's (epistemic) uncertainty; aleatoric: the noise's; total: both "
+                     "(total^2 = std^2 + aleatoric^2)")
+    if run and n == 1:
+        lines.append(_run_line(pred, 0))
+    return lines
+
+
+def _table(pred, model) -> str:
+    """One block per output (named when there are several), then the samples and time of one input."""
+    several = len(pred.outputs) > 1
+    blocks = []
+    for out in pred.outputs:
+        block = _class_block if out.task == "classification" else _value_block
+        lines = block(out, pred, run=not several or len(pred.samples) > 1)
+        if several:
+            lines = [f"output {out.name!r} ({out.task})", *lines]
+        blocks.append("\n".join(lines))
+    if several and len(pred.samples) == 1:
+        blocks.append(_run_line(pred, 0))
+    return "\n\n".join(blocks)
 
 
 @click.command(name="predict")
@@ -101,6 +159,11 @@ def predict(model_path, input_path, samples, budget_ms, tolerance, seed, threads
 
     INPUT is a .npy array (one input or a batch) or, for image models, a PNG, JPEG, WebP or BMP
     image, resized and scaled as the model's metadata says.
+
+    A class output shows its mean probabilities, their spread, entropy and mutual information; a
+    value (regression) output its MC mean +- the epistemic std, the aleatoric and total std, and
+    the central predictive interval (90% unless the file says otherwise). A model with several
+    outputs gets one block per output. --json has every output (docs/predict-json.md).
 
     \b
     Examples:

@@ -29,7 +29,7 @@ from edgekit.errors import InvalidArgumentError
 
 __all__ = ["profile", "SCHEMA_ID", "build_report", "render_plot"]
 
-SCHEMA_ID = "edgekit.profile/1"
+SCHEMA_ID = "edgekit.profile/2"
 
 
 class _IntList(click.ParamType):
@@ -49,8 +49,9 @@ class _IntList(click.ParamType):
         return tuple(sorted(set(items)))
 
 
-def _load_data(spec: str, examples: int, meta: dict | None):
-    """(x, y, description) from ``fashion-mnist`` or a labelled .npz (keys x/y or x_test/y_test)."""
+def _load_data(spec: str, examples: int, meta: dict | None, output: str | None = None):
+    """(x, y, description) from ``fashion-mnist`` or a labelled .npz (keys x/y or x_test/y_test; with
+    ``output``, the targets ``y_<output>`` or ``y_test_<output>`` first where the file has them)."""
     import numpy as np
 
     if spec == FASHION_MNIST:
@@ -69,7 +70,10 @@ def _load_data(spec: str, examples: int, meta: dict | None):
         raise InvalidArgumentError(f"Expected an .npz file of labelled arrays. Received: --data {spec!r}, one array")
     with f:
         keys = set(f.files)
-        for kx, ky in (("x", "y"), ("x_test", "y_test")):
+        pairs = [("x", "y"), ("x_test", "y_test")]
+        if output is not None:
+            pairs = [("x", f"y_{output}"), ("x_test", f"y_test_{output}"), *pairs]
+        for kx, ky in pairs:
             if {kx, ky} <= keys:
                 x, y = f[kx][:examples], f[ky][:examples]
                 break
@@ -114,7 +118,7 @@ def build_report(models, *, device, budget_ms, threads, samples, runs, data_desc
             ]
         comparison = {
             "baseline": a.path, "other": b.path, "model_bytes_ratio": b.model_bytes / a.model_bytes,
-            "latency": rows, "accuracy": acc_rows,
+            "latency": rows, "accuracy": acc_rows, "values": _value_diffs(a.values, b.values),
         }
     return {
         "schema": SCHEMA_ID,
@@ -128,6 +132,22 @@ def build_report(models, *, device, budget_ms, threads, samples, runs, data_desc
         "models": out_models,
         "comparison": comparison,
     }
+
+
+def _value_diffs(a, b) -> list[dict] | None:
+    """Per T, the second model's RMSE, NLL and coverage minus the first's (value outputs)."""
+    if not a or not b:
+        return None
+    return [{"samples": x.samples, "rmse_diff": y.rmse - x.rmse,
+             "nll_diff": None if x.nll is None or y.nll is None else y.nll - x.nll,
+             "coverage_diff": y.coverage - x.coverage} for x, y in zip(a, b)]
+
+
+def _value_rows(values) -> list[tuple[str, ...]]:
+    rows = [("T", "RMSE", "NLL", f"{100 * values[0].level:g}% coverage")]
+    rows += [(str(v.samples), f"{v.rmse:.4f}", "-" if v.nll is None else f"{v.nll:.4f}", f"{100 * v.coverage:.1f}%")
+             for v in values]
+    return rows
 
 
 def _fmt_bytes(n: int) -> str:
@@ -163,6 +183,9 @@ def _print_human(models, report) -> None:
             rows += [(str(a.samples), f"{a.accuracy:.4f}", f"{a.nll:.4f}", f"{a.ece:.4f}") for a in m.accuracy]
             click.echo(f"MC quality on {m.accuracy[0].examples} labelled examples:")
             click.echo(_table(rows))
+        if m.values:
+            click.echo(f"MC quality of value output {m.output!r} on {m.values[0].examples} targets:")
+            click.echo(_table(_value_rows(m.values)))
         r = m.recommended
         if r.samples is None:
             click.echo(f"recommended: none ({r.reason})")
@@ -206,7 +229,7 @@ def render_plot(models, budget_ms: float, device_name: str) -> bytes:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    has_acc = any(m.accuracy for m in models)
+    has_acc = any(m.accuracy or m.values for m in models)
     ncols = 3 if has_acc else 2
     fig, axes = plt.subplots(1, ncols, figsize=(5.4 * ncols, 5.6), constrained_layout=True)
     ax_lat, ax_hist = axes[0], axes[-1]
@@ -238,18 +261,23 @@ def render_plot(models, budget_ms: float, device_name: str) -> bytes:
 
     if has_acc:
         ax_acc = axes[1]
+        # A class output's accuracy, or a value output's Gaussian NLL (lower is better).
+        values = not any(m.accuracy for m in models)
         for i, m in enumerate(models):
-            if not m.accuracy:
+            points = [(v.samples, v.nll) for v in m.values or () if v.nll is not None] if values else [
+                (a.samples, a.accuracy) for a in m.accuracy or ()]
+            if not points:
                 continue
-            ts = [a.samples for a in m.accuracy]
-            ax_acc.plot(ts, [a.accuracy for a in m.accuracy], "o-", color=colors[i % len(colors)], label=f"{names[i]} accuracy")
-            if m.recommended.samples is not None:
-                acc = {a.samples: a.accuracy for a in m.accuracy}
-                ax_acc.plot([m.recommended.samples], [acc[m.recommended.samples]], "*", color="black", markersize=14)
-        n = next(m.accuracy[0].examples for m in models if m.accuracy)
+            ax_acc.plot([t for t, _ in points], [q for _, q in points], "o-", color=colors[i % len(colors)],
+                        label=f"{names[i]} {'NLL' if values else 'accuracy'}")
+            quality = dict(points)
+            if m.recommended.samples in quality:
+                ax_acc.plot([m.recommended.samples], [quality[m.recommended.samples]], "*", color="black",
+                            markersize=14)
+        n = next((m.values or m.accuracy)[0].examples for m in models if m.values or m.accuracy)
         _t_axis(ax_acc, all_t)
-        ax_acc.set_ylabel("MC accuracy")
-        ax_acc.set_title(f"Accuracy vs T ({n} labelled examples)")
+        ax_acc.set_ylabel("Gaussian NLL per value (nats)" if values else "MC accuracy")
+        ax_acc.set_title(f"NLL vs T ({n} targets)" if values else f"Accuracy vs T ({n} labelled examples)")
         ax_acc.grid(True, which="both", alpha=0.3)
         ax_acc.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
 
@@ -293,7 +321,12 @@ def render_plot(models, budget_ms: float, device_name: str) -> bytes:
 @click.option("--budget-ms", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Latency budget in ms [default: the device's].")
 @click.option("--data", type=DATA, default=None,
-              help="fashion-mnist, or a labelled .npz (arrays x, y) for accuracy, NLL and ECE against T.")
+              help="fashion-mnist, or a labelled .npz (arrays x, y, or x_test, y_test) for the quality against T: "
+                   "accuracy, NLL and ECE of a class output; RMSE, Gaussian NLL and interval coverage of a value "
+                   "output (y of shape (n, *output shape)).")
+@click.option("--output", "output_name", default=None,
+              help="The output --data's targets belong to [default: the model's first]; the .npz may hold them "
+                   "as y_<output> (or y_test_<output>).")
 @click.option("--examples", type=click.IntRange(min=1), default=1000, show_default=True, help="Labelled examples used with --data.")
 @click.option("--runtime/--no-runtime", "time_runtime", default=True, show_default=True,
               help="Also time each (threads, T) on a second, separately loaded model (a check of the figures).")
@@ -302,8 +335,8 @@ def render_plot(models, budget_ms: float, device_name: str) -> bytes:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG: latency and accuracy vs T, latency histogram.")
 @json_option
 @library_errors
-def profile(models, device, threads, sweep, runs, warmup, budget_ms, data, examples, time_runtime, seed, plot_path,
-            as_json):
+def profile(models, device, threads, sweep, runs, warmup, budget_ms, data, output_name, examples, time_runtime, seed,
+            plot_path, as_json):
     """Time MC prediction of MODEL.tflite against T and recommend T for a latency budget.
 
     Give two models (e.g. float32 and int8) to compare them side by side with ratios.
@@ -316,6 +349,7 @@ def profile(models, device, threads, sweep, runs, warmup, budget_ms, data, examp
       edgekit profile model.tflite --threads 1,2 --budget-ms 5
       edgekit profile model.tflite --sweep 1,10,30,100,300 --runs 200
       edgekit profile fp32.tflite int8.tflite --data fashion-mnist --plot profile.png
+      edgekit profile regressor.tflite --data test.npz --budget-ms 2
     """
     from edgekit.devices import load_profile
     from edgekit.runtime.fileio import atomic_write_bytes, refuse_overwrite_input
@@ -335,7 +369,7 @@ def profile(models, device, threads, sweep, runs, warmup, budget_ms, data, examp
 
     x = y = data_desc = None
     if data is not None:
-        x, y, data_desc = _load_data(data, examples, read_metadata(Path(models[0]).read_bytes()))
+        x, y, data_desc = _load_data(data, examples, read_metadata(Path(models[0]).read_bytes()), output_name)
 
     warm = max(10, runs // 5) if warmup is None else warmup
     total = len(models) * len(threads) * len(sweep) * (warm + runs) * (2 if time_runtime else 1) + (len(models) * len(x) if x is not None else 0)
@@ -349,6 +383,7 @@ def profile(models, device, threads, sweep, runs, warmup, budget_ms, data, examp
             results.append(profile_model(
                 path, threads=threads, samples=sweep, runs=runs, warmup=warm, budget_ms=budget_ms,
                 x=x, y=y, seed=seed, progress=bar.update if bar is not None else None, runtime=time_runtime,
+                output=output_name,
             ))
     finally:
         if bar is not None:

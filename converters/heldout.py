@@ -1,0 +1,147 @@
+"""Fit what an exported file carries on held-out data, from the file's own MC samples.
+
+:func:`edgekit.converters.convert` calls :func:`fit_heldout` when it is given ``heldout_data``:
+the converted bytes are run by the edgekit runtime (:class:`edgekit.runtime.MCModel`, its plan,
+its masks) at the T the file will run, so every fit describes the file itself, with its
+quantization. Per output (:mod:`edgekit.converters.calibrate` does the fitting):
+
+- a class output gets a temperature (``calibration``; not stored when it does not lower the
+  held-out NLL), and with ``abstain_coverage`` an abstention threshold (``abstain``) on its
+  calibrated mean;
+- a value output gets a noise variance per value (``noise_variance``: a homoscedastic output), or
+  a variance scale (``variance_scale``: a heteroscedastic output that predicts its own variance).
+  Without a class output to calibrate, a split of :data:`MIN_VALUE_EXAMPLES` examples is enough.
+
+The held-out split must be neither the test set nor the int8 calibration inputs (those set the
+ranges the file computes in, and would make it look better calibrated than it is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from edgekit.converters.calibrate import (
+    MIN_EXAMPLES,
+    fit_abstention,
+    fit_noise_variance,
+    fit_temperature,
+    fit_variance_scale,
+)
+from edgekit.errors import InvalidArgumentError
+
+__all__ = ["MIN_VALUE_EXAMPLES", "fit_heldout"]
+
+MIN_VALUE_EXAMPLES = 50
+"""Smallest held-out split for the fits of value outputs only (without a class output to calibrate).
+One variance per value is fitted from n residuals: its relative standard error is sqrt(2 / n), 20%
+at 50, so the interval's width is off by about 10% and a 90% interval covers between about 86%
+and 93%. Regression data sets are often small (the diabetes set has 442 patients), so the class
+outputs' :data:`~edgekit.converters.calibrate.MIN_EXAMPLES` (set by a 15-bin ECE) would refuse them."""
+
+
+def _targets(heldout_data, plan, n: int) -> dict[str, np.ndarray]:
+    try:
+        _, y = heldout_data
+    except (TypeError, ValueError):
+        raise InvalidArgumentError("Expected `heldout_data` to be a pair (x, y). Received: "
+                                   f"{type(heldout_data).__name__}") from None
+    names = [o.name for o in plan.outputs]
+    if isinstance(y, Mapping):
+        unknown = sorted(set(y) - set(names))
+        if unknown:
+            raise InvalidArgumentError(f"Held-out targets name output(s) {unknown} the model does not have. Expected "
+                                       f"names from {names}. Received: {sorted(y)}")
+        given = dict(y)
+    elif len(names) == 1:
+        given = {names[0]: y}
+    else:
+        raise InvalidArgumentError(f"Expected held-out targets per output name for a model with outputs {names}. "
+                                   f"Received: one array")
+    out = {}
+    for spec in plan.outputs:
+        if spec.name not in given:
+            continue
+        t = np.asarray(given[spec.name])
+        if t.shape[:1] != (n,):
+            raise InvalidArgumentError(f"Expected one held-out target per input ({n}) for output {spec.name!r}. "
+                                       f"Received: shape {t.shape}")
+        if spec.task == "regression":
+            want = (n, *spec.shape)
+            if t.size != int(np.prod(want)):
+                raise InvalidArgumentError(f"Expected held-out targets of shape {want} for value output "
+                                           f"{spec.name!r}. Received: shape {t.shape}")
+            t = t.astype(np.float64).reshape(n, -1)
+        out[spec.name] = t
+    return out
+
+
+def fit_heldout(tflite: bytes, meta: dict, heldout_data, *, samples: int = 100, calibration: str = "mi-temperature",
+                abstain_coverage: float | None = None, force: bool = False) -> tuple[dict, dict]:
+    """``(metadata with the fits in its outputs, a report of every fit)`` (see the module docstring).
+
+    Raises:
+        InvalidArgumentError: malformed held-out data (shapes, labels out of range, NaN), or a
+            split under 500 examples without ``force``.
+    """
+    from edgekit.converters.export import check_representative_data
+    from edgekit.runtime import MCModel
+    from edgekit.runtime.summaries import class_probs
+
+    model = MCModel(tflite, probe=False, calibrated=False)  # just written by convert(): nothing to probe
+    try:
+        x = heldout_data[0]
+    except (TypeError, IndexError, KeyError):
+        raise InvalidArgumentError("Expected `heldout_data` to be a pair (x, y). Received: "
+                                   f"{type(heldout_data).__name__}") from None
+    x = check_representative_data(x, model.input.shape, "heldout_data x")
+    n = len(x)
+    targets = _targets(heldout_data, model.plan, n)
+    classes = any(spec.task == "classification" for spec in model.plan.outputs if spec.name in targets)
+    least = MIN_EXAMPLES if classes else MIN_VALUE_EXAMPLES
+    if n < least and not force:
+        what = "calibration" if classes else "noise-variance"
+        raise InvalidArgumentError(
+            f"A held-out split of {n} examples is too small for a stable {what} fit. Expected at least "
+            f"{least} (or force_small_heldout=True). Received: {n}"
+        )
+    rows = model.sample_rows(x, samples)
+    entries = {e["name"]: dict(e) for e in meta["outputs"]}
+    report: dict = {"examples": n, "samples": int(rows.shape[1]), "method": calibration, "outputs": {}}
+    for spec in model.plan.outputs:
+        entry = entries[spec.name]
+        if spec.name not in targets:
+            report["outputs"][spec.name] = {"fitted": False, "reason": "no held-out targets for this output"}
+            continue
+        y = targets[spec.name]
+        if spec.task == "classification":
+            probs = class_probs(spec, rows)
+            done: dict = {"fitted": True}
+            cal = None
+            if calibration != "none":
+                fit = fit_temperature(probs, y, mi_aware=calibration == "mi-temperature", force=force)
+                cal = fit.calibration
+                entry["calibration"] = None if cal is None else cal.to_dict()
+                done["calibration"] = fit.to_dict()
+            if abstain_coverage is not None:
+                mean = (probs if cal is None else cal.apply(probs)).mean(axis=1)
+                ab = fit_abstention(mean, y, score="confidence", target_coverage=abstain_coverage)
+                entry["abstain"] = ab.to_dict()
+                done["abstain"] = ab.to_dict()
+            report["outputs"][spec.name] = done
+        else:
+            a, b = spec.columns
+            values = rows[:, :, a:b]
+            if spec.variance_columns is not None:
+                va, vb = spec.variance_columns
+                fit = fit_variance_scale(values, np.exp(rows[:, :, va:vb].astype(np.float64)), y,
+                                         min_examples=MIN_VALUE_EXAMPLES, force=force)
+                entry["variance_scale"] = fit.variance_scale
+            else:
+                fit = fit_noise_variance(values, y, min_examples=MIN_VALUE_EXAMPLES, force=force)
+                entry["noise_variance"] = list(fit.noise_variance)
+            report["outputs"][spec.name] = {"fitted": True, **fit.to_dict()}
+    new = {**meta, "outputs": [entries[e["name"]] for e in meta["outputs"]]}
+    new.pop("sha256", None)
+    return new, report
