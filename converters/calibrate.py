@@ -17,12 +17,13 @@ minimizes the held-out negative log-likelihood of the mean of the calibrated sam
 Newton steps projected onto ``b >= 0`` (two parameters; the gradient is exact). With
 ``mi_aware=False``, ``b = 0``: one temperature for every input.
 
-Why the temperature depends on MI: bench/trust.py measures the demo's int8 file on rotated test
-images (the protocol of Ovadia et al. 2019). A single temperature fitted in distribution sharpens
-every input, the shifted ones too, and raises their ECE above the float model's; letting the
-temperature grow with the samples' disagreement keeps the in-distribution fix and leaves shifted
-inputs, which disagree more, close to as they were. Only in-distribution data is needed for the
-fit. ``docs/trust.md`` has the figures.
+Why the temperature depends on MI: ``bench/trust.py`` measures the demo's files on rotated test
+images (the protocol of Ovadia et al. 2019). A single temperature fitted in distribution
+(``tau < 1`` there: the compressed MC model is under-confident) sharpens every input, the shifted
+ones too, and raises their ECE above the float model's. Letting the temperature grow with the
+samples' disagreement keeps the in-distribution fix and softens the shifted inputs, which
+disagree more: the calibrated int8 file's ECE under rotation is then on average below the float
+model's. Only in-distribution data is needed for the fit. ``docs/trust.md`` has the figures.
 
 Value outputs
 -------------
@@ -63,6 +64,7 @@ __all__ = [
     "fit_temperature",
     "fit_variance_scale",
     "risk_coverage",
+    "risk_coverage_summary",
 ]
 
 MIN_EXAMPLES = 500
@@ -247,9 +249,11 @@ def fit_temperature(probs, labels, *, mi_aware: bool = True, min_examples: int =
     applied = after["nll"] < before["nll"]
     kind = f"temperature {fitted.temperature:.3f}" + (f", MI slope {b:.3f}" if mi_aware else "")
     if applied:
-        reason = f"{kind}: held-out NLL {before['nll']:.4f} -> {after['nll']:.4f}, ECE {before['ece']:.4f} -> {after['ece']:.4f}"
+        reason = (f"{kind}: held-out NLL {before['nll']:.4f} -> {after['nll']:.4f}, "
+                  f"ECE {before['ece']:.4f} -> {after['ece']:.4f}")
     else:
-        reason = f"not applied: the fit ({kind}) does not lower the held-out NLL ({before['nll']:.4f} -> {after['nll']:.4f})"
+        reason = (f"not applied: the fit ({kind}) does not lower the held-out NLL "
+                  f"({before['nll']:.4f} -> {after['nll']:.4f})")
     return CalibrationFit(
         calibration=fitted if applied else None, fitted=fitted, applied=applied, reason=reason,
         examples=int(p.shape[0]), samples=int(p.shape[1]), before=before, after=after,
@@ -272,6 +276,15 @@ def risk_coverage(scores: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, 
     return coverage, risk, float(risk.mean())
 
 
+def risk_coverage_summary(scores: np.ndarray, correct: np.ndarray, *, points: int = 20) -> dict:
+    """The risk-coverage curve at ``points`` evenly spaced coverages (1/points .. 1) and its AURC,
+    as JSON values: ``{"aurc", "curve": [[coverage, risk], ...]}``."""
+    coverage, risk, aurc = risk_coverage(scores, correct)
+    n = len(coverage)
+    at = [max(1, round(n * (i + 1) / points)) - 1 for i in range(points)]
+    return {"aurc": aurc, "curve": [[float(coverage[i]), float(risk[i])] for i in at]}
+
+
 def fit_abstention(mean_probs, labels, *, score: str = "entropy", target_coverage: float = 0.9) -> Abstention:
     """The threshold on ``score`` that keeps ``target_coverage`` of the held-out inputs.
 
@@ -286,7 +299,8 @@ def fit_abstention(mean_probs, labels, *, score: str = "entropy", target_coverag
         raise InvalidArgumentError(
             f"Expected score 'entropy' or 'confidence' for a threshold on mean probabilities. Received: score={score!r}"
         )
-    if isinstance(target_coverage, bool) or not isinstance(target_coverage, (int, float)) or not 0 < target_coverage <= 1:
+    if (isinstance(target_coverage, bool) or not isinstance(target_coverage, (int, float))
+            or not 0 < target_coverage <= 1):
         raise InvalidArgumentError(f"Expected `target_coverage` in (0, 1]. Received: {target_coverage!r}")
     m = np.asarray(mean_probs, dtype=np.float64)
     y = np.asarray(labels).astype(np.int64)
@@ -333,7 +347,8 @@ def _value_arrays(samples, targets, what: str, min_examples: int, force: bool) -
         y = y[:, None]
     if s.ndim != 3 or s.shape[0] == 0 or s.shape[1] < 2:
         raise InvalidArgumentError(
-            f"Expected {what} value samples of shape (inputs, samples >= 2, values). Received: shape {np.shape(samples)}"
+            f"Expected {what} value samples of shape (inputs, samples >= 2, values). "
+            f"Received: shape {np.shape(samples)}"
         )
     if y.shape != (s.shape[0], s.shape[2]):
         raise InvalidArgumentError(

@@ -866,6 +866,9 @@ def convert(
     if heldout_data is not None:
         from edgekit.converters.heldout import fit_heldout
 
+        if profile is not None:  # a file the device cannot take is refused before the fits, not after
+            _check_fit(tflite, profile, None)
+
         metadata, heldout = fit_heldout(tflite, read_metadata(tflite), heldout_data, samples=heldout_samples,
                                         calibration=calibration, abstain_coverage=abstain_coverage,
                                         force=force_small_heldout)
@@ -894,7 +897,7 @@ def _check_fit(tflite: bytes, profile: DeviceProfile, report):
             f"The converted model does not fit device {profile.name!r}. Expected: only what the profile allows. "
             f"Received: {'; '.join(problems)}"
         )
-    return dataclasses.replace(report, device={"name": profile.name, "problems": []})
+    return None if report is None else dataclasses.replace(report, device={"name": profile.name, "problems": []})
 
 
 def _version() -> str:

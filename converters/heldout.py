@@ -18,16 +18,20 @@ ranges the file computes in, and would make it look better calibrated than it is
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
 
 from edgekit.converters.calibrate import (
     MIN_EXAMPLES,
+    SmallHeldOutWarning,
+    check_labelled_samples,
     fit_abstention,
     fit_noise_variance,
     fit_temperature,
     fit_variance_scale,
+    risk_coverage_summary,
 )
 from edgekit.errors import InvalidArgumentError
 
@@ -77,6 +81,13 @@ def _targets(heldout_data, plan, n: int) -> dict[str, np.ndarray]:
     return out
 
 
+def _risk_coverage(mean: np.ndarray, labels) -> dict:
+    """The held-out risk-coverage curve of the file's (calibrated) MC mean, by 1 - confidence."""
+    y = np.asarray(labels).astype(np.int64)
+    correct = mean.argmax(axis=1) == y
+    return {"score": "confidence", **risk_coverage_summary(1.0 - mean.max(axis=1), correct)}
+
+
 def fit_heldout(tflite: bytes, meta: dict, heldout_data, *, samples: int = 100, calibration: str = "mi-temperature",
                 abstain_coverage: float | None = None, force: bool = False) -> tuple[dict, dict]:
     """``(metadata with the fits in its outputs, a report of every fit)`` (see the module docstring).
@@ -100,14 +111,22 @@ def fit_heldout(tflite: bytes, meta: dict, heldout_data, *, samples: int = 100, 
     targets = _targets(heldout_data, model.plan, n)
     classes = any(spec.task == "classification" for spec in model.plan.outputs if spec.name in targets)
     least = MIN_EXAMPLES if classes else MIN_VALUE_EXAMPLES
-    if n < least and not force:
-        what = "calibration" if classes else "noise-variance"
-        raise InvalidArgumentError(
-            f"A held-out split of {n} examples is too small for a stable {what} fit. Expected at least "
-            f"{least} (or force_small_heldout=True). Received: {n}"
-        )
+    if n < least:
+        kind = "calibration" if classes else "noise-variance"
+        if not force:
+            raise InvalidArgumentError(
+                f"A held-out split of {n} examples is too small for a stable {kind} fit. Expected at least "
+                f"{least} (or force_small_heldout=True). Received: {n}"
+            )
+        warnings.warn(f"a held-out split of {n} examples is too small for a stable {kind} fit (expected at least "
+                      f"{least}); fitting on it anyway, as forced", SmallHeldOutWarning, stacklevel=3)
+    fits = {"min_examples": 0}  # the split's size is checked (and warned about) once, here
     rows = model.sample_rows(x, samples)
     entries = {e["name"]: dict(e) for e in meta["outputs"]}
+
+    def what(spec) -> str:
+        return "held-out" if len(model.plan.outputs) == 1 else f"held-out {spec.name!r}"
+
     report: dict = {"examples": n, "samples": int(rows.shape[1]), "method": calibration, "outputs": {}}
     for spec in model.plan.outputs:
         entry = entries[spec.name]
@@ -116,30 +135,33 @@ def fit_heldout(tflite: bytes, meta: dict, heldout_data, *, samples: int = 100, 
             continue
         y = targets[spec.name]
         if spec.task == "classification":
-            probs = class_probs(spec, rows)
+            probs, y = check_labelled_samples(class_probs(spec, rows), y, what=what(spec), **fits)
             done: dict = {"fitted": True}
             cal = None
             if calibration != "none":
-                fit = fit_temperature(probs, y, mi_aware=calibration == "mi-temperature", force=force)
+                fit = fit_temperature(probs, y, mi_aware=calibration == "mi-temperature", **fits)
                 cal = fit.calibration
-                entry["calibration"] = None if cal is None else cal.to_dict()
+                # What the runtime reads (method, temperature, mi_slope), and what it was fitted on.
+                entry["calibration"] = None if cal is None else {
+                    **cal.to_dict(), "examples": fit.examples, "samples": fit.samples,
+                    "heldout_before": fit.before, "heldout_after": fit.after}
                 done["calibration"] = fit.to_dict()
+            mean = (probs if cal is None else cal.apply(probs)).mean(axis=1)
             if abstain_coverage is not None:
-                mean = (probs if cal is None else cal.apply(probs)).mean(axis=1)
                 ab = fit_abstention(mean, y, score="confidence", target_coverage=abstain_coverage)
                 entry["abstain"] = ab.to_dict()
                 done["abstain"] = ab.to_dict()
+            done["risk_coverage"] = _risk_coverage(mean, y)
             report["outputs"][spec.name] = done
         else:
             a, b = spec.columns
             values = rows[:, :, a:b]
             if spec.variance_columns is not None:
                 va, vb = spec.variance_columns
-                fit = fit_variance_scale(values, np.exp(rows[:, :, va:vb].astype(np.float64)), y,
-                                         min_examples=MIN_VALUE_EXAMPLES, force=force)
+                fit = fit_variance_scale(values, np.exp(rows[:, :, va:vb].astype(np.float64)), y, **fits)
                 entry["variance_scale"] = fit.variance_scale
             else:
-                fit = fit_noise_variance(values, y, min_examples=MIN_VALUE_EXAMPLES, force=force)
+                fit = fit_noise_variance(values, y, **fits)
                 entry["noise_variance"] = list(fit.noise_variance)
             report["outputs"][spec.name] = {"fitted": True, **fit.to_dict()}
     new = {**meta, "outputs": [entries[e["name"]] for e in meta["outputs"]]}

@@ -94,6 +94,7 @@ class ConversionReport:
     split_reason: str | None = None
     extra: dict = field(default_factory=dict)
     heldout: dict | None = None
+    calibration: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -129,6 +130,7 @@ class ConversionReport:
             lines.extend(_heldout_value_lines(self.heldout))
         if self.accuracy is not None:
             lines.extend(_quality_lines(self.accuracy))
+        lines.extend(_calibration_lines(self.heldout, self.calibration))
         for w in self.warnings:
             loud = "ACCURACY COLLAPSE" in w
             add(("!!! " if loud else "warning: ") + w)
@@ -514,6 +516,7 @@ def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows:
     from edgekit.runtime.summaries import class_probs
 
     outputs: dict[str, dict] = {}
+    test_calibration = None
     warns = list(converted.report.warnings)
     several = len(specs) > 1
     for spec in specs:
@@ -523,7 +526,11 @@ def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows:
         if spec.task == "classification":
             t_det = file.deterministic(x, rows=rows, output=spec.name)
             k_mc = _sample_mean(class_probs(spec, k_rows))
-            t_mc = _sample_mean(class_probs(spec, t_rows))
+            t_probs = class_probs(spec, t_rows)
+            t_mc = _sample_mean(t_probs)
+            if test_calibration is None:  # the first class output's calibration figures on the test set
+                t_cal = None if spec.calibration is None else _sample_mean(spec.calibration.apply(t_probs))
+                test_calibration = _test_calibration(t_mc, t_cal, yt, spec)
             keras_m = _metrics(k_mc, yt, _class_of(spec, k_det))
             tfl_m = {**_metrics(t_mc, yt, t_det), "strategy": strategy}
             delta = 100.0 * (tfl_m["mc_accuracy"] - keras_m["mc_accuracy"])
@@ -545,4 +552,89 @@ def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows:
         acc.update(keras=first_class["keras"], tflite=first_class["tflite"],
                    mc_accuracy_delta_points=first_class["mc_accuracy_delta_points"])
     acc["outputs"] = outputs
-    return dataclasses.replace(converted.report, accuracy=acc, warnings=tuple(warns))
+    return dataclasses.replace(converted.report, accuracy=acc, warnings=tuple(warns), calibration=test_calibration)
+
+
+# --------------------------------------------------------------------------- calibration and abstention
+
+
+def _test_calibration(raw: np.ndarray, calibrated: np.ndarray | None, y: np.ndarray, spec) -> dict | None:
+    """The first output's calibration and abstention figures on labelled (test) data: accuracy, ECE,
+    NLL and Brier of the MC mean before and after the file's temperature, the risk-coverage curve
+    of what the device reports (by 1 - confidence) and the abstention threshold's coverage."""
+    from edgekit.converters.calibrate import class_metrics, risk_coverage_summary
+
+    if spec.task != "classification":
+        return None
+    shown = raw if calibrated is None else calibrated
+    correct = shown.argmax(axis=1) == y
+    out = {"output": spec.name, "examples": len(y), "before": class_metrics(raw, y),
+           "after": None if calibrated is None else class_metrics(calibrated, y),
+           "risk_coverage": {"score": "confidence", **risk_coverage_summary(1.0 - shown.max(axis=1), correct)},
+           "abstain": None}
+    if spec.abstain is not None:
+        kept = ~spec.abstain.abstain(shown)
+        out["abstain"] = {"coverage": float(kept.mean()),
+                          "selective_accuracy": float(correct[kept].mean()) if kept.any() else None}
+    return out
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _calibration_lines(heldout: dict | None, test: dict | None) -> list[str]:
+    """The report table's calibration, abstention and risk-coverage lines (one block per class output)."""
+    lines: list[str] = []
+    add = lines.append
+    fits = (heldout or {}).get("outputs") or {}
+    if heldout is None and test is not None:
+        add("calibration      none: no held-out data, the file runs uncalibrated")
+    for name, fit in fits.items():
+        if "risk_coverage" not in fit:  # a value output, or one without targets
+            continue
+        tag = "" if len(fits) == 1 else f" [{name}]"
+        cal = fit.get("calibration")
+        where = f"{heldout['examples']} held-out inputs, T={heldout['samples']}"
+        if cal is None:
+            add(f"calibration{tag}      none asked (--calibration none); fits on {where}")
+        elif cal["applied"]:
+            t = cal["calibration"]
+            add(f"calibration{tag}      {heldout['method']} on {where}: applied (temperature {t['temperature']:.3f}"
+                + (f", MI slope {t['mi_slope']:.3f}" if t.get("mi_slope") else "") + ")")
+        else:
+            add(f"calibration{tag}      {heldout['method']} on {where}: {cal['reason']}")
+        rows = []
+        if cal is not None:
+            rows += [("held-out", "before", cal["before"]),
+                     ("held-out", "after", cal["after"] if cal["applied"] else None)]
+        if test is not None and test["output"] == name:
+            rows += [("test", "before", test["before"]), ("test", "after", test["after"])]
+        if rows:
+            add(f"  {'data':<10}{'':<8}{'acc':>7}{'ECE':>8}{'NLL':>8}{'Brier':>8}")
+            for data, when, m in rows:
+                if m is None:
+                    add(f"  {data:<10}{when:<8}{'(not applied: as before)':>31}")
+                else:
+                    add(f"  {data:<10}{when:<8}{100 * m['accuracy']:>7.2f}{m['ece']:>8.4f}{m['nll']:>8.4f}"
+                        f"{m['brier']:>8.4f}")
+        ab = fit.get("abstain")
+        if ab is not None:
+            text = (f"abstention{tag}       abstain when 1 - confidence > {ab['threshold']:.4f}: answers "
+                    f"{_pct(ab['heldout_coverage'])}% of held-out "
+                    f"(selective accuracy {_pct(ab['heldout_selective_accuracy'])}%)")
+            t_ab = (test or {}).get("abstain") if (test or {}).get("output") == name else None
+            if t_ab is not None:
+                text += f", {_pct(t_ab['coverage'])}% of test ({_pct(t_ab['selective_accuracy'])}%)"
+            add(text)
+        rc = fit["risk_coverage"]
+        t_rc = (test or {}).get("risk_coverage") if (test or {}).get("output") == name else None
+        text = f"risk-coverage{tag}    AURC {rc['aurc']:.4f} held-out"
+        if t_rc is not None:
+            text += f", {t_rc['aurc']:.4f} test"
+            curve = t_rc["curve"]
+            picks = [c for c in curve if round(c[0] * 100) in (50, 80, 90, 100)]
+            text += "; test risk at " + "/".join(f"{round(c[0] * 100)}" for c in picks) + "% coverage: " + "/".join(
+                f"{100 * c[1]:.1f}" for c in picks) + "%"
+        add(text + " (by 1 - confidence)")
+    return lines

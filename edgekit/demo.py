@@ -4,12 +4,18 @@
    on the real Fashion-MNIST.
 2. Repeat its MC-dropout walk-through on the real test set: the first test image with dropout off and
    three stochastic samples, the MC mean and std over 100 samples, accuracy deterministic vs MC.
-3. Convert the model to float32, float16 and int8 TFLite files whose dropout stays stochastic, and
-   print the conversion report (size, float islands, accuracy, NLL, ECE against the Keras model).
+3. Convert the model to float32, float16 and int8 TFLite files whose dropout stays stochastic, each
+   carrying a temperature and an abstention threshold fitted on the last 5,000 training images
+   (which training kept for early stopping), and print the conversion report (size, float islands,
+   accuracy, NLL, ECE against the Keras model, calibration before and after, abstention, AURC).
 4. Profile the float32 and int8 files for the ``host`` device: latency and accuracy against T.
+5. Trust: a reliability diagram per file (float Keras against the file, before and after
+   calibration, on the test set), and accuracy, ECE and mutual information on rotated test images
+   (2,000 of them, T=50; ``bench/trust.py`` runs the full protocol).
 
 Everything lands in one folder (``demo-out/``): ``demo.json`` (the figures), ``first_image_mc.png``
-(the first image's per-class MC distribution), the model files, the report and the profile plot.
+(the first image's per-class MC distribution), the model files, the report, the profile plot,
+``reliability_<mode>.png`` and ``shift.png``.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ def _plot_first_image(image, probs, class_names, path: Path) -> None:
 
 
 def run_demo(out: str | os.PathLike = "demo-out", *, epochs: int = 15, seed: int = 42, samples: int = 100,
-             profile_runs: int = 100) -> dict:
+             profile_runs: int = 100, shift_examples: int = 2000, shift_samples: int = 50) -> dict:
     """Run the demo and return what it wrote to ``demo.json``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -124,10 +130,13 @@ def run_demo(out: str | os.PathLike = "demo-out", *, epochs: int = 15, seed: int
     _say("\n4. Profiling the float32 and int8 files on the host device")
     summary["profile"] = _profile(out, data, profile_runs)
 
+    _say("\n5. Can the files' uncertainty be trusted? Reliability diagrams and rotated test images")
+    summary["trust"] = _trust(model, data, out, samples, reference[0], shift_examples, shift_samples)
+
     summary["seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_bytes(out / "demo.json", (json.dumps(summary, indent=2) + "\n").encode())
-    _say(f"\nWrote {out}/demo.json, first_image_mc.png, the .tflite files, report and profile "
-         f"({summary['seconds']} s in all)")
+    _say(f"\nWrote {out}/demo.json, first_image_mc.png, the .tflite files, report, profile, reliability "
+         f"diagrams and shift.png ({summary['seconds']} s in all)")
     return summary
 
 
@@ -136,15 +145,19 @@ def _convert_all(model, data, out: Path, samples: int, reference) -> dict:
 
     from edgekit.converters import convert, evaluate
     from edgekit.runtime.fileio import atomic_write_bytes
+    from edgekit.trust import fashion_mnist_split
 
     image = {"height": 28, "width": 28, "channels": 1, "scale": 1 / 255, "offset": 0.0}
+    # int8 calibration inputs and the held-out split the temperature is fitted on never overlap.
+    pool, heldout = fashion_mnist_split(data.x_train, data.y_train)
     rows = {}
     tables = []
     for mode in ("float32", "float16", "int8"):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            converted = convert(model, quantize=mode, representative_data=data.x_train[:1000],
-                                class_names=list(data.class_names), input_image=image)
+            converted = convert(model, quantize=mode, representative_data=pool[:1000],
+                                class_names=list(data.class_names), input_image=image, heldout_data=heldout,
+                                heldout_samples=samples, abstain_coverage=0.9)
             report = evaluate(converted, model, data.x_test, data.y_test, samples=samples, reference=reference)
         for w in caught:
             click.echo(f"   Warning ({mode}): {w.message}", err=True)
@@ -154,6 +167,52 @@ def _convert_all(model, data, out: Path, samples: int, reference) -> dict:
     _say("\n".join(tables))
     atomic_write_bytes(out / "conversion_report.json", (json.dumps(rows, indent=2, default=str) + "\n").encode())
     return rows
+
+
+def _trust(model, data, out: Path, samples: int, keras_mean, shift_examples: int, shift_samples: int) -> dict:
+    from edgekit import mc
+    from edgekit.runtime import MCModel
+    from edgekit.trust import ANGLES, class_quality, plot_reliability, plot_shift, rotate
+
+    y = data.y_test.astype(np.int64)
+    files = {mode: MCModel(out / f"book_{mode}.tflite", seed=0) for mode in ("float32", "float16", "int8")}
+    result: dict = {"reliability": {}}
+    for mode, m in files.items():
+        p = m.sample(data.x_test, samples)
+        cal = m.plan.output.calibration
+        after = None if cal is None else cal.apply(p).mean(axis=1)
+        name = f"reliability_{mode}.png"
+        plot_reliability(out / name, f"{mode} file, {len(y)} test images, T={samples}", (keras_mean, y),
+                         (p.mean(axis=1), y), None if after is None else (after, y), name=f"{mode} file")
+        result["reliability"][mode] = {"png": name, "uncalibrated": class_quality(p, y),
+                                       "calibrated": None if cal is None else class_quality(p, y, cal)}
+        q = result["reliability"][mode]
+        _say(f"   {mode}: test ECE {q['uncalibrated']['ece']:.4f} -> "
+             f"{(q['calibrated'] or q['uncalibrated'])['ece']:.4f} calibrated (float Keras MC: "
+             f"{class_quality(keras_mean[:, None, :], y)['ece']:.4f}); wrote {name}")
+    xs, ys = data.x_test[:shift_examples], y[:shift_examples]
+    int8 = files["int8"]
+    cal = int8.plan.output.calibration
+    curves: dict[str, list] = {"float Keras MC": [], "int8 uncalibrated": [], "int8 calibrated": []}
+    for angle in ANGLES:
+        xr = rotate(xs, angle)
+        kp = mc.predict(model, xr, samples=shift_samples).probs.transpose(1, 0, 2)
+        p = int8.sample(xr, shift_samples)
+        curves["float Keras MC"].append({"angle": angle, **class_quality(kp, ys)})
+        curves["int8 uncalibrated"].append({"angle": angle, **class_quality(p, ys)})
+        curves["int8 calibrated"].append({"angle": angle, **class_quality(p, ys, cal)})
+    plot_shift(out / "shift.png", curves, title=f"Rotated Fashion-MNIST test images ({len(ys)}), T={shift_samples}")
+    shifted = zip(curves["int8 calibrated"][1:], curves["float Keras MC"][1:])  # 15 to 180 degrees
+    gap = float(np.mean([c["ece"] - k["ece"] for c, k in shifted]))
+    _say(f"   rotated {len(ys)} test images by 0-180 degrees, T={shift_samples}: mean ECE of the calibrated int8 file "
+         f"minus float Keras MC's over 15-180 degrees {gap:+.4f}; wrote shift.png")
+    _say("   angle  accuracy (Keras / int8 cal)   ECE (Keras / int8 / int8 cal)   MI (Keras / int8)")
+    for k, u, c in zip(curves["float Keras MC"], curves["int8 uncalibrated"], curves["int8 calibrated"]):
+        _say(f"   {k['angle']:>5}  {k['accuracy']:.4f} / {c['accuracy']:.4f}          "
+             f"{k['ece']:.4f} / {u['ece']:.4f} / {c['ece']:.4f}        {k['mean_mi']:.4f} / {u['mean_mi']:.4f}")
+    result["shift"] = {"examples": len(ys), "samples": shift_samples, "png": "shift.png", "curves": curves,
+                       "mean_ece_gap_calibrated_int8_to_keras_15_180": gap}
+    return result
 
 
 def _profile(out: Path, data, runs: int) -> dict:

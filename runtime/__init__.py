@@ -7,7 +7,8 @@
 
 - :class:`MCModel` / :class:`MCPrediction` (:mod:`edgekit.runtime.mc`): trunk once, head at batch
   T in one invoke (or ``full`` at batch T where that is faster), latency budgets, early stop on a
-  tolerance, thread-safe. Its parts: :mod:`~edgekit.runtime.plan` (how a file is run),
+  tolerance or once the answer is settled (:class:`Anytime`, :mod:`~edgekit.runtime.anytime`),
+  thread-safe. Its parts: :mod:`~edgekit.runtime.plan` (how a file is run),
   :mod:`~edgekit.runtime.interpreter` (running it), :mod:`~edgekit.runtime.masks`,
   :mod:`~edgekit.runtime.summaries`, :mod:`~edgekit.runtime.budget` (the budget controller),
   :mod:`~edgekit.runtime.strategy`, :mod:`~edgekit.runtime.checks`.
@@ -20,6 +21,7 @@ Nothing here imports TensorFlow or Keras, and ``ai_edge_litert`` is imported onl
 loaded.
 """
 
+from edgekit.runtime.anytime import Anytime
 from edgekit.runtime.budget import BudgetController, BudgetError
 from edgekit.runtime.checks import OutputError
 from edgekit.runtime.mc import MCModel, MCPrediction, UnverifiedModelWarning
@@ -34,6 +36,7 @@ from edgekit.runtime.plan import SignaturePlan
 from edgekit.runtime.safety import ModelLoadError
 
 __all__ = [
+    "Anytime",
     "MCModel",
     "MCPrediction",
     "SignaturePlan",

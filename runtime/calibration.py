@@ -68,12 +68,11 @@ class Temperature:
 
     def __post_init__(self):
         if not math.isfinite(self.log_temperature) or abs(self.log_temperature) > math.log(1e3):
-            raise InvalidArgumentError(
-                "Expected a temperature in [1e-3, 1e3]. Received: "
-                f"temperature={math.exp(self.log_temperature) if math.isfinite(self.log_temperature) else self.log_temperature}"
-            )
+            t = math.exp(self.log_temperature) if math.isfinite(self.log_temperature) else self.log_temperature
+            raise InvalidArgumentError(f"Expected a temperature in [1e-3, 1e3]. Received: temperature={t}")
         if not math.isfinite(self.mi_slope) or self.mi_slope < 0:
-            raise InvalidArgumentError(f"Expected `mi_slope` to be a finite number >= 0. Received: mi_slope={self.mi_slope}")
+            raise InvalidArgumentError(
+                f"Expected `mi_slope` to be a finite number >= 0. Received: mi_slope={self.mi_slope}")
 
     @property
     def temperature(self) -> float:
@@ -116,7 +115,8 @@ class Temperature:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
             raise InvalidArgumentError(f"Expected a positive calibration temperature. Received: temperature={t!r}")
         if isinstance(slope, bool) or not isinstance(slope, (int, float)):
-            raise InvalidArgumentError(f"Expected a number for the calibration's mi_slope. Received: mi_slope={slope!r}")
+            raise InvalidArgumentError(
+                f"Expected a number for the calibration's mi_slope. Received: mi_slope={slope!r}")
         return cls(math.log(float(t)), float(slope))
 
 

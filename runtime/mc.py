@@ -6,6 +6,7 @@
 >>> pred.mean[0], pred.std[0], pred.predicted[0], pred.mutual_information[0]
 >>> pred = model.predict(x, budget_ms=5)             # as many samples as fit in 5 ms
 >>> pred = model.predict(x, budget_ms=20, tolerance=0.01)   # stop once the top class is known
+>>> pred = model.predict(x, anytime=True)            # stop each input once its answer is settled
 >>> model.sample(x, 30).shape                        # per-sample outputs [N, T, C]
 >>> model.strategy_at(100)                           # "trunk+head" or "full"
 
@@ -21,7 +22,7 @@ How the work is kept small
   trunk runs once per input; the sampler (``head``, or its ``masked`` twin) runs at batch T in one
   invoke. With a fixed T, ``full`` at batch T (one invoke instead of two) is used instead where
   it is faster, which is at small T: timed once per size range (:mod:`edgekit.runtime.strategy`).
-  Budgeted and tolerance sampling always chunk the sampler.
+  Budgeted, tolerance and anytime sampling always chunk the sampler.
 - The masks are drawn here, not in the graph, whenever the file allows it (see Randomness):
   LiteRT's ``RANDOM_UNIFORM`` kernel is scalar and costs half of the book MLP's T=100 head.
 - Inputs and masks are written straight into the interpreter's input buffers; the interpreter keeps
@@ -69,6 +70,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import InvalidArgumentError, InvalidTypeError, MissingFileError
+from edgekit.runtime.anytime import Anytime
 from edgekit.runtime.budget import BudgetCall, BudgetController, BudgetError, LatencyModel, SlackTracker, ladder_floor
 from edgekit.runtime.checks import (
     OutputError,
@@ -491,7 +493,7 @@ class MCModel:
         return table[:, slice(*spec.columns)].reshape(len(table), *spec.shape)
 
     def predict(self, x, *, samples: int | None = None, budget_ms: float | None = None,
-                tolerance: float | None = None) -> MCPrediction:
+                tolerance: float | None = None, anytime: bool | Anytime = False) -> MCPrediction:
         """MC-dropout prediction for one input or a batch.
 
         Args:
@@ -506,6 +508,11 @@ class MCModel:
                 sample is drawn and ``budget_cut`` is set.
             tolerance: Stop early once the standard error of the top class's mean probability
                 is below this value (checked between chunks).
+            anytime: Stop each input once its answer is settled (:mod:`edgekit.runtime.anytime`:
+                the top class leads the runner-up by more than ``k`` standard errors, checked
+                from 8 samples on, every 4). True for the defaults, or an
+                :class:`~edgekit.runtime.anytime.Anytime`. ``samples`` is then the cap (default
+                100), also under a budget; with a ``tolerance``, an output is settled by either rule.
 
         Raises:
             ValueError: bad shape, rank, empty batch, NaN/Inf, bad options.
@@ -513,7 +520,7 @@ class MCModel:
             BudgetError: the budget is below the cost of one sample.
         """
         t_call = _clock()  # a budget counts from here: the checks are part of the call
-        if budget_ms is None and tolerance is None:
+        if budget_ms is None and tolerance is None and not anytime:
             if samples is not None and (type(samples) is not int or samples < 1):
                 check_options(samples, None, None)
             cap = self._fixed_cap(samples)
@@ -535,9 +542,12 @@ class MCModel:
             return self._result(concat_outputs(parts), np.full(n, cap, dtype=np.int64), elapsed,
                                 np.zeros(n, dtype=bool))
         check_options(samples, budget_ms, tolerance)
+        stop = Anytime.of(anytime)
         x = self._check_input(x)
-        cap = self._round_up(min(int(samples or DEFAULT_MAX_SAMPLES), self.max_batch))
-        return self._predict_adaptive(x, cap, None if budget_ms is None else budget_ms / 1e3, tolerance, t_call)
+        default = DEFAULT_MAX_SAMPLES if stop is None else DEFAULT_SAMPLES
+        cap = self._round_up(min(int(samples or default), self.max_batch))
+        return self._predict_adaptive(x, cap, None if budget_ms is None else budget_ms / 1e3, tolerance, t_call,
+                                      stop)
 
     def _summaries(self, rows: np.ndarray) -> tuple:
         return summarize_outputs(self.plan, rows, self.calibrated)
@@ -591,8 +601,9 @@ class MCModel:
         return MCPrediction._of(outputs, used, elapsed, cut, self.notes)
 
     def _predict_adaptive(self, x, cap: int, budget_s: float | None, tolerance: float | None,
-                          t_call: float) -> MCPrediction:
-        """One input at a time, in chunks of the sampler: under a budget, a tolerance, or both."""
+                          t_call: float, stop: Anytime | None = None) -> MCPrediction:
+        """One input at a time, in chunks of the sampler: under a budget, a tolerance, an anytime
+        stop, or several."""
         n = x.shape[0]
         rows, used, elapsed, cut = [], np.empty(n, dtype=np.int64), np.empty(n), np.zeros(n, dtype=bool)
         call = None
@@ -601,7 +612,7 @@ class MCModel:
             if budget_s is not None:
                 call = self._budget.start(budget_s, cap, started=t0, step=self._step, ladder=self.plan.seeded)
             feat = self._run.trunk(quantize(self.input, x[i:i + 1], "input", self.source))
-            probs = self._sample_chunks(feat, cap, tolerance, call)
+            probs = self._sample_chunks(feat, cap, tolerance, call, stop)
             if call is not None:
                 call.sampled()
             rows.append(self._summaries(probs[None]))
@@ -615,15 +626,21 @@ class MCModel:
         return result
 
     def _sample_chunks(self, feat: np.ndarray, cap: int, tolerance: float | None,
-                       call: BudgetCall | None) -> np.ndarray:
-        """Samples for one input: ``cap`` of them, or fewer if ``tolerance`` is met or the budget ends.
+                       call: BudgetCall | None, stop: Anytime | None = None) -> np.ndarray:
+        """Samples for one input: ``cap`` of them, or fewer if ``tolerance`` is met, the answer is
+        settled (``stop``) or the budget ends.
 
         With a tolerance: growing chunks (16, 32, 64, ...) so the standard error can be checked
-        between them. Under a budget, the controller sizes each chunk (:mod:`edgekit.runtime.budget`).
+        between them. With ``stop``: ``min_samples``, then ``every`` at a time (each a multiple
+        of a fixed-batch sampler's batch). Under a budget, the controller sizes each chunk
+        (:mod:`edgekit.runtime.budget`), never larger than those.
         """
         chunks: list[np.ndarray] = []
         done = 0
-        chunk = cap if tolerance is None else min(self._round_up(16), cap)
+        if stop is not None:
+            chunk = min(self._round_up(stop.min_samples), cap)
+        else:
+            chunk = cap if tolerance is None else min(self._round_up(16), cap)
         while done < cap:
             want = min(chunk, cap - done)
             if call is not None:
@@ -646,7 +663,13 @@ class MCModel:
                 chunks.append(self._draw(feat, want, observe=False))
                 call.ran(want, _clock() - start, observe=not grew)
             done += want
-            if tolerance is not None:
+            if stop is not None:
+                if stop.min_samples <= done < cap:
+                    rows = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+                    if stop.settled(self.plan, rows, tolerance):
+                        break
+                chunk = self._round_up(stop.every)
+            elif tolerance is not None:
                 probs = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
                 if done >= 8 and standard_error(self.plan, probs) < tolerance:  # fewer give no usable std
                     break

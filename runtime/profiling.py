@@ -20,9 +20,10 @@ second, separately loaded ``MCModel`` is timed in alternation with the first (``
 the two agree within the machine's noise, and a gap between them is noise, not the profiler.
 
 Given labelled data (``x``, ``y``), it also measures MC accuracy, negative log-likelihood and
-expected calibration error (15 bins) against T. The recommended T (:func:`recommend`) is then the
-smallest T on the accuracy plateau whose p99 fits the budget; without data it is the largest T
-whose p99 fits. "Fits" uses a 95% upper confidence bound of the p99, not the point estimate.
+expected calibration error (15 bins) against T, with the file's temperature applied as
+``predict`` applies it. The recommended T (:func:`recommend`) is then the smallest T on the
+accuracy and ECE plateau whose p99 fits the budget; without data it is the largest T whose p99
+fits. "Fits" uses a 95% upper confidence bound of the p99, not the point estimate.
 
 For a value (regression) output (``output=``, or the file's first output), the data's targets
 give RMSE, Gaussian NLL and the coverage of the central predictive interval against T
@@ -116,13 +117,20 @@ class LatencyPoint:
 
 @dataclass(frozen=True)
 class AccuracyPoint:
-    """MC quality at T samples over ``examples`` labelled inputs."""
+    """MC quality at T samples over ``examples`` labelled inputs.
+
+    ``ece_se`` is the ECE's standard error over the inputs (a bootstrap, see :func:`accuracy_curve`;
+    None when not measured); ``calibrated`` whether the file's temperature was applied, as the
+    runtime applies it.
+    """
 
     samples: int
     examples: int
     accuracy: float
     nll: float
     ece: float
+    ece_se: float | None = None
+    calibrated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,17 +252,18 @@ def percentile_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
 
 
 def mc_probabilities(model_or_path, x: np.ndarray, max_samples: int, *, threads: int = 1, seed: int = 0,
-                     rows_per_invoke: int = 4096) -> np.ndarray:
+                     rows_per_invoke: int = 4096, output: str | None = None) -> np.ndarray:
     """Per-sample probabilities ``[N, max_samples, C]`` for every input of ``x`` (float32).
 
     Run by :meth:`edgekit.runtime.MCModel.sample` (an :class:`~edgekit.runtime.MCModel`, or a path
     loaded with ``threads`` and ``seed``). The first T samples of each input are an unbiased
-    T-sample MC prediction, so one call gives the whole accuracy-vs-T curve.
+    T-sample MC prediction, so one call gives the whole accuracy-vs-T curve. ``output`` names a
+    class output (default: the first).
     """
     model = model_or_path
     if not isinstance(model, MCModel):
         model = _load(Path(model_or_path).read_bytes(), threads, seed)
-    return model.sample(np.asarray(x, dtype=np.float32), max_samples, rows=rows_per_invoke)
+    return model.sample(np.asarray(x, dtype=np.float32), max_samples, rows=rows_per_invoke, output=output)
 
 
 def _load(data: bytes, threads: int, seed: int | None) -> MCModel:
@@ -267,8 +276,29 @@ def _load(data: bytes, threads: int, seed: int | None) -> MCModel:
         return MCModel(data, threads=threads, seed=seed)
 
 
-def accuracy_curve(probs: np.ndarray, y: np.ndarray, samples: Sequence[int], *, bins: int = ECE_BINS) -> list[AccuracyPoint]:
-    """Accuracy, NLL and ECE of the mean of the first T samples, for each T in ``samples``."""
+def _ece_se(mean: np.ndarray, y: np.ndarray, bins: int, resamples: int = 200) -> float:
+    """The bootstrap standard error of the ECE of ``mean`` over the inputs (seeded: the same data
+    give the same figure). Each resample's ECE from three bincounts, so 200 cost little."""
+    conf = mean.max(axis=1)
+    correct = (mean.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    rng = np.random.default_rng(0)
+    n = len(y)
+    values = np.empty(resamples)
+    for r in range(resamples):
+        pick = rng.integers(0, n, n)
+        b = idx[pick]
+        gap = np.bincount(b, correct[pick], bins) - np.bincount(b, conf[pick], bins)
+        values[r] = np.abs(gap).sum() / n
+    return float(values.std(ddof=1))
+
+
+def accuracy_curve(probs: np.ndarray, y: np.ndarray, samples: Sequence[int], *, bins: int = ECE_BINS,
+                   calibration=None) -> list[AccuracyPoint]:
+    """Accuracy, NLL, ECE (and its standard error) of the mean of the first T samples, for each T
+    in ``samples``; with ``calibration`` (a :class:`~edgekit.runtime.calibration.Temperature`)
+    applied to each of those T samples first, as the runtime does at that T."""
     y = np.asarray(y).astype(np.int64).reshape(-1)
     if probs.ndim != 3 or probs.shape[0] != y.shape[0]:
         raise ValueError(f"Expected probs [N, T, C] and N labels. Received: probs {probs.shape}, labels {y.shape}")
@@ -276,9 +306,11 @@ def accuracy_curve(probs: np.ndarray, y: np.ndarray, samples: Sequence[int], *, 
     for t in samples:
         if not 1 <= t <= probs.shape[1]:
             raise ValueError(f"Expected 1 <= T <= {probs.shape[1]}. Received: T={t}")
-        mean = probs[:, :t].mean(axis=1)
+        first = probs[:, :t]
+        mean = (first if calibration is None else calibration.apply(first)).mean(axis=1)
         accuracy = float((mean.argmax(axis=1) == y).mean())
-        out.append(AccuracyPoint(int(t), int(len(y)), accuracy, nll(mean, y), ece(mean, y, bins)))
+        out.append(AccuracyPoint(int(t), int(len(y)), accuracy, nll(mean, y), ece(mean, y, bins),
+                                 _ece_se(mean, y, bins), calibration is not None))
     return out
 
 
@@ -350,13 +382,17 @@ def recommend(latency: Sequence[LatencyPoint], budget_ms: float,
 
     A T "fits" when the 95% upper bound of its p99 (``p99_upper_ms``) is within the budget: the
     point p99 of a few hundred runs is too noisy to promise a p99 over the next thousand.
-    With accuracy points: the smallest fitting T whose accuracy is within one standard error
-    (``sqrt(a(1-a)/N)`` at the best T) of the best accuracy measured (the plateau); if no T on the
-    plateau fits, the most accurate T that fits. With value points: the smallest fitting T whose
-    NLL is within one standard error of the best NLL and whose interval coverage is no further
-    from its level than the best point's plus one binomial standard error (the NLL/coverage
-    plateau); if none fits, the fitting T with the lowest NLL. Without either: the largest T that
-    fits. Among thread counts, the one with the lowest bound at that T.
+    With accuracy points: the smallest fitting T on the plateau of both accuracy and calibration:
+    its accuracy within one standard error (``sqrt(a(1-a)/N)`` at the best T) of the best accuracy
+    measured, and its ECE within one standard error (``ece_se`` of the lowest ECE, 0 when not
+    measured) of the lowest ECE measured. A few samples can be as accurate as many and still be
+    overconfident (a temperature below 1 sharpens a lone sample that averaging would soften), so
+    accuracy alone would recommend too few. If no T on the plateau fits, the most accurate T that
+    fits. With value points: the smallest fitting T whose NLL is within one standard error of the
+    best NLL and whose interval coverage is no further from its level than the best point's plus
+    one binomial standard error (the NLL/coverage plateau); if none fits, the fitting T with the
+    lowest NLL. Without either: the largest T that fits. Among thread counts, the one with the
+    lowest bound at that T.
     """
     if not budget_ms > 0:
         raise ValueError(f"Expected a budget > 0 ms. Received: budget_ms={budget_ms}")
@@ -380,14 +416,19 @@ def recommend(latency: Sequence[LatencyPoint], budget_ms: float,
         best = max(accuracy, key=lambda a: a.accuracy)
         se = math.sqrt(max(best.accuracy * (1 - best.accuracy), 0.0) / best.examples)
         plateau = best.accuracy - se
-        on_plateau = sorted(t for t in fits if t in acc and acc[t].accuracy >= plateau)
+        calm = min(accuracy, key=lambda a: a.ece)
+        ece_se = calm.ece_se or 0.0
+        on_plateau = sorted(t for t in fits if t in acc and acc[t].accuracy >= plateau
+                            and acc[t].ece <= calm.ece + ece_se)
         if on_plateau:
             t = on_plateau[0]
             p = fits[t]
             return Recommendation(t, p.threads, p.p99_ms, p.p99_upper_ms, budget_ms,
-                                  f"smallest T on the accuracy plateau ({acc[t].accuracy:.4f} >= best "
-                                  f"{best.accuracy:.4f} - 1 SE {se:.4f}) with p99 bound {p.p99_upper_ms:.3g} ms "
-                                  f"<= {budget_ms:g} ms")
+                                  f"smallest T on the accuracy and ECE plateau (accuracy {acc[t].accuracy:.4f} >= "
+                                  f"best {best.accuracy:.4f} - 1 SE {se:.4f}; ECE {acc[t].ece:.4f} <= lowest "
+                                  f"{calm.ece:.4f} + 1 SE {ece_se:.4f}"
+                                  + (", calibrated" if acc[t].calibrated else "")
+                                  + f") with p99 bound {p.p99_upper_ms:.3g} ms <= {budget_ms:g} ms")
         candidates = [t for t in fits if t in acc]
         if candidates:
             t = max(candidates, key=lambda s: (acc[s].accuracy, -s))
@@ -438,6 +479,7 @@ def profile_model(
     progress: Callable[[int], None] | None = None,
     runtime: bool = True,
     output: str | None = None,
+    calibrated: bool = True,
 ) -> ModelProfile:
     """Profile one ``.tflite`` (see the module docstring).
 
@@ -457,6 +499,8 @@ def profile_model(
         runtime: Also time each (threads, T) on a second, separately loaded model, in alternation
             with the first (``runtime_p50_ms``/``runtime_p99_ms``): a check that the figures are the
             machine's, not one model instance's.
+        calibrated: apply the file's temperature (if it carries one) to the accuracy curve's
+            samples, as ``predict`` does.
     """
     threads = _check_ints("threads", threads)
     samples = _check_ints("samples", samples)
@@ -529,8 +573,9 @@ def profile_model(
             y = np.asarray(y).reshape(-1)
             if len(y) != len(x):
                 raise InvalidArgumentError(f"Expected one label per input. Received: {len(x)} inputs, {len(y)} labels")
-            probs = mc_probabilities(_load(data, threads[-1], seed), x, max(samples))
-            accuracy = tuple(accuracy_curve(probs, y, samples))
+            probs = mc_probabilities(_load(data, threads[-1], seed), x, max(samples), output=spec.name)
+            cal = spec.calibration if calibrated else None
+            accuracy = tuple(accuracy_curve(probs, y, samples, calibration=cal))
         else:
             y = np.asarray(y)
             if y.shape[:1] != (len(x),):

@@ -202,3 +202,59 @@ def test_predict_runs_with_tensorflow_and_keras_unimportable(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["predictions"][0]["samples"] == 10
+
+
+def _calibrated_fixture(tmp_path) -> Path:
+    """mlp_twin as an edgekit/2 file with a temperature and an abstention threshold (what convert stores)."""
+    from edgekit.runtime.metadata import embed_metadata, read_metadata
+
+    data = (FIX / "mlp_twin.tflite").read_bytes()
+    meta = read_metadata(data)
+    meta = {**meta, "format": "edgekit/2", "outputs": [{
+        "name": "probs", "task": "classification", "activation": "softmax", "shape": [5], "class_names": None,
+        "calibration": {"method": "temperature", "temperature": 0.5, "mi_slope": 1.0},
+        # 1 - confidence of this fixture's calibrated means on uniform inputs lies in about [0.59, 0.75]
+        # (measured): 0.65 abstains on some of them and answers others.
+        "abstain": {"score": "confidence", "threshold": 0.65, "target_coverage": 0.9}}]}
+    path = tmp_path / "cal.tflite"
+    path.write_bytes(embed_metadata(data, meta))
+    return path
+
+
+def test_predict_shows_abstain_calibration_and_notes(tmp_path):
+    model = _calibrated_fixture(tmp_path)
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).random((16, 20)).astype(np.float32))
+    res = _run(model, x, "--samples", "30", "--seed", "1", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    flags = [p["abstain"] for p in out["predictions"]]
+    assert any(flags) and not all(flags)
+    assert {p["calibrated"] for p in out["predictions"]} == {True} and out["notes"] == []
+    table = _run(model, x, "--samples", "30", "--seed", "1")
+    assert f"abstain: {sum(flags)} of 16 inputs" in table.stdout and "calibrated: yes" in table.stdout
+    assert sum(line.endswith("  abstain") for line in table.stdout.splitlines()) == sum(flags)
+    raw = _run(model, x, "--samples", "30", "--seed", "1", "--uncalibrated", "--json")
+    rows = json.loads(raw.stdout)["predictions"]
+    assert {p["calibrated"] for p in rows} == {False}
+    assert rows[0]["mean"] != out["predictions"][0]["mean"]  # same masks (seed 1), no temperature
+    one = tmp_path / "one.npy"
+    np.save(one, np.random.default_rng(0).random(20).astype(np.float32))
+    res = _run(model, one, "--samples", "30", "--uncalibrated")
+    assert "calibrated: no (--uncalibrated" in res.stdout and "abstain: " in res.stdout
+    # An edgekit/1 file says it runs uncalibrated.
+    res = _run(FIX / "mlp_twin.tflite", one, "--samples", "10")
+    assert "note: probs: uncalibrated (the file predates calibration (edgekit/1))" in res.stdout
+
+
+def test_predict_anytime(tmp_path):
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).random((24, 20)).astype(np.float32))
+    res = _run(FIX / "mlp_twin.tflite", x, "--anytime", "--json")
+    assert res.exit_code == 0, res.output
+    used = [p["samples"] for p in json.loads(res.stdout)["predictions"]]
+    assert set(used) <= set(range(8, 101, 4)) and min(used) < 100  # some inputs settle early (measured: most)
+    res = _run(FIX / "mlp_twin.tflite", x, "--anytime", "--anytime-k", "1e9", "--samples", "20", "--json")
+    assert {p["samples"] for p in json.loads(res.stdout)["predictions"]} == {20}  # never settled: the cap
+    res = _run(FIX / "mlp_twin.tflite", x, "--anytime-k", "3")
+    assert res.exit_code == 2 and "--anytime-k needs --anytime" in res.stderr

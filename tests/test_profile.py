@@ -7,6 +7,7 @@ come from ``bench/profile_check.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -21,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgekit.cli import cli
+from edgekit.runtime.metrics import ece, nll
 from edgekit.runtime.profiling import (
     AccuracyPoint,
     LatencyPoint,
@@ -259,6 +261,35 @@ def test_recommend_with_data_stops_at_the_plateau():
     # The plateau does not fit: the most accurate T that fits.
     r = recommend(pts, 1.5, acc)
     assert r.samples == 10 and "does not fit" in r.reason
+
+
+def test_recommend_waits_for_the_ece_plateau():
+    pts = [_pt(1, t, 0.1 * t) for t in (1, 10, 30, 100)]
+    # Accuracy is on its plateau from T=10 (within 1 SE 0.0032 of 0.88), but T=10's ECE 0.03 is
+    # more than one ECE standard error (0.004) above the lowest, 0.02: T=30 is the answer.
+    acc = [AccuracyPoint(1, 10000, 0.85, 0.5, 0.08, 0.004, True),
+           AccuracyPoint(10, 10000, 0.878, 0.4, 0.03, 0.004, True),
+           AccuracyPoint(30, 10000, 0.879, 0.36, 0.023, 0.004, True),
+           AccuracyPoint(100, 10000, 0.88, 0.35, 0.02, 0.004, True)]
+    r = recommend(pts, 100.0, acc)
+    assert r.samples == 30 and "ECE 0.0230 <= lowest 0.0200 + 1 SE 0.0040, calibrated" in r.reason
+    # With a wide ECE error, T=10 is on both plateaus.
+    wide = [dataclasses.replace(a, ece_se=0.02) for a in acc]
+    assert recommend(pts, 100.0, wide).samples == 10
+
+
+def test_accuracy_curve_applies_the_temperature_at_each_t():
+    from edgekit.runtime.calibration import Temperature
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), (500, 6))
+    y = rng.integers(0, 4, 500)
+    cal = Temperature(np.log(0.7), 1.0)
+    (p3,) = accuracy_curve(probs, y, [3], calibration=cal)
+    mean = cal.apply(probs[:, :3]).mean(axis=1)  # MI of the first 3 samples, as the runtime at T=3
+    assert p3.calibrated and p3.ece == pytest.approx(ece(mean, y)) and p3.nll == pytest.approx(nll(mean, y))
+    # The bootstrap SE of the ECE: positive, seeded, and of the size of a binomial SE at N=500.
+    assert 0.005 < p3.ece_se < 0.05 and accuracy_curve(probs, y, [3], calibration=cal)[0].ece_se == p3.ece_se
 
 
 def test_arena_estimate_golden():

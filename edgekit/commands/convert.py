@@ -228,11 +228,21 @@ def _choose_data(data, in_shape, num_classes, quantize, need_train, need_test):
 @click.option("--per-channel-dense/--per-tensor-dense", "per_channel_dense", default=None,
               help="Dense kernels: one quantization scale per unit, or one per kernel (smaller file) "
                    "[default: per kernel for int8, per unit otherwise].")
+@click.option("--calibration", type=click.Choice(("mi-temperature", "temperature", "none")), default=None,
+              help="Temperature fitted on held-out data and stored in the file: one that grows with the samples' "
+                   "mutual information, one for every input, or none [default: mi-temperature when there is "
+                   "held-out data].")
+@click.option("--abstain-coverage", type=FiniteFloatRange(0, 1), default=0.9, show_default=True,
+              help="Store an abstention threshold that answers this share of the held-out inputs (0: none).")
+@click.option("--heldout-samples", type=click.IntRange(min=1), default=100, show_default=True,
+              help="MC samples per held-out input for the fits (the T the file will run).")
+@click.option("--force-small-heldout", is_flag=True,
+              help="Fit on a held-out split under 500 examples anyway (with a warning).")
 @json_option
 @library_errors
 def convert(model_path, output, quantize, int8_io, device, calibration_examples, no_fold_bn, seed, stochastic,
             report_path, data, tasks, log_variance, examples, samples, class_names, sparse, per_channel_dense,
-            as_json):
+            calibration, abstain_coverage, heldout_samples, force_small_heldout, as_json):
     """Convert a Keras MC-dropout model to one .tflite whose dropout stays random.
 
     The file runs on the stock LiteRT interpreter, has signatures full, trunk and head (and
@@ -245,10 +255,12 @@ def convert(model_path, output, quantize, int8_io, device, calibration_examples,
     model's input), else x_train from --data FILE.npz.
 
     Each output's task is read from its activation (softmax or one sigmoid unit: classes, linear:
-    values), or given with --task. With x_heldout and targets (y_heldout, y_heldout_<output>) in
-    --data, the file's own MC samples on that split fit what it carries: a noise variance per
+    values), or given with --task. On a held-out split, the file's own MC samples fit what it
+    carries: a temperature and an abstention threshold per class output, a noise variance per
     value output (without it, a value output's interval covers the model's uncertainty only).
-    The split must be neither the test set nor x_train's calibration inputs.
+    The split is the last 5,000 Fashion-MNIST training images (int8 calibration inputs then come
+    from the first 55,000), or x_heldout with y_heldout (y_heldout_<output>) in --data FILE.npz;
+    it must be neither the test set nor x_train's calibration inputs.
 
     \b
     Examples:
@@ -290,16 +302,29 @@ def convert(model_path, output, quantize, int8_io, device, calibration_examples,
     num_classes = classes[0].num_classes if classes else 0  # 0: no class output (Fashion-MNIST cannot fit)
     need_train = quantize in CALIBRATED
     need_test = examples > 0
+    need_heldout = calibration != "none" or abstain_coverage > 0
     data, need_test = _choose_data(data, in_shape, num_classes, quantize, need_train, need_test)
-    x_train = x_test = y_test = None
+    fashion = data == FASHION_MNIST and _fits_fashion_mnist(in_shape, num_classes)
+    x_train = y_train = x_test = y_test = None
     names, image = None, None
-    if need_train or need_test:
-        x_train, _, x_test, y_test, names, image = _load_data(data, need_train, need_test)
+    if need_train or need_test or (need_heldout and fashion):
+        x_train, y_train, x_test, y_test, names, image = _load_data(data, need_train, need_test)
     if class_names is not None:
         names = [c.strip() for c in class_names.split(",")]
     if names is not None and len(names) != num_classes and class_names is None:
         names = None  # the data's names do not describe this model
     heldout, y_test = _heldout_and_test_targets(data, infos, y_test, in_shape)
+    if need_heldout and fashion:
+        from edgekit.trust import fashion_mnist_split
+
+        x_train, heldout = fashion_mnist_split(x_train, y_train)
+        heldout = (_fit_shape(heldout[0], in_shape), heldout[1])
+    if calibration not in (None, "none") and (heldout is None or not classes):
+        raise click.UsageError(
+            f"--calibration {calibration} fits a class output's temperature on held-out data, and there is none. "
+            f"Pass --data FILE.npz holding x_heldout and y_heldout (inputs and labels held out from training and "
+            f"testing), or --data fashion-mnist for a model it fits."
+        )
     if in_shape is not None:
         x_train, x_test = _fit_shape(x_train, in_shape), _fit_shape(x_test, in_shape)
     rep = None
@@ -315,7 +340,8 @@ def convert(model_path, output, quantize, int8_io, device, calibration_examples,
             model, quantize=quantize, representative_data=rep, fold_batchnorm=not no_fold_bn, device=profile,
             stochastic=stochastic, seed=seed, class_names=names if classes else None, input_image=image,
             int8_io=int8_io, batch=settings.batch, sparse=sparse, dense_per_channel=per_channel_dense,
-            tasks=dict(tasks), variance=dict(log_variance), heldout_data=heldout,
+            tasks=dict(tasks), variance=dict(log_variance),
+            **_heldout_options(heldout, calibration, abstain_coverage, heldout_samples, force_small_heldout),
         )
         report = result.report
         if need_test:
@@ -447,3 +473,12 @@ def sparsify(model_path, output, target, epochs, data, batch_size, as_json):
     else:
         click.echo(f"wrote {output}")
         click.echo(result.to_table())
+
+
+def _heldout_options(heldout, calibration, abstain_coverage, heldout_samples, force) -> dict:
+    """The held-out fitting arguments of :func:`edgekit.converters.convert` from the CLI's options."""
+    if heldout is None:
+        return {}
+    status(f"Fitting calibration on {len(heldout[0])} held-out inputs, T={heldout_samples}")
+    return {"heldout_data": heldout, "heldout_samples": heldout_samples, "calibration": calibration or "mi-temperature",
+            "abstain_coverage": abstain_coverage or None, "force_small_heldout": force}

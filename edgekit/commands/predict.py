@@ -81,7 +81,8 @@ def _class_block(out, pred, run: bool) -> list[str]:
         p = out.predicted[i]
         line = (f"{i:>5}  {out.class_names[p]:<{name_w}}  {out.mean[i, p]:7.4f}  {out.std[i, p]:7.4f}  "
                 f"{out.entropy[i]:7.4f}  {out.mutual_information[i]:7.4f}")
-        lines.append(line + (f"  {pred.samples[i]:>5}  {pred.elapsed_ms[i]:7.2f}" if run else ""))
+        lines.append(line + (f"  {pred.samples[i]:>5}  {pred.elapsed_ms[i]:7.2f}" if run else "")
+                     + _abstain_mark(out, i))
     return lines
 
 
@@ -135,7 +136,43 @@ def _table(pred, model) -> str:
         blocks.append("\n".join(lines))
     if several and len(pred.samples) == 1:
         blocks.append(_run_line(pred, 0))
+    trust = _trust_lines(pred, model)
+    if trust:
+        blocks.append("\n".join(trust))
     return "\n\n".join(blocks)
+
+
+def _abstain_mark(out, i: int) -> str:
+    """A batch row's abstention flag (nothing when the file has no threshold)."""
+    abstain = getattr(out, "abstain", None)
+    return "" if abstain is None else ("  abstain" if abstain[i] else "")
+
+
+def _trust_lines(pred, model) -> list[str]:
+    """Calibration, abstention and the result's notes, under the table."""
+    first = pred.outputs[0]
+    lines = []
+    if first.task == "classification":
+        abstain = first.abstain
+        if abstain is not None and len(abstain) == 1:
+            lines.append("abstain: yes (less sure than the file's threshold: do not act on this answer)"
+                         if abstain[0] else "abstain: no")
+        elif abstain is not None:
+            lines.append(f"abstain: {int(abstain.sum())} of {len(abstain)} inputs")
+        if first.calibrated:
+            lines.append("calibrated: yes (the file's temperature)")
+        elif model.plan.output.calibration is not None:
+            lines.append("calibrated: no (--uncalibrated: the file's raw MC probabilities)")
+    lines.extend(f"note: {n}" for n in pred.notes)
+    return lines
+
+
+def _anytime(on: bool, k: float | None):
+    if not on:
+        return False
+    from edgekit.runtime.anytime import Anytime
+
+    return Anytime() if k is None else Anytime(k=k)
 
 
 @click.command(name="predict")
@@ -152,9 +189,17 @@ def _table(pred, model) -> str:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default 1).")
 @click.option("--device", default=None, help="Device profile (threads, memory budget, default budget).")
 @click.option("--no-probe", is_flag=True, help="Skip the child-process load probe (trusted models only).")
+@click.option("--anytime", is_flag=True,
+              help="Stop each input once its answer is settled: the top class leads the runner-up by more than "
+                   "--anytime-k standard errors (checked from 8 samples on, every 4; --samples is the cap, "
+                   "default 100).")
+@click.option("--anytime-k", type=FiniteFloatRange(min=0, min_open=True), default=None,
+              help="Standard errors of the lead that settle an answer, with --anytime [default: 2].")
+@click.option("--uncalibrated", is_flag=True, help="Ignore the temperature the file carries: its raw MC probabilities.")
 @json_option
 @library_errors
-def predict(model_path, input_path, samples, budget_ms, tolerance, seed, threads, device, no_probe, as_json):
+def predict(model_path, input_path, samples, budget_ms, tolerance, seed, threads, device, no_probe, anytime,
+            anytime_k, uncalibrated, as_json):
     """Predict with MC dropout: mean class probabilities, their spread, and uncertainty.
 
     INPUT is a .npy array (one input or a batch) or, for image models, a PNG, JPEG, WebP or BMP
@@ -165,18 +210,25 @@ def predict(model_path, input_path, samples, budget_ms, tolerance, seed, threads
     the central predictive interval (90% unless the file says otherwise). A model with several
     outputs gets one block per output. --json has every output (docs/predict-json.md).
 
+    The file's temperature is applied (--uncalibrated: not); a file with an abstention threshold
+    says whether to abstain. --anytime stops sampling an input once its answer is settled.
+
     \b
     Examples:
       edgekit predict model.tflite shoe.png --budget-ms 5
+      edgekit predict model.tflite shoe.png --anytime
       edgekit predict model.tflite batch.npy --samples 200 --json
     """
     if samples is not None and budget_ms is not None:
         raise click.UsageError("--samples and --budget-ms are exclusive: give one of them.")
+    if anytime_k is not None and not anytime:
+        raise click.UsageError("--anytime-k needs --anytime.")
     from edgekit.runtime import MCModel
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = MCModel(model_path, threads=threads, device=device, seed=seed, probe=not no_probe)
+        model = MCModel(model_path, threads=threads, device=device, seed=seed, probe=not no_probe,
+                        calibrated=not uncalibrated)
     for w in caught:
         warn(str(w.message))
     if seed is not None and model.masks_from != "numpy":
@@ -188,7 +240,8 @@ def predict(model_path, input_path, samples, budget_ms, tolerance, seed, threads
     x = _load_input(Path(input_path), model.metadata)
     if budget_ms is not None:
         model.warmup(budget_ms=budget_ms, samples=samples)  # allocate now, outside the budget
-    pred = model.predict(x, samples=samples, budget_ms=budget_ms, tolerance=tolerance)
+    pred = model.predict(x, samples=samples, budget_ms=budget_ms, tolerance=tolerance,
+                         anytime=_anytime(anytime, anytime_k))
     if as_json:
         echo_json({"model": str(model_path), "stochastic": model.stochastic, "verified": model.verified, **pred.to_dict()})
     else:

@@ -179,9 +179,11 @@ def _print_human(models, report) -> None:
                          f"{p.head_p50_ms:.3f}", "-" if p.runtime_p50_ms is None else f"{p.runtime_p50_ms:.3f}"))
         click.echo(_table(rows))
         if m.accuracy:
-            rows = [("T", "accuracy", "NLL", "ECE")]
-            rows += [(str(a.samples), f"{a.accuracy:.4f}", f"{a.nll:.4f}", f"{a.ece:.4f}") for a in m.accuracy]
-            click.echo(f"MC quality on {m.accuracy[0].examples} labelled examples:")
+            rows = [("T", "accuracy", "NLL", "ECE", "ECE SE")]
+            rows += [(str(a.samples), f"{a.accuracy:.4f}", f"{a.nll:.4f}", f"{a.ece:.4f}",
+                      "-" if a.ece_se is None else f"{a.ece_se:.4f}") for a in m.accuracy]
+            cal = ", the file's temperature applied" if m.accuracy[0].calibrated else ""
+            click.echo(f"MC quality on {m.accuracy[0].examples} labelled examples{cal}:")
             click.echo(_table(rows))
         if m.values:
             click.echo(f"MC quality of value output {m.output!r} on {m.values[0].examples} targets:")
