@@ -553,7 +553,8 @@ def test_predict_cli_shows_one_block_per_output(converted, data, tmp_path):
     assert "predicted: " in r.stdout and "mutual information" in r.stdout
     value = next(b for b in blocks if b.startswith("output 'value' (regression)"))
     assert value.splitlines()[1].split()[:4] == ["value", "mean", "+-", "std"]
-    assert blocks[-1].startswith("samples: 30")  # once, after every output
+    timing = [b for b in blocks if b.startswith("samples: 30")]
+    assert len(timing) == 1 and blocks.index(timing[0]) > blocks.index(value)  # once, after every output
     r = run(tmp_path / "three.npy", "--samples", 30)
     assert r.exit_code == 0, r.output
     cls_rows = [ln for ln in r.stdout.splitlines() if ln.split()[:1] in (["0"], ["1"], ["2"])]

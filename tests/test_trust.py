@@ -375,8 +375,8 @@ def test_cli_convert_fits_on_the_npz_heldout_split_and_reports_it(trained):
     ("labels.npz", [], 1, ("Error: Expected held-out labels in [0, 9] (the model's classes). "
                            "Received: labels in [3, 12]")),
     ("nan.npz", [], 1, "Expected finite values"),
-    ("half.npz", [], 1, "Expected both x_heldout and y_heldout"),
-    ("plain.npz", ["--calibration", "temperature"], 2, "--calibration temperature fits on held-out data"),
+    ("half.npz", [], 1, "Expected held-out targets with x_heldout"),
+    ("plain.npz", ["--calibration", "temperature"], 2, "--calibration temperature fits a class output"),
 ])
 def test_cli_bad_heldout_data(trained, data, extra, code, message):
     d = trained.dir
@@ -395,6 +395,6 @@ def test_cli_forced_small_heldout_converts_with_a_warning(trained):
              "--heldout-samples", 5, "--force-small-heldout")
     assert r.exit_code == 0, r.output
     warned = [ln for ln in r.stderr.splitlines() if ln.startswith("Warning: ")]
-    assert warned == [("Warning: a held-out split of 300 examples is too small for a stable fit (expected at least "
+    assert warned == [("Warning: a held-out split of 300 examples is too small for a stable calibration fit (expected at least "
                        "500); fitting on it anyway, as forced")]
     assert read_metadata((d / "small.tflite").read_bytes())["outputs"][0]["calibration"] is not None
