@@ -319,7 +319,10 @@ def tflite_probs(tflite: bytes, x, samples: int, *, seed: int | None = 0, rows: 
 
     The file runs through :class:`edgekit.runtime.MCModel`, as ``edgekit predict`` runs it: the same
     signature plan (the ``masked`` twin fed numpy masks where the file has it), ``samples`` per
-    input, ``rows`` inputs x samples per invoke. The dropout-off probabilities are
+    input, ``rows`` inputs x samples per invoke, every signature at its static batch in a
+    fixed-batch file (the runtime pads the last batch and drops the padded rows). Such a file
+    draws samples in whole batches: the mean is over the first ``samples`` of them, an unbiased
+    ``samples``-sample MC estimate like the Keras side's. The dropout-off probabilities are
     :meth:`~edgekit.runtime.MCModel.deterministic` (None for a file without that path). ``seed``
     seeds the masks the runtime draws (None: unseeded, like ``predict`` without ``--seed``).
     The first output of the file (see :func:`evaluate` for every output).
@@ -329,7 +332,8 @@ def tflite_probs(tflite: bytes, x, samples: int, *, seed: int | None = 0, rows: 
     model = MCModel(tflite, threads=threads, seed=seed, probe=False)  # the converter's own output
     x = np.asarray(x, dtype=np.float32)
     chunk = max(1, rows // samples)
-    mc = [model.sample(x[i : i + chunk], samples, rows=rows).mean(axis=1) for i in range(0, len(x), chunk)]
+    mc = [model.sample(x[i : i + chunk], samples, rows=rows)[:, :samples].mean(axis=1)
+          for i in range(0, len(x), chunk)]
     strategy = model.strategy_at(samples, inputs=min(chunk, len(x)))
     return np.concatenate(mc), model.deterministic(x, rows=rows), strategy
 
@@ -498,7 +502,9 @@ def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows:
     if reference.t != samples:
         raise InvalidArgumentError(f"Expected a reference of T={samples} samples. Received: T={reference.t}")
     index = _keras_index(converted.metadata["outputs"], reference.names)
-    t_rows = file.sample_rows(x, samples, rows=rows)
+    # A fixed-batch file draws T in whole batches: the first T of them are an unbiased T-sample
+    # estimate, the same T as the Keras side's.
+    t_rows = file.sample_rows(x, samples, rows=rows)[:, :samples]
     strategy = file.strategy_at(samples, inputs=min(max(1, rows // samples), len(x)))
     k_rows = np.empty_like(t_rows)
     for spec in specs:

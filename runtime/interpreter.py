@@ -76,9 +76,9 @@ class Runner:
     """A signature runner that resizes and re-allocates only when an input's shape changes.
 
     LiteRT's ``SignatureRunner.__call__`` resizes every input and calls ``AllocateTensors`` on
-    every call; skipping that when shapes are unchanged saves ~0.1 ms per invoke (7% of a T=100
-    book-MLP head). This needs the interpreter's internal wrapper (stable across tflite_runtime
-    and ai_edge_litert so far); without it, the public runner is used as is.
+    every call, which costs a noticeable part of a small model's invoke; this runner skips both
+    when the shapes are unchanged. It needs the interpreter's internal wrapper (the same in
+    tflite_runtime and ai_edge_litert); without it, the public runner is used as is.
     """
 
     def __init__(self, interp, key: str):
@@ -126,7 +126,7 @@ class Runner:
         """Writable input arrays of these shapes for the next :meth:`invoke`.
 
         They are views of the interpreter's own input buffers, so filling them is the only copy
-        (no temporary array, no ``SetTensor`` copy: ~0.1 ms of a T=100 book-MLP draw). A view
+        (no temporary array, no ``SetTensor`` copy of T rows of masks and features). A view
         is valid until the next call here (which may re-allocate): callers fill, invoke and drop
         them within one function, never keep them.
         """
@@ -282,7 +282,7 @@ class PlanRunner:
     def _feed_broadcasts(self) -> bool:
         """Whether the sampler takes one feature row for T masks (its first op multiplies the
         features by the first mask, which broadcasts): then the T copies of the features are
-        never written (314 KB per T=100 book-MLP prediction). Tried once on load: one row and two
+        never written (T x 784 floats for the book MLP). Tried once on load: one row and two
         rows of the same features, with the same two masks, must give the same two outputs."""
         plan, feed = self.plan, self.plan.feed
         if not plan.masks or self.step > 1:

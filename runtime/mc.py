@@ -86,6 +86,7 @@ from edgekit.runtime.masks import mask_plan, new_keep_masks
 from edgekit.runtime.metadata import read_metadata, verify_integrity
 from edgekit.runtime.plan import SignaturePlan, build_plan
 from edgekit.runtime.safety import ModelLoadError, declared_tensors, probe_model
+from edgekit.runtime.stalls import runqueue_wait_clock
 from edgekit.runtime.strategy import FULL, SPLIT, StrategyChooser
 from edgekit.runtime.summaries import (
     ClassOutput,
@@ -282,7 +283,7 @@ class MCModel:
         self._run = PlanRunner(self._interpreter, plan, self._random_raw,
                                self._check, main=interp)
         self._step = self._run.step
-        self._budget = BudgetController(clock=_clock, calibrate=self._calibrate)
+        self._budget = BudgetController(clock=_clock, calibrate=self._calibrate, wait_clock=runqueue_wait_clock(threads))
         self._chooser = None
         self._ones = np.ones(math.prod(self.input.shape), dtype=np.float32)  # see check_input
         self._full_rows = self._max_batch(interp, plan.full, "one sample of `full`")
@@ -654,10 +655,13 @@ class MCModel:
                     want = call.replan(done, want)
                     if want == 0:
                         break
-            start = _clock()
-            chunks.append(self._draw(feat, want))
-            if call is not None:
-                call.ran(want, _clock() - start)
+            if call is None:
+                chunks.append(self._draw(feat, want))
+            else:  # the call times the chunk into the latency model, without the waits for a CPU
+                grew = self._step == 1 and self._run.grows(want)  # an allocating invoke is no latency sample
+                start = _clock()
+                chunks.append(self._draw(feat, want, observe=False))
+                call.ran(want, _clock() - start, observe=not grew)
             done += want
             if stop is not None:
                 if stop.min_samples <= done < cap:

@@ -11,7 +11,9 @@ and cost more. This module measures both sides so you can pick T for a latency b
 For each (threads, T) it runs ``warmup`` unmeasured predictions, then ``runs`` measured ones, each
 ``MCModel.predict(x, samples=T)`` of a single input: exactly what ``edgekit predict`` runs, through
 the file's one :class:`~edgekit.runtime.plan.SignaturePlan` (the strategy at that T, ``trunk+head``
-or ``full``, is reported with each point). It reports p50/p90/p99/max, the trunk and sampler parts
+or ``full``, is reported with each point; a fixed-batch file, the ``batch`` metadata key, draws T
+in multiples of its sampler's batch, so each T asked is rounded up to one and the profile reports
+the T that ran). It reports p50/p90/p99/max, the trunk and sampler parts
 (timed apart with :meth:`~edgekit.runtime.MCModel.time_parts`), the process's peak RSS, the file
 size and an estimate of the tensor arena (:func:`estimate_arena_bytes`). With ``runtime=True`` a
 second, separately loaded ``MCModel`` is timed in alternation with the first (``runtime_p50_ms``):
@@ -460,7 +462,7 @@ def _check_ints(name: str, values: Sequence[int], low: int = 1) -> tuple[int, ..
     if not vals or any(not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low for v in vals):
         raise InvalidArgumentError(f"Invalid value for `{name}`. Expected a non-empty list of integers >= {low}. "
                                    f"Received: {list(vals)}")
-    return tuple(sorted(set(int(v) for v in vals)))
+    return tuple(sorted({int(v) for v in vals}))
 
 
 def profile_model(
@@ -512,6 +514,8 @@ def profile_model(
     models = {t: _load(data, t, None) for t in threads}
     others = {t: _load(data, t, None) for t in threads} if runtime else {}
     first = models[threads[0]]
+    step = first.plan.static_batch("sampler") or 1
+    samples = tuple(sorted({-(-s // step) * step for s in samples}))  # the T that predict(samples=T) runs
     meta = first.metadata or None
     in_shape = first.input.shape
     if x is not None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edgekit.runtime.budget import BudgetController, BudgetError, LatencyModel, SlackTracker, ladder_floor
+from edgekit.runtime.stalls import StallTracker, runqueue_wait_clock
 
 FIXED, PER = 1e-4, 1e-5  # the fake sampler: 0.1 ms per invoke plus 10 us per sample
 
@@ -41,9 +42,8 @@ def _call(c: BudgetController, clock: FakeClock, budget_s: float, cost, *, cap: 
     while (n := call.next_chunk(done, cap - done)) > 0:
         seconds = cost(n)
         clock.advance(seconds)
-        if observe:  # the latency model times the invoke itself
-            c.observe(n, seconds)
-        call.ran(n, seconds)  # the call sees the chunk's whole wall time
+        # The call sees the chunk's whole wall time and, with `observe`, gives it to the latency model.
+        call.ran(n, seconds, observe=observe)
         done += n
         chunks.append(n)
     call.sampled()
@@ -265,3 +265,147 @@ def test_slack_is_bounded_both_ways():
     for _ in range(10_000):  # a quiet one: never late
         tracker.update(0.001, 0.0005)
     assert tracker.slack(0.001) == 0.0
+
+
+# ---------------------------------------------------------------- stalls: the CPU given to another process
+
+
+class FakeWait:
+    """The thread's cumulative wait for a CPU on the fake machine (seconds)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+
+    def __call__(self) -> float:
+        return self.total
+
+
+class StallingMachine:
+    """Chunks of the fake sampler, and a stall of 3.5-4 ms (a scheduler time slice) that starts at a
+    random moment of the call, ``rate`` times per second of work, with no invoke making progress:
+    the clock and the wait clock both move by its length. Seeded."""
+
+    def __init__(self, clock: FakeClock, wait: FakeWait, rate: float, seed: int = 0):
+        self.clock, self.wait, self.rate = clock, wait, rate
+        self.rng = np.random.default_rng(seed)
+
+    def stall(self, seconds: float) -> float:
+        if self.rng.random() < 1 - np.exp(-self.rate * seconds):
+            s = self.rng.uniform(0.0035, 0.004)
+            self.wait.total += s
+            return s
+        return 0.0
+
+    def cost(self, n: int) -> float:
+        work = _usual(n)
+        return work + self.stall(work)
+
+
+def _stalled_call(c, m: StallingMachine, budget_s: float, *, cap: int = 100_000, after_s: float = 2e-5):
+    """``_call`` on the stalling machine: the work after sampling can stall too."""
+    done, elapsed, cut, chunks = _call(c, m.clock, budget_s, m.cost, cap=cap, after_s=after_s + m.stall(after_s))
+    return done, elapsed, cut, chunks
+
+
+def _stall_controller(clock, wait, records=None):
+    c = BudgetController(clock=clock, wait_clock=wait, on_finish=None if records is None else records.append)
+    for t in (1, 16, 128):
+        c.anchor(t, _usual(t))
+    return c
+
+
+def test_a_budget_holds_beside_a_competing_process_with_most_of_its_samples():
+    # Two stalls a second of work, 3.5-4 ms each: a 20 ms call catches one 4% of the time, and it
+    # makes the call late whenever it starts in a chunk ending after 16 ms. Knowing the stalls,
+    # sampling ends where a stall is unlikely (P ~ 0.5%) to break the budget, and no chunk crosses
+    # the line after which one would: p99 within the budget at ~90% of the samples that fit.
+    clock, wait = FakeClock(), FakeWait()
+    c = _stall_controller(clock, wait)
+    m = StallingMachine(clock, wait, rate=2.0)
+    results = [_stalled_call(c, m, 0.02) for _ in range(4000)]
+    elapsed = np.array([r[1] for r in results[1000:]])
+    share = np.median([r[0] for r in results[1000:]]) / ((0.02 - FIXED) / PER)
+    assert np.quantile(elapsed, 0.99) <= 0.02, np.quantile(elapsed, 0.99)
+    # Checked: blind to the stalls (no wait clock), the controller holds the p99 only through
+    # margins inflated by the stalled invokes, ending sampling ~4 ms early (share ~0.79).
+    assert share >= 0.85, share
+
+
+def test_no_chunk_crosses_the_stall_line():
+    clock, wait = FakeClock(), FakeWait()
+    records = []
+    c = _stall_controller(clock, wait, records)
+    m = StallingMachine(clock, wait, rate=2.0)
+    for _ in range(300):
+        _stalled_call(c, m, 0.02)
+    lined = [r for r in records if r.stall_line_s is not None]
+    assert len(lined) > 250  # the line is drawn once a stall has been seen
+    for r in lined:
+        ends = r.before_s + np.cumsum([seconds for _, seconds, _ in r.chunks])
+        starts = ends - [seconds for _, seconds, _ in r.chunks]
+        # A chunk may start within one sample's time before the line (chunks are whole samples);
+        # none that starts earlier ends past it (its own stall left out: it is what the line is for).
+        crossing = (starts < r.stall_line_s - PER) & (ends - [s for _, _, s in r.chunks] > r.stall_line_s)
+        assert not crossing.any(), (r.stall_line_s, starts, ends)
+    # The line sits one stall (3.5-4 ms, the 90th percentile of those seen) before the budget's end.
+    assert 0.0155 < np.median([r.stall_line_s for r in lined]) < 0.0165
+
+
+def test_stalls_stay_out_of_the_latency_margins_and_the_slack():
+    # A 1 ms budget cannot be held when a 4 ms stall hits (nothing can), but those stalls are no
+    # reason to plan every later invoke as if it were 4 ms slow, or to keep the slack at its maximum.
+    for blind in (False, True):
+        clock, wait = FakeClock(), FakeWait()
+        c = BudgetController(clock=clock, wait_clock=None if blind else wait)
+        for t in (1, 16, 128):
+            c.anchor(t, _usual(t))
+        m = StallingMachine(clock, wait, rate=20.0, seed=1)
+        results = [_stalled_call(c, m, 0.001) for _ in range(3000)]
+        late = np.mean([r[1] > 0.001 for r in results[1000:]])
+        assert late > 0.005  # the stalls do break 1 ms calls
+        margin, slack = c.latency.margin_s, c.slack.slack(0.001)
+        if blind:  # what the controller learns without the wait clock: the contrast that makes this test fail
+            assert margin > 0.0015 and slack > 0.15, (margin, slack)
+        else:
+            assert margin < 1e-4 and slack < 0.05, (margin, slack)
+
+
+def test_frequent_stalls_are_planned_as_the_machines_speed():
+    # Sixty stalls a second of work: more than one per 20 ms call. Guarding against one stall at a
+    # time is then too optimistic (checked: it ends 6.5% of calls late, p99 23 ms); the stalls are
+    # the machine's speed instead, in the margins, the speed factor and the slack, as without a wait clock.
+    clock, wait = FakeClock(), FakeWait()
+    records = []
+    c = _stall_controller(clock, wait, records)
+    m = StallingMachine(clock, wait, rate=60.0)
+    results = [_stalled_call(c, m, 0.02) for _ in range(3000)]
+    elapsed = np.array([r[1] for r in results[1000:]])
+    share = np.median([r[0] for r in results[1000:]]) / ((0.02 - FIXED) / PER)
+    assert np.quantile(elapsed, 0.99) <= 0.02, np.quantile(elapsed, 0.99)
+    assert share >= 0.6, share  # 0.70 here; an invoke of the first chunk meets a stall 1 time in 3
+    assert all(r.stall_line_s is None for r in records[1000:])
+    assert c.stalls.rate() == pytest.approx(60, rel=0.3)  # still learnt: the line returns when stalls become rare
+
+
+def test_stall_tracker_rate_length_and_memory():
+    clock = FakeClock()
+    t = StallTracker(clock=clock, memory_s=5.0, prior_s=0.25, q=0.005)
+    assert t.plan() is None and t.rate() == 0.0
+    for i in range(100):  # 1 s of calls, 10 ms each, a 4 ms stall in every 10th: 10 stalls a second
+        clock.advance(0.01)
+        t.observe(0.01, [0.004] if i % 10 == 0 else [])
+    # 10 stalls over 1 s of calls (faded a little over that second) plus the 0.25 s prior.
+    assert t.rate() == pytest.approx(10 / 1.25, rel=0.15)
+    length, window = t.plan()
+    assert length == pytest.approx(0.004) and window == pytest.approx(0.005 / t.rate())
+    clock.advance(60.0)  # a minute without calls ...
+    t.observe(0.01, [])  # ... and the evidence has faded: no stall is likely any more
+    assert t.rate() < 0.01 and t.plan()[1] > 1.0
+
+
+def test_runqueue_wait_clock_counts_up():
+    wait = runqueue_wait_clock(threads=1)
+    assert wait is not None  # Linux: schedstat; elsewhere wall minus CPU time with one thread
+    a = wait()
+    sum(range(100_000))
+    assert 0.0 <= a <= wait()

@@ -221,3 +221,48 @@ def test_explicit_arguments_override_the_profile(relu_mlp, mlp_data):
     small = convert(relu_mlp, device="coral-edgetpu", representative_data=mlp_data[0][:64], batch=4)
     assert small.metadata["batch"] == {"full": 4, "trunk": 1, "head": 4, "masked": None}
     assert signature_batches(small.tflite) == {"full": 4, "trunk": 1, "head": 4}
+
+
+def test_convert_for_the_edge_tpu_with_the_default_evaluation(relu_mlp, mlp_data, tmp_path):
+    # `edgekit convert relu.keras -o t.tflite --device coral-edgetpu`, with the report's default
+    # evaluation: the fixed-batch file runs its trunk at batch 1, full and head at 16 (the
+    # deterministic path pads its last batch), and draws T=100 as 112 samples, of which it keeps 100.
+    import json
+
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+    from edgekit.converters.report import COLLAPSE_POINTS
+
+    relu_mlp.save(tmp_path / "relu.keras")
+    x, y, xt, yt = mlp_data
+    np.savez(tmp_path / "data.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    out = tmp_path / "t.tflite"
+    r = CliRunner().invoke(cli, ["convert", str(tmp_path / "relu.keras"), "-o", str(out), "--device", "coral-edgetpu",
+                                 "--data", str(tmp_path / "data.npz"), "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    acc = report["accuracy"]
+    assert (acc["n"], acc["samples"], acc["tflite"]["strategy"]) == (len(xt), 100, "trunk+head")  # 300 test inputs
+    assert report["device"] == {"name": "coral-edgetpu", "problems": []}
+    # The int8 file against the float model, both MC means of 100 samples: within the collapse
+    # threshold (2 points, 6 of the 300 inputs), and the same for dropout off (mask-input files feed
+    # the expected keep-masks; here through `full` at its static batch of 16, 300 = 18 x 16 + 12).
+    assert acc["mc_accuracy_delta_points"] > -COLLAPSE_POINTS, acc
+    det = acc["tflite"]["deterministic_accuracy"]
+    assert det is not None and abs(det - acc["keras"]["deterministic_accuracy"]) <= COLLAPSE_POINTS / 100, acc
+    assert acc["keras"]["mc_accuracy"] > 0.5  # a trained model: the comparison is not between two coin flips
+
+
+def test_the_report_evaluates_the_edge_tpu_cnn(tpu_files):
+    from edgekit.converters import evaluate
+    from edgekit.converters.report import COLLAPSE_POINTS
+
+    model, (_, _, xt, yt), result = tpu_files["cnn"]
+    report = evaluate(result, model, xt[:50], yt[:50], samples=20)  # 20 = 16 + 4 of a second batch of 16
+    acc = report.accuracy
+    assert acc["samples"] == 20 and acc["tflite"]["strategy"] == "trunk+head"
+    # 50 inputs: one flip is 2 points, so the collapse threshold allows one (the int8 rounding of a
+    # confident CNN moves its outputs by ~0.012, enough to flip an input near a tie, not several).
+    assert acc["mc_accuracy_delta_points"] >= -COLLAPSE_POINTS, acc
+    assert acc["tflite"]["deterministic_accuracy"] is not None

@@ -47,7 +47,7 @@ MLP_TWIN, INPUT_TWIN = FIX / "mlp_twin.tflite", FIX / "input_mc_twin.tflite"
 
 def _schema() -> dict:
     text = (ROOT / "docs" / "profile-schema.md").read_text()
-    block = re.search(r"## Schema\n```json\n(.*?)\n```", text, re.S)
+    block = re.search(r"## Schema\n```json\n(.*?)\n```", text, re.DOTALL)
     assert block, "docs/profile-schema.md must end with the schema in a ```json block"
     return json.loads(block.group(1))
 
@@ -149,7 +149,7 @@ def test_human_table_and_device_fit_check():
     result = _run("profile", MLP, "--runs", 3, "--warmup", 0, "--sweep", "1,2", "--device", "coral-edgetpu", "--threads", "1")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    header = "threads T strategy p50 ms p90 ms p99 ms p99 bound max ms trunk ms head ms runtime p50".split()
+    header = "threads T strategy p50 ms p90 ms p99 ms p99 bound max ms trunk ms head ms runtime p50".split()  # noqa: SIM905
     assert header in [line.split() for line in out.splitlines()], out  # columns right-aligned to their values
     # An in-graph float model does not fit the Edge TPU: the random op and the float tensors.
     assert "does not fit coral-edgetpu: op RANDOM_UNIFORM is not supported on coral-edgetpu" in out
@@ -389,7 +389,7 @@ def test_profile_runs_with_tensorflow_and_keras_blocked(tmp_path):
         finally:
             assert not any(m.split(".")[0] in ("tensorflow", "keras") for m in sys.modules)
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["models"][0]["stochastic"] == "mask-input" and len(report["models"][0]["latency"]) == 2
@@ -486,3 +486,51 @@ def test_predict_profile_and_report_run_the_same_strategy(name):
         assert report_strategy == strategy, (p.samples, report_strategy, strategy)
         assert mean.shape == (1, model.num_classes)
     assert rep.strategy == rep.latency[-1].strategy
+
+
+# ------------------------------------------------------------------ fixed-batch files (the `batch` metadata key)
+
+# mlp_fixed_int8: full and trunk at batch 1, head at 4; mlp_fixed3_int8: trunk at 3, full at 2, head at 4.
+FIXED = [FIX / "mlp_fixed_int8.tflite", FIX / "mlp_fixed3_int8.tflite"]
+
+
+def _fixed_data(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    # Inside the int8 input's range [0, 0.995] (scale 1/256, zero point -128).
+    return rng.uniform(0.0, 0.99, (n, 20)).astype(np.float32), rng.integers(0, 5, n)
+
+
+@pytest.mark.parametrize("path", FIXED, ids=lambda p: p.stem)
+def test_profile_runs_a_fixed_batch_file_at_its_batches(path):
+    x, y = _fixed_data(7)  # 7 inputs: no whole number of trunk (3) or full (2) batches
+    rep = profile_model(path, threads=(1,), samples=(1, 10, 30), runs=5, warmup=1, x=x, y=y, runtime=False)
+    # The sampler's static batch is 4: T is drawn in whole batches, and the profile reports the T that ran.
+    assert [p.samples for p in rep.latency] == [4, 12, 32]
+    assert [a.samples for a in rep.accuracy] == [4, 12, 32] and rep.accuracy[0].examples == 7
+    assert {p.strategy for p in rep.latency} == {"trunk+head"} and rep.recommended.samples % 4 == 0
+    result = _run("profile", path, "--runs", 3, "--warmup", 0, "--json")  # the default sweep 1,10,30,100
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert _validate(report, _schema()) == []
+    assert [p["samples"] for p in report["models"][0]["latency"]] == [4, 12, 32, 100]
+
+
+@pytest.mark.parametrize("path", FIXED, ids=lambda p: p.stem)
+def test_the_report_reads_a_fixed_batch_file_at_its_batches(path):
+    from edgekit.converters.report import tflite_probs
+    from edgekit.runtime import MCModel
+
+    x, _ = _fixed_data(7, seed=1)
+    data = path.read_bytes()
+    mean, det, strategy = tflite_probs(data, x, 10, seed=3, threads=1)
+    assert strategy == "trunk+head" and mean.shape == (7, 5) and det.shape == (7, 5)
+    # The mean is over exactly T=10 samples (the first 10 of the 12 the batch-4 sampler drew), the
+    # same draws as the runtime's own sample() with that seed: int8 outputs, so equal to float rounding.
+    model = MCModel(data, seed=3, threads=1)
+    np.testing.assert_allclose(mean, model.sample(x, 10)[:, :10].mean(axis=1), atol=1e-6)
+    # Padding the last trunk or full batch never leaks into the rows that are kept: every row is
+    # what that input gives alone.
+    alone = np.concatenate([model.deterministic(x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_array_equal(det, alone)
+    features = np.concatenate([model.features(x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_array_equal(model.features(x), features)
