@@ -55,7 +55,6 @@ interpreter(s); ``predict`` may be called from many threads at once. Uncertainty
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
@@ -63,9 +62,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -85,15 +82,16 @@ from edgekit.runtime.interpreter import PlanRunner, Runner, interpreter_class, q
 from edgekit.runtime.masks import mask_plan, new_keep_masks
 from edgekit.runtime.metadata import read_metadata, verify_integrity
 from edgekit.runtime.plan import SignaturePlan, build_plan
+from edgekit.runtime.prediction import MCPrediction, file_notes
 from edgekit.runtime.safety import ModelLoadError, declared_tensors, probe_model
 from edgekit.runtime.stalls import runqueue_wait_clock
 from edgekit.runtime.strategy import FULL, SPLIT, StrategyChooser
 from edgekit.runtime.summaries import (
-    ClassOutput,
     class_probs,
     concat_outputs,
     standard_error,
     summarize,
+    summarize_lean,
     summarize_outputs,
 )
 
@@ -123,71 +121,6 @@ _CHOOSERS_LOCK = threading.Lock()
 
 class UnverifiedModelWarning(UserWarning):
     """The model has no edgekit metadata, so its integrity cannot be verified."""
-
-
-@dataclass(frozen=True)
-class MCPrediction:
-    """The MC-dropout result for a batch of N inputs: one summary per model output.
-
-    ``pred.outputs`` holds a :class:`~edgekit.runtime.summaries.ClassOutput` (mean, std,
-    predicted, confidence, entropy, mutual_information, class_names, abstain) or a
-    :class:`~edgekit.runtime.summaries.ValueOutput` (mean, std, aleatoric_std, total_std, low,
-    high) per output, in the file's order; ``pred["name"]`` picks one by name, and the first
-    output's fields are also the result's own (``pred.mean`` is ``pred.outputs[0].mean``), so a
-    single-output caller never needs to name it.
-
-    Attributes:
-        outputs: the per-output summaries.
-        samples: ``[N]`` number of MC samples used for each input.
-        elapsed_ms: ``[N]`` wall time spent on each input.
-        budget_cut: ``[N]`` True where the budget stopped sampling before ``samples`` was reached.
-        notes: things the caller should know about how this was computed (e.g. a file that carries
-            no calibration).
-    """
-
-    outputs: tuple
-    samples: np.ndarray
-    elapsed_ms: np.ndarray
-    budget_cut: np.ndarray
-    notes: tuple[str, ...] = ()
-
-    @classmethod
-    def _of(cls, *values) -> MCPrediction:
-        """A result from its fields in order, without the frozen ``__init__``'s per-field
-        ``object.__setattr__`` (a few microseconds of a T=1 prediction); the same object."""
-        obj = object.__new__(cls)
-        obj.__dict__.update(zip(cls._FIELDS, values))
-        return obj
-
-    def __getattr__(self, name: str):
-        # Only reached for names the result itself lacks: the first output's fields.
-        outputs = self.__dict__.get("outputs")
-        if outputs and not name.startswith("_") and hasattr(outputs[0], name):
-            return getattr(outputs[0], name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def __getitem__(self, name: str):
-        for o in self.outputs:
-            if o.name == name:
-                return o
-        raise KeyError(f"Expected one of the outputs {[o.name for o in self.outputs]}. Received: {name!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: one dict per input. Each holds every output's summary under ``outputs``, and
-        the first output's fields at its top level (what a single-output consumer reads)."""
-        rows = []
-        for i in range(len(self.samples)):
-            per = {o.name: o.row(i) for o in self.outputs}
-            rows.append({**per[self.outputs[0].name], "samples": int(self.samples[i]),
-                         "elapsed_ms": float(self.elapsed_ms[i]), "budget_cut": bool(self.budget_cut[i]),
-                         "outputs": per})
-        first = self.outputs[0]
-        return {"outputs": [o.describe() for o in self.outputs],
-                "class_names": list(first.class_names) if first.task == "classification" else None,
-                "notes": list(self.notes), "predictions": rows}
-
-
-MCPrediction._FIELDS = tuple(f.name for f in dataclasses.fields(MCPrediction))
 
 
 class MCModel:
@@ -274,7 +207,7 @@ class MCModel:
         # One softmax output: a T=1 prediction in plain Python (see _result_one).
         self._lean = len(plan.outputs) == 1 and len(plan.fetch) == 1 and first.activation == "softmax"
         self._prob_slack = first.prob_slack
-        self.notes = self._notes()
+        self.notes = file_notes(self.plan, self.metadata)
         self.max_batch = self._max_batch(interp, plan.sampler, "one MC sample")
         # SFC64: a small, fast generator of good statistical quality (its raw output is 1.4x faster
         # to draw than PCG64's here). One generator, never reset.
@@ -312,19 +245,6 @@ class MCModel:
     def budget(self) -> BudgetController:
         """The controller that sizes budgeted sampling (its latency model, reserve and slack)."""
         return self._budget
-
-    def _notes(self) -> tuple[str, ...]:
-        """What a result should say about how it was computed, from the file's metadata."""
-        notes = []
-        old = not str(self.metadata.get("format", "")).startswith("edgekit/") or self.metadata.get("format") == "edgekit/1"
-        for o in self.plan.outputs:
-            if o.task == "classification" and o.calibration is None:
-                why = "the file predates calibration (edgekit/1)" if old else "the file carries no temperature"
-                notes.append(f"{o.name}: uncalibrated ({why})")
-            elif o.task == "regression" and o.noise_variance is None and o.variance is None:
-                notes.append(f"{o.name}: no noise variance in the file: the std and interval cover the model's "
-                             f"uncertainty only")
-        return tuple(notes)
 
     def strategy_at(self, samples: int, inputs: int = 1) -> str:
         """What ``predict(x, samples=T)`` runs for ``inputs`` inputs: ``"trunk+head"`` or ``"full"``.
@@ -553,49 +473,19 @@ class MCModel:
         return summarize_outputs(self.plan, rows, self.calibrated)
 
     def _result_one(self, probs: np.ndarray, cap: int, t0: float) -> MCPrediction:
-        """The result for one input's sample rows ``[T, D]``. For one softmax output: at T>1 with one
-        input's 2-D summaries, at T=1 in plain Python on the C values (the latency-critical case:
-        each numpy call here costs about as much as the arithmetic of all)."""
-        spec = self.plan.output
-        one = np.zeros(1, dtype=bool)
+        """The result for one input's sample rows ``[T, D]``: for one softmax output, the lean
+        summary (:func:`~edgekit.runtime.summaries.summarize_lean`), after the check the runner
+        left to this one pass at T=1."""
         if not self._lean:
-            return self._result(self._summaries(probs[None]), np.array([cap]), np.array([(_clock() - t0) * 1e3]), one)
-        cal = spec.calibration if self.calibrated else None
-        if cap != 1:
-            if cal is not None:
-                return self._result(self._summaries(probs[None]), np.array([cap]),
-                                    np.array([(_clock() - t0) * 1e3]), one)
-            mean, std, entropy, mi = summarize(probs)
-            top = int(mean.argmax())
-            abstain = None if spec.abstain is None else spec.abstain.abstain(mean[None], np.array([mi]))
-            out = ClassOutput._of(spec.name, mean[None].astype(np.float32), std[None].astype(np.float32),
-                                  np.array([top]), np.array([mean[top]], dtype=np.float32), np.array([entropy]),
-                                  np.array([mi]), self.class_names, False, abstain)
-            return MCPrediction._of((out,), np.array([cap]), np.array([(_clock() - t0) * 1e3]), one, self.notes)
-        if probs.shape != (1, self.num_classes):
-            check_probs(probs, self.num_classes, self._prob_slack, self.source)  # raises: the wrong shape
-        flat = probs[0].tolist()
-        check_row(flat, self._prob_slack, self.source)  # the check the runner left to this one pass
-        log = math.log
-        if cal is not None:
-            # One sample has no spread: MI = 0, so its temperature is the file's base one.
-            inv = 1.0 / cal.temperature
-            powered = [(p + 1e-12) ** inv for p in flat]
-            total = sum(powered)
-            flat = [p / total for p in powered]
-            probs = np.array([flat], dtype=np.float32)
-        top = flat.index(max(flat))
-        # One sample: no spread, and no mutual information (the mean per-sample entropy is the entropy).
-        entropy = -sum([p * log(p + 1e-12) for p in flat])
-        abstain = None
-        if spec.abstain is not None:
-            a = spec.abstain
-            score = entropy if a.score == "entropy" else (1.0 - flat[top] if a.score == "confidence" else 0.0)
-            abstain = np.array([score > a.threshold])
-        out = ClassOutput._of(spec.name, probs, np.zeros(probs.shape, dtype=np.float32), np.array([top]),
-                              np.array([flat[top]], dtype=np.float32), np.array([entropy]), np.zeros(1),
-                              self.class_names, cal is not None, abstain)
-        return MCPrediction._of((out,), np.array([cap]), np.array([(_clock() - t0) * 1e3]), one, self.notes)
+            outputs = self._summaries(probs[None])
+        else:
+            if cap == 1:
+                if probs.shape != (1, self.num_classes):
+                    check_probs(probs, self.num_classes, self._prob_slack, self.source)  # raises: the wrong shape
+                check_row(probs[0].tolist(), self._prob_slack, self.source)
+            outputs = (summarize_lean(self.plan.output, probs, self.calibrated),)
+        return MCPrediction._of(outputs, np.array([cap]), np.array([(_clock() - t0) * 1e3]), np.zeros(1, dtype=bool),
+                                self.notes)
 
     def _result(self, outputs: tuple, used: np.ndarray, elapsed: np.ndarray, cut: np.ndarray) -> MCPrediction:
         return MCPrediction._of(outputs, used, elapsed, cut, self.notes)

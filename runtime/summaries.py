@@ -27,21 +27,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from edgekit.runtime.prediction import ClassOutput, ValueOutput
+
 __all__ = [
-    "ClassOutput",
     "ClassSummary",
-    "ValueOutput",
     "class_probs",
     "concat_outputs",
     "standard_error",
     "summarize",
     "summarize_class_output",
     "summarize_classes",
+    "summarize_lean",
     "summarize_outputs",
     "summarize_value_output",
 ]
@@ -96,97 +95,6 @@ def summarize_classes(probs: np.ndarray) -> ClassSummary:
 
 
 # ------------------------------------------------------------------ per-output summaries
-
-
-@dataclass(frozen=True)
-class ClassOutput:
-    """The MC summary of one class output for N inputs (every array has N rows).
-
-    Attributes:
-        name: the output's name (its signature output, Keras' output name).
-        mean: ``[N, C]`` mean class probabilities (calibrated when the file carries a temperature
-            and the model was opened with ``calibrated=True``).
-        std: ``[N, C]`` their standard deviation over the samples.
-        predicted: ``[N]`` the class with the highest mean probability; ``confidence``: that probability.
-        entropy: ``[N]`` predictive entropy of ``mean`` (nats).
-        mutual_information: ``[N]`` BALD mutual information of the samples (nats).
-        class_names: the C class names.
-        calibrated: whether a temperature was applied.
-        abstain: ``[N]`` True where the file's abstention threshold says not to answer; None when
-            the file has no threshold.
-    """
-
-    name: str
-    mean: np.ndarray
-    std: np.ndarray
-    predicted: np.ndarray
-    confidence: np.ndarray
-    entropy: np.ndarray
-    mutual_information: np.ndarray
-    class_names: tuple[str, ...]
-    calibrated: bool = False
-    abstain: np.ndarray | None = None
-
-    task = "classification"
-
-    @classmethod
-    def _of(cls, *values) -> ClassOutput:
-        """Built from its fields in order without the frozen ``__init__`` (microseconds of a T=1 call)."""
-        obj = object.__new__(cls)
-        obj.__dict__.update(zip(_CLASS_FIELDS, values))
-        return obj
-
-    def row(self, i: int) -> dict[str, Any]:
-        """Input ``i``'s summary as plain JSON values."""
-        top = int(self.predicted[i])
-        out = {"predicted": top, "label": self.class_names[top], "confidence": float(self.confidence[i]),
-               "mean": self.mean[i].tolist(), "std": self.std[i].tolist(), "entropy": float(self.entropy[i]),
-               "mutual_information": float(self.mutual_information[i]), "calibrated": self.calibrated}
-        if self.abstain is not None:
-            out["abstain"] = bool(self.abstain[i])
-        return out
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "task": self.task, "class_names": list(self.class_names)}
-
-
-@dataclass(frozen=True)
-class ValueOutput:
-    """The MC summary of one value (regression) output for N inputs.
-
-    Attributes:
-        name: the output's name.
-        mean: ``[N, *shape]`` the MC mean.
-        std: ``[N, *shape]`` the epistemic standard deviation (the samples' spread).
-        aleatoric_std: ``[N, *shape]`` the noise's standard deviation (the file's noise variance, or
-            the mean variance a heteroscedastic head predicts); None when the file has neither.
-        total_std: ``[N, *shape]`` the predictive standard deviation, sqrt(epistemic + aleatoric variance).
-        low, high: ``[N, *shape]`` the central ``level`` predictive interval.
-        level: the interval's level (e.g. 0.9).
-    """
-
-    name: str
-    mean: np.ndarray
-    std: np.ndarray
-    aleatoric_std: np.ndarray | None
-    total_std: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-    level: float
-
-    task = "regression"
-
-    def row(self, i: int) -> dict[str, Any]:
-        return {"mean": self.mean[i].tolist(), "std": self.std[i].tolist(),
-                "aleatoric_std": None if self.aleatoric_std is None else self.aleatoric_std[i].tolist(),
-                "total_std": self.total_std[i].tolist(),
-                "interval": {"level": self.level, "low": self.low[i].tolist(), "high": self.high[i].tolist()}}
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "task": self.task, "shape": list(self.mean.shape[1:])}
-
-
-_CLASS_FIELDS = tuple(f.name for f in dataclasses.fields(ClassOutput))
 
 
 def class_probs(spec, rows: np.ndarray) -> np.ndarray:
@@ -317,3 +225,41 @@ def standard_error(plan, rows: np.ndarray) -> float:
             a, b = spec.columns
             worst = max(worst, float(rows[:, a:b].std(axis=0, ddof=1).max()))
     return worst / math.sqrt(t)
+
+
+def summarize_lean(spec, probs: np.ndarray, calibrated: bool) -> ClassOutput:
+    """The summary of one input's samples ``[T, C]`` of a softmax output ``spec``, with the fewest
+    numpy calls (the latency-critical case: at small T each numpy call costs about as much as all
+    the arithmetic). At T=1 in plain Python on the C values; a temperature at T>1 takes the general
+    path (:func:`summarize_class_output`)."""
+    cal = spec.calibration if calibrated else None
+    t = probs.shape[0]
+    if t > 1:
+        if cal is not None:
+            return summarize_class_output(spec, probs[None], calibrated)
+        mean, std, entropy, mi = summarize(probs)
+        top = int(mean.argmax())
+        abstain = None if spec.abstain is None else spec.abstain.abstain(mean[None], np.array([mi]))
+        return ClassOutput._of(spec.name, mean[None].astype(np.float32), std[None].astype(np.float32),
+                               np.array([top]), np.array([mean[top]], dtype=np.float32), np.array([entropy]),
+                               np.array([mi]), spec.class_names, False, abstain)
+    flat = probs[0].tolist()
+    if cal is not None:
+        # One sample has no spread: MI = 0, so its temperature is the file's base one.
+        inv = 1.0 / cal.temperature
+        powered = [(p + _EPS) ** inv for p in flat]
+        total = sum(powered)
+        flat = [p / total for p in powered]
+        probs = np.array([flat], dtype=np.float32)
+    top = flat.index(max(flat))
+    log = math.log
+    # One sample: no spread, and no mutual information (the mean per-sample entropy is the entropy).
+    entropy = -sum([p * log(p + _EPS) for p in flat])
+    abstain = None
+    if spec.abstain is not None:
+        a = spec.abstain
+        score = entropy if a.score == "entropy" else (1.0 - flat[top] if a.score == "confidence" else 0.0)
+        abstain = np.array([score > a.threshold])
+    return ClassOutput._of(spec.name, probs, np.zeros(probs.shape, dtype=np.float32), np.array([top]),
+                           np.array([flat[top]], dtype=np.float32), np.array([entropy]), np.zeros(1),
+                           spec.class_names, cal is not None, abstain)
