@@ -58,6 +58,7 @@ __all__ = [
     "SmallHeldOutWarning",
     "ValueFit",
     "check_labelled_samples",
+    "check_split_size",
     "class_metrics",
     "fit_abstention",
     "fit_noise_variance",
@@ -117,6 +118,18 @@ def class_metrics(mean_probs: np.ndarray, labels: np.ndarray) -> dict[str, float
     }
 
 
+def check_split_size(n: int, what: str, kind: str, min_examples: int, force: bool) -> None:
+    """Refuse a split of ``n`` < ``min_examples`` examples for a ``kind`` fit, or with ``force``
+    warn (:class:`SmallHeldOutWarning`) and go on."""
+    if n >= min_examples:
+        return
+    message = (f"a {what} split of {n} examples is too small for a stable {kind} fit. "
+               f"Expected at least {min_examples}. Received: {n}")
+    if not force:
+        raise InvalidArgumentError(message[0].upper() + message[1:])
+    warnings.warn(message, SmallHeldOutWarning, stacklevel=4)
+
+
 def check_labelled_samples(probs, labels, *, what: str = "held-out", min_examples: int = MIN_EXAMPLES,
                            force: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``probs`` as ``[N, T, C]`` float64 and ``labels`` as ``[N]`` int64, after checking them.
@@ -148,12 +161,7 @@ def check_labelled_samples(probs, labels, *, what: str = "held-out", min_example
             f"Expected {what} labels in [0, {p.shape[2] - 1}] (the model's classes). Received: labels in "
             f"[{int(y.min())}, {int(y.max())}]"
         )
-    if p.shape[0] < min_examples:
-        message = (f"a {what} split of {p.shape[0]} examples is too small for a stable calibration fit. "
-                   f"Expected at least {min_examples}. Received: {p.shape[0]}")
-        if not force:
-            raise InvalidArgumentError(message[0].upper() + message[1:])
-        warnings.warn(message, SmallHeldOutWarning, stacklevel=3)
+    check_split_size(p.shape[0], what, "calibration", min_examples, force)
     return p, y
 
 
@@ -359,12 +367,7 @@ def _value_arrays(samples, targets, what: str, min_examples: int, force: bool) -
         raise InvalidArgumentError(f"Expected finite {what} value samples. Received: NaN or Inf")
     if not np.isfinite(y).all():
         raise InvalidArgumentError(f"Expected finite {what} targets. Received: NaN or Inf")
-    if s.shape[0] < min_examples:
-        message = (f"a {what} split of {s.shape[0]} examples is too small for a stable variance fit. "
-                   f"Expected at least {min_examples}. Received: {s.shape[0]}")
-        if not force:
-            raise InvalidArgumentError(message[0].upper() + message[1:])
-        warnings.warn(message, SmallHeldOutWarning, stacklevel=3)
+    check_split_size(s.shape[0], what, "variance", min_examples, force)
     return s, y
 
 

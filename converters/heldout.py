@@ -19,7 +19,6 @@ ranges the file computes in, and would make it look better calibrated than it is
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
 
 import numpy as np
 
@@ -46,39 +45,16 @@ outputs' :data:`~edgekit.converters.calibrate.MIN_EXAMPLES` (set by a 15-bin ECE
 
 
 def _targets(heldout_data, plan, n: int) -> dict[str, np.ndarray]:
+    """The held-out targets per output (value targets as ``[n, values]``), checked."""
+    from edgekit.converters.outputs import targets_by_output
+
     try:
         _, y = heldout_data
     except (TypeError, ValueError):
         raise InvalidArgumentError("Expected `heldout_data` to be a pair (x, y). Received: "
                                    f"{type(heldout_data).__name__}") from None
-    names = [o.name for o in plan.outputs]
-    if isinstance(y, Mapping):
-        unknown = sorted(set(y) - set(names))
-        if unknown:
-            raise InvalidArgumentError(f"Held-out targets name output(s) {unknown} the model does not have. Expected "
-                                       f"names from {names}. Received: {sorted(y)}")
-        given = dict(y)
-    elif len(names) == 1:
-        given = {names[0]: y}
-    else:
-        raise InvalidArgumentError(f"Expected held-out targets per output name for a model with outputs {names}. "
-                                   f"Received: one array")
-    out = {}
-    for spec in plan.outputs:
-        if spec.name not in given:
-            continue
-        t = np.asarray(given[spec.name])
-        if t.shape[:1] != (n,):
-            raise InvalidArgumentError(f"Expected one held-out target per input ({n}) for output {spec.name!r}. "
-                                       f"Received: shape {t.shape}")
-        if spec.task == "regression":
-            want = (n, *spec.shape)
-            if t.size != int(np.prod(want)):
-                raise InvalidArgumentError(f"Expected held-out targets of shape {want} for value output "
-                                           f"{spec.name!r}. Received: shape {t.shape}")
-            t = t.astype(np.float64).reshape(n, -1)
-        out[spec.name] = t
-    return out
+    out = targets_by_output(y, plan.outputs, n, "held-out targets")
+    return {name: t.reshape(n, -1) if t.ndim > 1 else t for name, t in out.items()}
 
 
 def _risk_coverage(mean: np.ndarray, labels) -> dict:

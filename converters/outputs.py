@@ -33,11 +33,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 
 from edgekit.errors import InvalidArgumentError, UnsupportedModelError
 from edgekit.qtyping import TASKS, Task
 
-__all__ = ["OutputInfo", "describe_outputs", "named", "outputs_metadata"]
+__all__ = ["OutputInfo", "describe_outputs", "named", "outputs_metadata", "targets_by_output"]
 
 
 @dataclass(frozen=True)
@@ -226,4 +227,52 @@ def outputs_metadata(infos: list[OutputInfo], *, interval: float = 0.9) -> list[
                          variance=None if info.variance is None else {"output": info.variance, "kind": "log_variance"},
                          interval=interval)
         out.append(entry)
+    return out
+
+
+def targets_by_output(y, specs, n: int, what: str) -> dict[str, np.ndarray]:
+    """Targets per output name from ``y`` (an array for a one-output file, else ``{name: targets}``),
+    checked against ``specs`` (a plan's outputs): ``n`` integer labels in ``[0, C)`` for a class
+    output (int64), ``n`` finite values of the output's shape for a value output (float64).
+    Outputs without targets are left out. ``what`` names the data in messages."""
+
+    names = [s.name for s in specs]
+    if isinstance(y, Mapping):
+        unknown = sorted(set(y) - set(names))
+        if unknown:
+            raise InvalidArgumentError(f"{what} name output(s) {unknown} the model does not have. Expected names from "
+                                       f"{names}. Received: {sorted(y)}")
+        given = dict(y)
+    elif len(names) == 1:
+        given = {names[0]: y}
+    else:
+        raise InvalidArgumentError(f"Expected {what} per output name ({{name: targets}}) for a model with outputs "
+                                   f"{names}. Received: one array")
+    out = {}
+    for spec in specs:
+        if spec.name not in given or given[spec.name] is None:
+            continue
+        t = np.asarray(given[spec.name])
+        if spec.task == "classification":
+            if t.dtype.kind not in "iuf" or t.size != n:
+                raise InvalidArgumentError(f"Expected {what} of output {spec.name!r}: {n} integer labels. Received: "
+                                           f"shape {t.shape}, dtype {t.dtype}")
+            t = t.reshape(-1)
+            if t.dtype.kind == "f" and not (np.isfinite(t).all() and np.all(t == np.round(t))):
+                raise InvalidArgumentError(f"Expected integer labels for class output {spec.name!r}. Received: "
+                                           f"non-integer or NaN values")
+            t = t.astype(np.int64)
+            if len(t) and (t.min() < 0 or t.max() >= spec.num_classes):
+                raise InvalidArgumentError(f"Expected labels in [0, {spec.num_classes - 1}] for output {spec.name!r}. "
+                                           f"Received: labels in [{int(t.min())}, {int(t.max())}]")
+        else:
+            want = (n, *spec.shape)
+            if t.dtype.kind not in "iuf" or t.shape[:1] != (n,) or t.size != int(np.prod(want)):
+                raise InvalidArgumentError(f"Expected {what} of value output {spec.name!r} of shape {want}. Received: "
+                                           f"shape {t.shape}")
+            t = t.astype(np.float64).reshape(want)
+            if not np.isfinite(t).all():
+                raise InvalidArgumentError(f"Expected finite {what} for value output {spec.name!r}. Received: "
+                                           f"NaN or Inf")
+        out[spec.name] = t
     return out

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgekit.converters.outputs import targets_by_output
 from edgekit.errors import InvalidArgumentError
 from edgekit.qtyping import CALIBRATED
 from edgekit.runtime.metrics import ece, nll
@@ -372,52 +373,6 @@ def _class_of(spec, arr: np.ndarray) -> np.ndarray:
     return np.concatenate([1.0 - a, a], axis=-1) if spec.activation == "sigmoid" else a
 
 
-def _targets(y, specs, n: int, what: str) -> dict[str, np.ndarray]:
-    """Targets per output name from ``y`` (an array for a one-output file, else a mapping), checked."""
-    from collections.abc import Mapping
-
-    names = [s.name for s in specs]
-    if isinstance(y, Mapping):
-        unknown = sorted(set(y) - set(names))
-        if unknown:
-            raise InvalidArgumentError(f"{what} name output(s) {unknown} the model does not have. Expected names from "
-                                       f"{names}. Received: {sorted(y)}")
-        given = dict(y)
-    elif len(names) == 1:
-        given = {names[0]: y}
-    else:
-        raise InvalidArgumentError(f"Expected {what} per output name ({{name: targets}}) for a model with outputs "
-                                   f"{names}. Received: one array")
-    out = {}
-    for spec in specs:
-        if spec.name not in given or given[spec.name] is None:
-            continue
-        t = np.asarray(given[spec.name])
-        if spec.task == "classification":
-            if t.dtype.kind not in "iuf" or t.size != n:
-                raise InvalidArgumentError(f"Expected {what} of output {spec.name!r}: {n} integer labels. Received: "
-                                           f"shape {t.shape}, dtype {t.dtype}")
-            t = t.reshape(-1)
-            if t.dtype.kind == "f" and not (np.isfinite(t).all() and np.all(t == np.round(t))):
-                raise InvalidArgumentError(f"Expected integer labels for class output {spec.name!r}. Received: "
-                                           f"non-integer or NaN values")
-            t = t.astype(np.int64)
-            if len(t) and (t.min() < 0 or t.max() >= spec.num_classes):
-                raise InvalidArgumentError(f"Expected labels in [0, {spec.num_classes - 1}] for output {spec.name!r}. "
-                                           f"Received: labels in [{int(t.min())}, {int(t.max())}]")
-        else:
-            want = (n, *spec.shape)
-            if t.dtype.kind not in "iuf" or t.shape[:1] != (n,) or t.size != int(np.prod(want)):
-                raise InvalidArgumentError(f"Expected {what} of value output {spec.name!r} of shape {want}. Received: "
-                                           f"shape {t.shape}")
-            t = t.astype(np.float64).reshape(want)
-            if not np.isfinite(t).all():
-                raise InvalidArgumentError(f"Expected finite {what} for value output {spec.name!r}. Received: "
-                                           f"NaN or Inf")
-        out[spec.name] = t
-    return out
-
-
 def value_quality(spec, rows: np.ndarray, targets: np.ndarray) -> dict:
     """RMSE, Gaussian NLL (nats per value) and coverage of the central ``spec.interval`` interval of
     value output ``spec`` from sample rows ``[N, T, D]`` (the file's layout,
@@ -489,7 +444,7 @@ def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows:
     _check_samples(samples)
     file = MCModel(converted.tflite, threads=2, seed=seed, probe=False)  # the converter's own output
     specs = file.plan.outputs
-    targets = _targets(y, specs, len(x), "targets")
+    targets = targets_by_output(y, specs, len(x), "targets")
     if not targets:
         raise InvalidArgumentError(f"Expected targets for at least one output of {[s.name for s in specs]}. "
                                    f"Received: none")

@@ -226,10 +226,9 @@ def finish_flatbuffer(tflite: bytes, value_outputs: Sequence[str] = ()) -> bytes
     nobody reads any more removed), the quantized ranges of ``value_outputs`` widened
     (:func:`_widen_value_ranges`) and the names of intermediate tensors stripped.
 
-    Tensor names are debugging text ("head_1/dense_0_1/MatMul;head_1/dense_0_1/BiasAdd2", ...):
-    about 3.5 KB plus string headers in the book MLP's int8 file, where they decide whether it stays
-    within 27% of the float32 one (issue 3). TF's own ``flatbuffer_utils.strip_strings`` does the
-    same; signatures refer to tensors by index, so nothing that runs the model reads these names.
+    Tensor names are debugging text ("head_1/dense_0_1/MatMul;head_1/dense_0_1/BiasAdd2", ...), a
+    few KB of a small int8 file. TF's own ``flatbuffer_utils.strip_strings`` does the same;
+    signatures refer to tensors by index, so nothing that runs the model reads these names.
     """
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema

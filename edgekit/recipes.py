@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edgekit.errors import InvalidArgumentError
 from edgekit.layers import MCAlphaDropout, MCDropout
 
 __all__ = [
@@ -50,7 +51,7 @@ RECIPES = ("book", "default", "selu")
 
 def _check_top(mc_layers: int, n_hidden: int) -> None:
     if not isinstance(mc_layers, int) or not 0 <= mc_layers <= n_hidden:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `mc_layers` between 0 and the number of hidden layers ({n_hidden}). "
             f"Received: mc_layers={mc_layers!r}"
         )
@@ -58,12 +59,12 @@ def _check_top(mc_layers: int, n_hidden: int) -> None:
 
 def _check_rate(name: str, value: float | None) -> None:
     if value is not None and (not isinstance(value, (int, float)) or value < 0):
-        raise ValueError(f"Expected `{name}` to be a non-negative number or None. Received: {name}={value!r}")
+        raise InvalidArgumentError(f"Expected `{name}` to be a non-negative number or None. Received: {name}={value!r}")
 
 
 def _inputs(input_shape: Sequence[int], mean: float, std: float):
     if std <= 0:
-        raise ValueError(f"Expected a positive input `std`. Received: std={std!r}")
+        raise InvalidArgumentError(f"Expected a positive input `std`. Received: std={std!r}")
     inputs = keras.Input(shape=tuple(input_shape), name="x")
     # Standardize inside the model: the device then feeds raw [0, 1] pixels.
     x = keras.layers.Rescaling(scale=1.0 / std, offset=-mean / std, name="standardize")(inputs)
@@ -172,7 +173,7 @@ def build(recipe: str, **kwargs) -> keras.Model:
     """Build a model by recipe name: ``book``, ``default`` or ``selu``."""
     builders = {"book": book, "default": default_dnn, "selu": self_normalizing}
     if recipe not in builders:
-        raise ValueError(f"Unknown recipe. Expected one of {', '.join(RECIPES)}. Received: {recipe!r}")
+        raise InvalidArgumentError(f"Unknown recipe. Expected one of {', '.join(RECIPES)}. Received: {recipe!r}")
     return builders[recipe](**kwargs)
 
 
@@ -191,9 +192,9 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, steps: int, max_rate: float):
         if not isinstance(steps, int) or steps < 2:
-            raise ValueError(f"Expected `steps` to be an integer >= 2. Received: steps={steps!r}")
+            raise InvalidArgumentError(f"Expected `steps` to be an integer >= 2. Received: steps={steps!r}")
         if not max_rate > 0:
-            raise ValueError(f"Expected a positive `max_rate`. Received: max_rate={max_rate!r}")
+            raise InvalidArgumentError(f"Expected a positive `max_rate`. Received: max_rate={max_rate!r}")
         self.steps = steps
         self.max_rate = float(max_rate)
         self.start_rate = self.max_rate / 10
@@ -228,7 +229,7 @@ def compile_model(model: keras.Model, *, steps: int, optimizer: str = "nadam",
         schedule = OneCycle(steps, max_rate or 5e-2)
         opt = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
     else:
-        raise ValueError(f"Unknown optimizer. Expected 'nadam' or 'momentum'. Received: {optimizer!r}")
+        raise InvalidArgumentError(f"Unknown optimizer. Expected 'nadam' or 'momentum'. Received: {optimizer!r}")
     model.compile(loss="sparse_categorical_crossentropy", optimizer=opt, metrics=["accuracy"])
     return model
 
@@ -250,11 +251,11 @@ def train(model: keras.Model, x_train, y_train, *, epochs: int, batch_size: int 
     Early stopping restores the best weights. Keras' own progress bar shows progress.
     """
     if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"Expected `epochs` to be an integer >= 1. Received: epochs={epochs!r}")
+        raise InvalidArgumentError(f"Expected `epochs` to be an integer >= 1. Received: epochs={epochs!r}")
     x_train = np.asarray(x_train, dtype=np.float32)
     y_train = np.asarray(y_train)
     if not 0 < validation < len(x_train):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `validation` between 1 and {len(x_train) - 1}. Received: validation={validation!r}"
         )
     x_fit, y_fit = x_train[:-validation], y_train[:-validation]

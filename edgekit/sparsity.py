@@ -50,7 +50,7 @@ _PRUNABLE = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.DepthwiseConv
 
 def _check_fraction(name: str, value: float) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Invalid value received for argument `{name}`. Expected a float value between 0 and 1 "
             f"(1 excluded). Received: {name}={value!r}"
         )
@@ -81,11 +81,11 @@ class PolynomialSchedule:
         _check_fraction("target", self.target)
         _check_fraction("initial", self.initial)
         if self.end_step < self.begin_step or self.begin_step < 0:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected 0 <= begin_step <= end_step. Received: begin_step={self.begin_step}, end_step={self.end_step}"
             )
         if self.frequency < 1:
-            raise ValueError(f"Expected a positive `frequency`. Received: frequency={self.frequency}")
+            raise InvalidArgumentError(f"Expected a positive `frequency`. Received: frequency={self.frequency}")
 
     def sparsity_at(self, step: int) -> float:
         if step <= self.begin_step:
@@ -269,7 +269,7 @@ def sparsify(
     """
     _check_fraction("target", target)
     if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"Expected a non-negative int `epochs`. Received: epochs={epochs!r}")
+        raise InvalidArgumentError(f"Expected a non-negative int `epochs`. Received: epochs={epochs!r}")
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y).reshape(-1)
     if len(x) != len(y) or len(x) == 0:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from edgekit.errors import InvalidArgumentError
+from edgekit.errors import InvalidArgumentError, MissingFileError
 
 __all__ = ["atomic_write_bytes", "refuse_overwrite_input"]
 
@@ -47,7 +47,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise FileNotFoundError(f"Output folder does not exist. Expected an existing folder. Received: {str(folder)!r}")
+        raise MissingFileError(f"Output folder does not exist. Expected an existing folder. Received: {str(folder)!r}")
     import tempfile  # here, not at the top: it pulls in shutil, random, bz2, lzma (~5-9 ms of start-up)
 
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")

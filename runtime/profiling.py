@@ -244,7 +244,7 @@ def percentile_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
     statistic; the max when there are fewer than 299 runs)."""
     a = np.asarray(latencies_ms, dtype=np.float64)
     if a.size == 0:
-        raise ValueError("Expected at least one latency. Received: an empty list")
+        raise InvalidArgumentError("Expected at least one latency. Received: an empty list")
     p50, p90, p99 = np.percentile(a, [50, 90, 99])
     upper = float(np.sort(a)[_upper_order_statistic(a.size) - 1])
     return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "max_ms": float(a.max()),
@@ -301,11 +301,11 @@ def accuracy_curve(probs: np.ndarray, y: np.ndarray, samples: Sequence[int], *, 
     applied to each of those T samples first, as the runtime does at that T."""
     y = np.asarray(y).astype(np.int64).reshape(-1)
     if probs.ndim != 3 or probs.shape[0] != y.shape[0]:
-        raise ValueError(f"Expected probs [N, T, C] and N labels. Received: probs {probs.shape}, labels {y.shape}")
+        raise InvalidArgumentError(f"Expected probs [N, T, C] and N labels. Received: probs {probs.shape}, labels {y.shape}")
     out = []
     for t in samples:
         if not 1 <= t <= probs.shape[1]:
-            raise ValueError(f"Expected 1 <= T <= {probs.shape[1]}. Received: T={t}")
+            raise InvalidArgumentError(f"Expected 1 <= T <= {probs.shape[1]}. Received: T={t}")
         first = probs[:, :t]
         mean = (first if calibration is None else calibration.apply(first)).mean(axis=1)
         accuracy = float((mean.argmax(axis=1) == y).mean())
@@ -395,7 +395,7 @@ def recommend(latency: Sequence[LatencyPoint], budget_ms: float,
     lowest bound at that T.
     """
     if not budget_ms > 0:
-        raise ValueError(f"Expected a budget > 0 ms. Received: budget_ms={budget_ms}")
+        raise InvalidArgumentError(f"Expected a budget > 0 ms. Received: budget_ms={budget_ms}")
     fits: dict[int, LatencyPoint] = {}
     for p in latency:
         if p.p99_upper_ms <= budget_ms and (p.samples not in fits or p.p99_upper_ms < fits[p.samples].p99_upper_ms):
