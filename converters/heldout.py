@@ -53,7 +53,7 @@ def _targets(heldout_data, plan, n: int) -> dict[str, np.ndarray]:
     except (TypeError, ValueError):
         raise InvalidArgumentError("Expected `heldout_data` to be a pair (x, y). Received: "
                                    f"{type(heldout_data).__name__}") from None
-    out = targets_by_output(y, plan.outputs, n, "held-out targets")
+    out = targets_by_output(y, plan.outputs, n, "held-out")
     return {name: t.reshape(n, -1) if t.ndim > 1 else t for name, t in out.items()}
 
 

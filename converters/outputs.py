@@ -240,14 +240,14 @@ def targets_by_output(y, specs, n: int, what: str) -> dict[str, np.ndarray]:
     if isinstance(y, Mapping):
         unknown = sorted(set(y) - set(names))
         if unknown:
-            raise InvalidArgumentError(f"{what} name output(s) {unknown} the model does not have. Expected names from "
-                                       f"{names}. Received: {sorted(y)}")
+            raise InvalidArgumentError(f"The {what} targets name output(s) {unknown} the model does not have. "
+                                       f"Expected names from {names}. Received: {sorted(y)}")
         given = dict(y)
     elif len(names) == 1:
         given = {names[0]: y}
     else:
-        raise InvalidArgumentError(f"Expected {what} per output name ({{name: targets}}) for a model with outputs "
-                                   f"{names}. Received: one array")
+        raise InvalidArgumentError(f"Expected {what} targets per output name ({{name: targets}}) for a model with "
+                                   f"outputs {names}. Received: one array")
     out = {}
     for spec in specs:
         if spec.name not in given or given[spec.name] is None:
@@ -255,24 +255,25 @@ def targets_by_output(y, specs, n: int, what: str) -> dict[str, np.ndarray]:
         t = np.asarray(given[spec.name])
         if spec.task == "classification":
             if t.dtype.kind not in "iuf" or t.size != n:
-                raise InvalidArgumentError(f"Expected {what} of output {spec.name!r}: {n} integer labels. Received: "
-                                           f"shape {t.shape}, dtype {t.dtype}")
+                raise InvalidArgumentError(f"Expected {what} targets of output {spec.name!r}: {n} integer labels. "
+                                           f"Received: shape {t.shape}, dtype {t.dtype}")
             t = t.reshape(-1)
             if t.dtype.kind == "f" and not (np.isfinite(t).all() and np.all(t == np.round(t))):
-                raise InvalidArgumentError(f"Expected integer labels for class output {spec.name!r}. Received: "
+                raise InvalidArgumentError(f"Expected integer {what} labels for class output {spec.name!r}. Received: "
                                            f"non-integer or NaN values")
             t = t.astype(np.int64)
             if len(t) and (t.min() < 0 or t.max() >= spec.num_classes):
-                raise InvalidArgumentError(f"Expected labels in [0, {spec.num_classes - 1}] for output {spec.name!r}. "
-                                           f"Received: labels in [{int(t.min())}, {int(t.max())}]")
+                raise InvalidArgumentError(f"Expected {what} labels in [0, {spec.num_classes - 1}] (the model's "
+                                           f"classes). Received: labels in [{int(t.min())}, {int(t.max())}] for output "
+                                           f"{spec.name!r}")
         else:
             want = (n, *spec.shape)
             if t.dtype.kind not in "iuf" or t.shape[:1] != (n,) or t.size != int(np.prod(want)):
-                raise InvalidArgumentError(f"Expected {what} of value output {spec.name!r} of shape {want}. Received: "
-                                           f"shape {t.shape}")
+                raise InvalidArgumentError(f"Expected {what} targets of shape {want} for value output {spec.name!r}. "
+                                           f"Received: shape {t.shape}")
             t = t.astype(np.float64).reshape(want)
             if not np.isfinite(t).all():
-                raise InvalidArgumentError(f"Expected finite {what} for value output {spec.name!r}. Received: "
+                raise InvalidArgumentError(f"Expected finite {what} targets for value output {spec.name!r}. Received: "
                                            f"NaN or Inf")
         out[spec.name] = t
     return out

@@ -444,7 +444,7 @@ def evaluate(converted, model, x, y, *, samples: int = 100, seed: int = 0, rows:
     _check_samples(samples)
     file = MCModel(converted.tflite, threads=2, seed=seed, probe=False)  # the converter's own output
     specs = file.plan.outputs
-    targets = targets_by_output(y, specs, len(x), "targets")
+    targets = targets_by_output(y, specs, len(x), "test")
     if not targets:
         raise InvalidArgumentError(f"Expected targets for at least one output of {[s.name for s in specs]}. "
                                    f"Received: none")

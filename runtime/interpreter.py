@@ -213,7 +213,7 @@ class PlanRunner:
         # a foreign file's only output by position). Each signature dequantizes with its own scales.
         self._fetch = plan.fetch
         self._names = tuple(t.name for t in plan.fetch)
-        self._single = len(plan.fetch) == 1
+        self._single = self.single = len(plan.fetch) == 1
         full_specs = _specs(self.interpreter().get_signature_runner(plan.full), "out")
         if all(n in full_specs for n in self._names):
             self._full_names = self._names
@@ -382,6 +382,11 @@ class PlanRunner:
         if check:
             self._check(probs)
         return probs
+
+    def full_one(self, x: np.ndarray) -> np.ndarray:
+        """``full`` at batch 1 for one float32 input of a float32 file whose ``full`` takes no masks
+        (its own RANDOM_UNIFORM, or no MC layer): the output row, unchecked (the caller checks it)."""
+        return self.runner(self.plan.full).run(self.plan.input.name, x, self._full_out)
 
     def full_expected(self, xq: np.ndarray, rows: int) -> np.ndarray:
         """``full`` with every mask input at its expected keep-mask (dropout off), ``rows`` inputs per invoke."""

@@ -225,6 +225,10 @@ class MCModel:
             with _CHOOSERS_LOCK:  # one per file, threads and memory budget in a process (see strategy.py)
                 self._chooser = _CHOOSERS.setdefault((key, threads, rng, self._full_rows),
                                                      StrategyChooser(max_rows=self._full_rows))
+        # T=1 of one float32 input through `full` (where the chooser picks it) in the fewest calls.
+        self._one = (self._lean and self._chooser is not None and not plan.full_masks
+                     and plan.static_batch("full") is None and self.input.dtype == np.float32
+                     and first.tensor.dtype == np.float32 and plan.full_masks_from == "file" and self._run.single)
         # One sample now, so a file whose output is not probabilities is refused at load.
         self._draw(np.zeros((1, *self._feed.shape), dtype=self._feed.dtype), self._step, observe=False)
 
@@ -448,6 +452,8 @@ class MCModel:
             n = x.shape[0]
             if n == 1:
                 t0 = _clock()
+                if cap == 1 and self._one and self._chooser.choose(1, self._measure_strategies) == FULL:
+                    return self._result_one(self._run.full_one(x), 1, t0)
                 return self._result_one(self._rows(x, cap, check=cap != 1), cap, t0)
             # Several inputs share one invoke (input-major rows), up to _ROWS_PER_INVOKE rows.
             # elapsed_ms is the group's time split evenly between its inputs.
@@ -479,11 +485,13 @@ class MCModel:
         if not self._lean:
             outputs = self._summaries(probs[None])
         else:
+            flat = None
             if cap == 1:
                 if probs.shape != (1, self.num_classes):
                     check_probs(probs, self.num_classes, self._prob_slack, self.source)  # raises: the wrong shape
-                check_row(probs[0].tolist(), self._prob_slack, self.source)
-            outputs = (summarize_lean(self.plan.output, probs, self.calibrated),)
+                flat = probs[0].tolist()
+                check_row(flat, self._prob_slack, self.source)
+            outputs = (summarize_lean(self.plan.output, probs, self.calibrated, flat),)
         return MCPrediction._of(outputs, np.array([cap]), np.array([(_clock() - t0) * 1e3]), np.zeros(1, dtype=bool),
                                 self.notes)
 

@@ -227,11 +227,12 @@ def standard_error(plan, rows: np.ndarray) -> float:
     return worst / math.sqrt(t)
 
 
-def summarize_lean(spec, probs: np.ndarray, calibrated: bool) -> ClassOutput:
+def summarize_lean(spec, probs: np.ndarray, calibrated: bool, flat: list[float] | None = None) -> ClassOutput:
     """The summary of one input's samples ``[T, C]`` of a softmax output ``spec``, with the fewest
     numpy calls (the latency-critical case: at small T each numpy call costs about as much as all
-    the arithmetic). At T=1 in plain Python on the C values; a temperature at T>1 takes the general
-    path (:func:`summarize_class_output`)."""
+    the arithmetic, more so right after an invoke has filled the caches with weights). At T=1 in
+    plain Python on the C values (``flat``: ``probs[0].tolist()`` when the caller has it); a
+    temperature at T>1 takes the general path (:func:`summarize_class_output`)."""
     cal = spec.calibration if calibrated else None
     t = probs.shape[0]
     if t > 1:
@@ -243,7 +244,8 @@ def summarize_lean(spec, probs: np.ndarray, calibrated: bool) -> ClassOutput:
         return ClassOutput._of(spec.name, mean[None].astype(np.float32), std[None].astype(np.float32),
                                np.array([top]), np.array([mean[top]], dtype=np.float32), np.array([entropy]),
                                np.array([mi]), spec.class_names, False, abstain)
-    flat = probs[0].tolist()
+    if flat is None:
+        flat = probs[0].tolist()
     if cal is not None:
         # One sample has no spread: MI = 0, so its temperature is the file's base one.
         inv = 1.0 / cal.temperature
@@ -251,6 +253,7 @@ def summarize_lean(spec, probs: np.ndarray, calibrated: bool) -> ClassOutput:
         total = sum(powered)
         flat = [p / total for p in powered]
         probs = np.array([flat], dtype=np.float32)
+    c = len(flat)
     top = flat.index(max(flat))
     log = math.log
     # One sample: no spread, and no mutual information (the mean per-sample entropy is the entropy).
@@ -260,6 +263,9 @@ def summarize_lean(spec, probs: np.ndarray, calibrated: bool) -> ClassOutput:
         a = spec.abstain
         score = entropy if a.score == "entropy" else (1.0 - flat[top] if a.score == "confidence" else 0.0)
         abstain = np.array([score > a.threshold])
-    return ClassOutput._of(spec.name, probs, np.zeros(probs.shape, dtype=np.float32), np.array([top]),
-                           np.array([flat[top]], dtype=np.float32), np.array([entropy]), np.zeros(1),
+    # Fields of one row are views of three small arrays instead of six separate ones.
+    f32 = np.zeros(c + 1, dtype=np.float32)  # std (zeros), then the confidence
+    f32[c] = flat[top]
+    f64 = np.array([entropy, 0.0])  # entropy, mutual information
+    return ClassOutput._of(spec.name, probs, f32[:c].reshape(1, c), np.array([top]), f32[c:], f64[:1], f64[1:],
                            spec.class_names, cal is not None, abstain)

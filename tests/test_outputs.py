@@ -348,10 +348,10 @@ def test_evaluate_measures_each_output_keras_against_the_file(converted, two_out
     assert "accuracy         output 'cls' on 300 samples" in table
     assert "values           output 'value' on 300 targets, 90% interval, no aleatoric part" in table
     json.dumps(report.to_dict())
-    with pytest.raises(ValueError, match=r"Expected targets of value output 'value' of shape \(300, 1\). "
+    with pytest.raises(ValueError, match=r"Expected test targets of shape \(300, 1\) for value output 'value'. "
                                          r"Received: shape \(300, 2\)"):
         evaluate(result, two_output, xt, {"value": np.zeros((300, 2))}, samples=30, reference=reference)
-    with pytest.raises(ValueError, match="Expected targets per output name"):
+    with pytest.raises(ValueError, match="Expected test targets per output name"):
         evaluate(result, two_output, xt, ct, samples=30, reference=reference)
     with pytest.raises(ValueError, match="Expected a reference of T=10 samples. Received: T=30"):
         evaluate(result, two_output, xt, {"cls": ct}, samples=10, reference=reference)
