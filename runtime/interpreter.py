@@ -213,7 +213,7 @@ class PlanRunner:
         # a foreign file's only output by position). Each signature dequantizes with its own scales.
         self._fetch = plan.fetch
         self._names = tuple(t.name for t in plan.fetch)
-        self._single = self.single = len(plan.fetch) == 1
+        self._single = len(plan.fetch) == 1
         full_specs = _specs(self.interpreter().get_signature_runner(plan.full), "out")
         if all(n in full_specs for n in self._names):
             self._full_names = self._names
@@ -224,6 +224,9 @@ class PlanRunner:
                                  f"Received: {sorted(full_specs)}")
         self._full_fetch = tuple(full_specs[n] for n in self._full_names)
         self._full_out = self._full_names[0]
+        # `full` at batch 1 is then set, invoke, get (see full_runner).
+        self.bare_full = (self._single and self._full_fetch[0].dtype == np.float32 and not plan.full_masks
+                          and self._full_batch is None)
         sigs = self.interpreter().get_signature_list()
         if plan.trunk is not None:
             outs = sigs[plan.trunk]["outputs"]
@@ -383,10 +386,12 @@ class PlanRunner:
             self._check(probs)
         return probs
 
-    def full_one(self, x: np.ndarray) -> np.ndarray:
-        """``full`` at batch 1 for one float32 input of a float32 file whose ``full`` takes no masks
-        (its own RANDOM_UNIFORM, or no MC layer): the output row, unchecked (the caller checks it)."""
-        return self.runner(self.plan.full).run(self.plan.input.name, x, self._full_out)
+    def full_runner(self) -> tuple[Runner, str, str] | None:
+        """Where :attr:`bare_full`: the calling thread's runner of ``full`` with the names of its
+        input and output, for ``runner.run(input, x, output)`` at batch 1 (a float32 row, unchecked).
+        None before the thread's first ``full``, which makes the runner."""
+        runner = self.local.main_runners.get(self.plan.full)
+        return None if runner is None else (runner, self.plan.input.name, self._full_out)
 
     def full_expected(self, xq: np.ndarray, rows: int) -> np.ndarray:
         """``full`` with every mask input at its expected keep-mask (dropout off), ``rows`` inputs per invoke."""

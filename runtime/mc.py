@@ -225,10 +225,9 @@ class MCModel:
             with _CHOOSERS_LOCK:  # one per file, threads and memory budget in a process (see strategy.py)
                 self._chooser = _CHOOSERS.setdefault((key, threads, rng, self._full_rows),
                                                      StrategyChooser(max_rows=self._full_rows))
-        # T=1 of one float32 input through `full` (where the chooser picks it) in the fewest calls.
-        self._one = (self._lean and self._chooser is not None and not plan.full_masks
-                     and plan.static_batch("full") is None and self.input.dtype == np.float32
-                     and first.tensor.dtype == np.float32 and plan.full_masks_from == "file" and self._run.single)
+        # T=1 of one input through `full` where the chooser picks it: _predict_one.
+        self._one = (self._lean and self._chooser is not None and self._run.bare_full
+                     and self.input.dtype == np.float32 and plan.full_masks_from == "file")
         # One sample now, so a file whose output is not probabilities is refused at load.
         self._draw(np.zeros((1, *self._feed.shape), dtype=self._feed.dtype), self._step, observe=False)
 
@@ -443,6 +442,11 @@ class MCModel:
             TypeError: wrong dtype.
             BudgetError: the budget is below the cost of one sample.
         """
+        if samples == 1 and type(samples) is int and self._one and budget_ms is None and tolerance is None \
+                and not anytime:
+            result = self._predict_one(x)
+            if result is not None:
+                return result
         t_call = _clock()  # a budget counts from here: the checks are part of the call
         if budget_ms is None and tolerance is None and not anytime:
             if samples is not None and (type(samples) is not int or samples < 1):
@@ -452,8 +456,6 @@ class MCModel:
             n = x.shape[0]
             if n == 1:
                 t0 = _clock()
-                if cap == 1 and self._one and self._chooser.choose(1, self._measure_strategies) == FULL:
-                    return self._result_one(self._run.full_one(x), 1, t0)
                 return self._result_one(self._rows(x, cap, check=cap != 1), cap, t0)
             # Several inputs share one invoke (input-major rows), up to _ROWS_PER_INVOKE rows.
             # elapsed_ms is the group's time split evenly between its inputs.
@@ -474,6 +476,26 @@ class MCModel:
         cap = self._round_up(min(int(samples or default), self.max_batch))
         return self._predict_adaptive(x, cap, None if budget_ms is None else budget_ms / 1e3, tolerance, t_call,
                                       stop)
+
+    def _predict_one(self, x) -> MCPrediction | None:
+        """``predict(x, samples=1)`` of one float32 input where the strategy chooser runs ``full`` (a
+        float32 file drawing its own masks): the check, one invoke and the lean summary in the fewest
+        Python calls, since at T=1 on a small model each call costs about what its arithmetic does.
+        None where the general path must run: a batch, or the thread's first ``full``."""
+        x = check_input(x, self.input.shape, ones=self._ones)
+        t0 = _clock()
+        bare = self._run.full_runner()
+        if bare is None or x.shape[0] != 1 or self._chooser.choose(1, self._measure_strategies) != FULL:
+            return None
+        runner, name, out = bare
+        probs = runner.run(name, x, out)
+        if probs.shape != (1, self.num_classes):
+            check_probs(probs, self.num_classes, self._prob_slack, self.source)  # raises: the wrong shape
+        flat = probs[0].tolist()
+        check_row(flat, self._prob_slack, self.source)
+        outputs = (summarize_lean(self.plan.output, probs, self.calibrated, flat),)
+        return MCPrediction._of(outputs, np.array([1]), np.array([(_clock() - t0) * 1e3]), np.zeros(1, dtype=bool),
+                                self.notes)
 
     def _summaries(self, rows: np.ndarray) -> tuple:
         return summarize_outputs(self.plan, rows, self.calibrated)

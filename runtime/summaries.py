@@ -267,5 +267,5 @@ def summarize_lean(spec, probs: np.ndarray, calibrated: bool, flat: list[float] 
     f32 = np.zeros(c + 1, dtype=np.float32)  # std (zeros), then the confidence
     f32[c] = flat[top]
     f64 = np.array([entropy, 0.0])  # entropy, mutual information
-    return ClassOutput._of(spec.name, probs, f32[:c].reshape(1, c), np.array([top]), f32[c:], f64[:1], f64[1:],
+    return ClassOutput._of(spec.name, probs, f32[None, :c], np.array([top]), f32[c:], f64[:1], f64[1:],
                            spec.class_names, cal is not None, abstain)

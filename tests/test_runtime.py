@@ -351,6 +351,29 @@ def test_one_sample_gives_the_same_result_as_the_general_path(mlp):
     assert dataclasses.replace(one, samples=np.array([7])).samples[0] == 7  # a real frozen dataclass
 
 
+def test_one_sample_calls_are_fresh_draws_whose_mean_is_the_mc_mean():
+    # An unseeded in-graph file at T=1 runs one invoke of `full`, which draws its own masks: each call
+    # is a new sample (64 dropout units: two equal masks in 3,000 calls are all but impossible) and
+    # their mean is the MC mean of the numpy reference, within 4 standard errors. Each of two threads
+    # gets its own interpreter; its first call goes the general way, the rest the short one.
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = MCModel(FIX / "mlp_ingraph.tflite")
+    x = _x(model)
+    n = 1500
+
+    def calls(_):
+        return np.concatenate([model.predict(x, samples=1).mean for _ in range(n)])
+
+    with ThreadPoolExecutor(2) as pool:
+        rows = np.concatenate(list(pool.map(calls, range(2))))
+    ref = _numpy_mlp_mc(x, 20000)
+    se = np.sqrt(rows.var(0) / len(rows) + ref.var(0) / 20000)
+    assert np.all(np.abs(rows.mean(0) - ref.mean(0)) < 4 * se + 1e-6)
+    assert len(np.unique(rows, axis=0)) > 0.99 * len(rows)
+    np.testing.assert_allclose(rows.sum(1), 1, atol=1e-5)
+
+
 @pytest.mark.parametrize("rows", [1, 3, 20])
 def test_probability_check_finds_nan_and_inf_anywhere(rows):
     # Python's min/max can skip a NaN (comparisons with it are False): the row sums must catch it.
