@@ -34,7 +34,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 __all__ = ["main", "run_seed", "split"]
 

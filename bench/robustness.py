@@ -35,10 +35,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fuzz.checks import violation  # noqa: E402
-from fuzz.corrupt import FIXTURES, Case, make_corpus  # noqa: E402
-from fuzz.harness import run_cases, summarize  # noqa: E402
-from fuzz.images import make_image_corpus  # noqa: E402
+from fuzz.checks import violation
+from fuzz.corrupt import FIXTURES, Case, make_corpus
+from fuzz.harness import run_cases, summarize
+from fuzz.images import make_image_corpus
 
 __all__ = ["main"]
 

@@ -20,8 +20,15 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["convert", "ConvertedModel", "fold_batchnorm", "FoldReport", "evaluate", "keras_reference",
-           "ConversionReport"]
+__all__ = [
+    "ConversionReport",
+    "ConvertedModel",
+    "FoldReport",
+    "convert",
+    "evaluate",
+    "fold_batchnorm",
+    "keras_reference",
+]
 
 _WHERE = {
     "convert": "export",

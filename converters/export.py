@@ -75,11 +75,11 @@ from edgekit.runtime.metadata import FORMAT, twin_mask_inputs
 
 __all__ = [
     "ConvertedModel",
-    "convert",
-    "NoMCLayerWarning",
     "FixedSeedWarning",
-    "check_representative_data",
+    "NoMCLayerWarning",
     "call_model",
+    "check_representative_data",
+    "convert",
 ]
 
 _MAX_CALIBRATION = 1000  # more samples barely move the ranges and cost conversion time

@@ -54,19 +54,19 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "DEFAULT_SAMPLES",
+    "DTYPES",
+    "PROFILE_DIR",
+    "ROLES",
+    "ConversionSettings",
+    "DeviceFitError",
     "DeviceProfile",
     "DeviceProfileError",
-    "DeviceFitError",
     "ModelFacts",
-    "ConversionSettings",
-    "load_profile",
-    "list_profiles",
     "check_model",
     "conversion_settings",
-    "PROFILE_DIR",
-    "DTYPES",
-    "ROLES",
-    "DEFAULT_SAMPLES",
+    "list_profiles",
+    "load_profile",
 ]
 
 PROFILE_DIR = Path(__file__).resolve().parent

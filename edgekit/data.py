@@ -25,7 +25,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 
-__all__ = ["FashionMNIST", "DataError", "load_fashion_mnist", "data_dir", "CLASS_NAMES"]
+__all__ = ["CLASS_NAMES", "DataError", "FashionMNIST", "data_dir", "load_fashion_mnist"]
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 

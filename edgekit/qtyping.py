@@ -17,13 +17,13 @@ from __future__ import annotations
 from enum import Enum
 
 __all__ = [
+    "CALIBRATED",
+    "QUANTIZATIONS",
+    "STOCHASTIC_MODES",
+    "TASKS",
     "Quantization",
     "Stochastic",
     "Task",
-    "QUANTIZATIONS",
-    "CALIBRATED",
-    "STOCHASTIC_MODES",
-    "TASKS",
 ]
 
 

@@ -35,14 +35,14 @@ import numpy as np
 from edgekit.errors import InvalidArgumentError, UnsupportedModelError
 
 __all__ = [
+    "LayerSparsity",
     "PolynomialSchedule",
     "PruningCallback",
-    "LayerSparsity",
     "SparsifyResult",
     "prunable_layers",
     "prune_once",
-    "sparsity_report",
     "sparsify",
+    "sparsity_report",
 ]
 
 _PRUNABLE = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.DepthwiseConv2D)

@@ -52,7 +52,6 @@ from edgekit.errors import EdgekitError
 
 __all__ = [
     "FORMATS",
-    "ImageError",
     "MAX_FILE_BYTES",
     "MAX_JPEG_HEADER_BYTES",
     "MAX_JPEG_SCANS",
@@ -60,6 +59,7 @@ __all__ = [
     "MAX_PNG_CHUNKS",
     "MAX_SIDE",
     "SUFFIXES",
+    "ImageError",
     "decode_image",
     "load_image",
     "resize_bilinear",

@@ -35,16 +35,16 @@ from edgekit.devices import ROLES, ModelFacts
 from edgekit.errors import InvalidArgumentError
 
 __all__ = [
-    "signatures",
+    "arena_steps",
+    "dynamic_shape_ops",
+    "estimate_arena_bytes",
+    "model_dtypes",
+    "model_facts",
     "model_ops",
     "op_counts",
     "operators",
-    "model_dtypes",
     "signature_batches",
-    "dynamic_shape_ops",
-    "arena_steps",
-    "estimate_arena_bytes",
-    "model_facts",
+    "signatures",
 ]
 
 # For each op whose output shape comes from an input tensor: the index of that input.

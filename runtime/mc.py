@@ -488,14 +488,7 @@ class MCModel:
         if bare is None or x.shape[0] != 1 or self._chooser.choose(1, self._measure_strategies) != FULL:
             return None
         runner, name, out = bare
-        probs = runner.run(name, x, out)
-        if probs.shape != (1, self.num_classes):
-            check_probs(probs, self.num_classes, self._prob_slack, self.source)  # raises: the wrong shape
-        flat = probs[0].tolist()
-        check_row(flat, self._prob_slack, self.source)
-        outputs = (summarize_lean(self.plan.output, probs, self.calibrated, flat),)
-        return MCPrediction._of(outputs, np.array([1]), np.array([(_clock() - t0) * 1e3]), np.zeros(1, dtype=bool),
-                                self.notes)
+        return self._result_one(runner.run(name, x, out), 1, t0)
 
     def _summaries(self, rows: np.ndarray) -> tuple:
         return summarize_outputs(self.plan, rows, self.calibrated)

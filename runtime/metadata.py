@@ -54,16 +54,16 @@ from typing import Any
 from edgekit.errors import EdgekitError, InvalidTypeError
 
 __all__ = [
-    "METADATA_NAME",
     "FORMAT",
+    "METADATA_NAME",
     "IntegrityError",
     "MetadataError",
-    "embed_metadata",
-    "read_metadata",
-    "verify_integrity",
     "content_digest",
-    "twin_mask_inputs",
+    "embed_metadata",
     "masked_twin",
+    "read_metadata",
+    "twin_mask_inputs",
+    "verify_integrity",
 ]
 
 METADATA_NAME = "edgekit"

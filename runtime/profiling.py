@@ -55,21 +55,21 @@ from edgekit.runtime.metrics import ECE_BINS, ece, interval_coverage, nll, rmse
 from edgekit.runtime.summaries import summarize_value_output
 
 __all__ = [
-    "LatencyPoint",
+    "ECE_BINS",
     "AccuracyPoint",
-    "ValuePoint",
-    "Recommendation",
+    "LatencyPoint",
     "ModelProfile",
+    "Recommendation",
+    "ValuePoint",
+    "accuracy_curve",
+    "estimate_arena_bytes",
+    "mc_probabilities",
+    "model_dtypes",
+    "model_ops",
+    "percentile_stats",
     "profile_model",
     "recommend",
-    "mc_probabilities",
-    "accuracy_curve",
     "value_curve",
-    "estimate_arena_bytes",
-    "model_ops",
-    "model_dtypes",
-    "percentile_stats",
-    "ECE_BINS",
 ]
 
 
@@ -309,7 +309,7 @@ def accuracy_curve(probs: np.ndarray, y: np.ndarray, samples: Sequence[int], *, 
         first = probs[:, :t]
         mean = (first if calibration is None else calibration.apply(first)).mean(axis=1)
         accuracy = float((mean.argmax(axis=1) == y).mean())
-        out.append(AccuracyPoint(int(t), int(len(y)), accuracy, nll(mean, y), ece(mean, y, bins),
+        out.append(AccuracyPoint(int(t), len(y), accuracy, nll(mean, y), ece(mean, y, bins),
                                  _ece_se(mean, y, bins), calibration is not None))
     return out
 

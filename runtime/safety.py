@@ -27,7 +27,7 @@ from edgekit.errors import EdgekitError
 from edgekit.runtime.fileio import atomic_write_bytes
 from edgekit.runtime.metadata import _count, _model, _reading, _schema
 
-__all__ = ["ModelLoadError", "TensorInfo", "declared_tensors", "probe_model", "probe_cache_dir"]
+__all__ = ["ModelLoadError", "TensorInfo", "declared_tensors", "probe_cache_dir", "probe_model"]
 
 
 class ModelLoadError(EdgekitError, RuntimeError):

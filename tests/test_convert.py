@@ -16,15 +16,15 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.train]
 
 tf = pytest.importorskip("tensorflow")
-import keras  # noqa: E402
-from ai_edge_litert import schema_py_generated as schema  # noqa: E402
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+import keras
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter
 
-from edgekit.converters import convert, evaluate  # noqa: E402
-from edgekit.converters.export import FixedSeedWarning, NoMCLayerWarning, call_model  # noqa: E402
-from edgekit.layers import MCDropout  # noqa: E402
-from edgekit.runtime.inspect import dynamic_shape_ops, model_ops, op_counts, signature_batches  # noqa: E402
-from edgekit.runtime.metadata import read_metadata, verify_integrity  # noqa: E402
+from edgekit.converters import convert, evaluate
+from edgekit.converters.export import FixedSeedWarning, NoMCLayerWarning, call_model
+from edgekit.layers import MCDropout
+from edgekit.runtime.inspect import dynamic_shape_ops, model_ops, op_counts, signature_batches
+from edgekit.runtime.metadata import read_metadata, verify_integrity
 
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 

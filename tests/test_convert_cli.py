@@ -15,12 +15,12 @@ from click.testing import CliRunner
 pytestmark = [pytest.mark.slow, pytest.mark.train]
 
 tf = pytest.importorskip("tensorflow")
-import keras  # noqa: E402
+import keras
 
-from edgekit.cli import cli  # noqa: E402
-from edgekit.devices import PROFILE_DIR  # noqa: E402
-from edgekit.layers import MCDropout  # noqa: E402
-from edgekit.runtime.metadata import read_metadata, verify_integrity  # noqa: E402
+from edgekit.cli import cli
+from edgekit.devices import PROFILE_DIR
+from edgekit.layers import MCDropout
+from edgekit.runtime.metadata import read_metadata, verify_integrity
 
 
 @keras.saving.register_keras_serializable(package="edgekit_tests")

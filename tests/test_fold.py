@@ -12,10 +12,10 @@ import pytest
 pytestmark = pytest.mark.train
 
 pytest.importorskip("tensorflow")
-import keras  # noqa: E402
+import keras
 
-from edgekit.converters.fold import FoldedBatchNorm, fold_batchnorm  # noqa: E402
-from edgekit.layers import MCDropout, MCSpatialDropout2D, dropout_off  # noqa: E402
+from edgekit.converters.fold import FoldedBatchNorm, fold_batchnorm
+from edgekit.layers import MCDropout, MCSpatialDropout2D, dropout_off
 
 
 def _randomize_bn(model, seed=0):

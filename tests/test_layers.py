@@ -10,8 +10,8 @@ pytestmark = pytest.mark.train
 keras = pytest.importorskip("keras", reason="the MC layers need the [train] extra (TensorFlow)")
 tf = pytest.importorskip("tensorflow")
 
-from edgekit.errors import InvalidArgumentError  # noqa: E402
-from edgekit.layers import (  # noqa: E402
+from edgekit.errors import InvalidArgumentError
+from edgekit.layers import (
     MC_LAYERS,
     MCAlphaDropout,
     MCDropout,

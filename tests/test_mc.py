@@ -9,9 +9,9 @@ pytestmark = pytest.mark.train
 
 keras = pytest.importorskip("keras", reason="edgekit.mc needs the [train] extra (TensorFlow)")
 
-from edgekit import mc  # noqa: E402
-from edgekit.errors import UnsupportedModelError  # noqa: E402
-from edgekit.layers import (  # noqa: E402
+from edgekit import mc
+from edgekit.errors import UnsupportedModelError
+from edgekit.layers import (
     MC_LAYERS,
     MCAlphaDropout,
     MCDropout,

@@ -101,7 +101,7 @@ def test_every_tested_single_byte_flip_fails_verification():
     # Every byte of the header, the inserted block (new root, vectors, JSON) and the old root
     # region, plus 300 seeded random positions in the weights: hashing all ~11k positions would
     # take seconds and prove no more.
-    positions = set(range(0, 8 + block + 64)) | set(random.Random(0).sample(range(len(out)), 300))
+    positions = set(range(8 + block + 64)) | set(random.Random(0).sample(range(len(out)), 300))
     for pos in sorted(positions):
         bad = bytearray(out)
         bad[pos] ^= 0x01
@@ -216,7 +216,7 @@ def test_every_damaged_byte_near_the_root_gives_a_clean_error():
     from edgekit.runtime.safety import declared_tensors
 
     data = (FIXTURES / "mlp_twin.tflite").read_bytes()
-    positions = sorted(set(range(0, 640)) | set(random.Random(1).sample(range(len(data)), 200)))
+    positions = sorted(set(range(640)) | set(random.Random(1).sample(range(len(data)), 200)))
     for pos in positions:
         for mask in (0x01, 0xFF):
             bad = bytearray(data)

@@ -9,8 +9,8 @@ pytestmark = pytest.mark.train
 
 keras = pytest.importorskip("keras", reason="recipes need the [train] extra (TensorFlow)")
 
-from edgekit import recipes  # noqa: E402
-from edgekit.layers import MCAlphaDropout, MCDropout  # noqa: E402
+from edgekit import recipes
+from edgekit.layers import MCAlphaDropout, MCDropout
 
 
 def _kinds(model):

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.train]
 pytest.importorskip("tensorflow")
 pytest.importorskip("sklearn", reason="the diabetes data ships with scikit-learn (the [dev] extra)")
 
-from edgekit.cli import cli  # noqa: E402
+from edgekit.cli import cli
 
 TEST, HELDOUT = 110, 88
 

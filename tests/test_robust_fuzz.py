@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 
 import pytest
-
 from fuzz.checks import WRONG_OUTPUT, violation
 from fuzz.corrupt import EDGEKIT_SOURCES, FIXTURES, find_regions, make_corpus
 from fuzz.harness import run_cases

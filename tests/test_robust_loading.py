@@ -21,8 +21,8 @@ pytestmark = pytest.mark.train
 
 keras = pytest.importorskip("keras")
 
-from edgekit.converters.loading import KerasFileError, load_keras_model  # noqa: E402
-from edgekit.layers import MCDropout  # noqa: E402
+from edgekit.converters.loading import KerasFileError, load_keras_model
+from edgekit.layers import MCDropout
 
 
 def _mlp(seed: int = 0) -> keras.Model:

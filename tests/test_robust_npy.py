@@ -9,7 +9,6 @@ traceback; both now give one line.
 from __future__ import annotations
 
 import pytest
-
 from fuzz.arrays import make_npy_corpus
 from fuzz.corrupt import FIXTURES
 from fuzz.harness import run_cases

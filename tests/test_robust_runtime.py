@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fuzz.stress import distinct_inputs, hammer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from edgekit.runtime import MCModel
-from fuzz.stress import distinct_inputs, hammer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MODELS = {

@@ -338,7 +338,7 @@ def test_one_sample_gives_the_same_result_as_the_general_path(mlp):
     # T=1 for one input has its own lean path; its result must be the one the general code gives.
     x = _x(mlp, 2)
     one = mlp.predict(x[0], samples=1)
-    mean, std, entropy, mi = summarize(one.mean)
+    _, _, entropy, _ = summarize(one.mean)
     np.testing.assert_array_equal(one.std, 0)
     assert one.mutual_information[0] == 0 and one.entropy[0] == pytest.approx(entropy, rel=1e-12)
     assert one.predicted[0] == int(np.argmax(one.mean[0])) and one.confidence[0] == one.mean[0].max()
@@ -568,9 +568,8 @@ def test_probe_reports_a_model_litert_cannot_load():
 def test_model_that_segfaults_litert_is_caught_by_the_probe():
     # crash_segv.tflite: foreign.tflite with 3 random bytes changed (found by a seeded fuzz run);
     # it has no edgekit metadata, and LiteRT dies with SIGSEGV while loading or running it.
-    with pytest.warns(UnverifiedModelWarning):
-        with pytest.raises(ModelLoadError, match="killed by SIGSEGV"):
-            MCModel(FIX / "crash_segv.tflite")
+    with pytest.warns(UnverifiedModelWarning), pytest.raises(ModelLoadError, match="killed by SIGSEGV"):
+        MCModel(FIX / "crash_segv.tflite")
     # ... and this process is still alive to say so.
 
 

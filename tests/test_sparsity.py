@@ -8,10 +8,10 @@ import pytest
 pytestmark = pytest.mark.train
 
 pytest.importorskip("tensorflow")
-import keras  # noqa: E402
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+import keras
+from ai_edge_litert.interpreter import Interpreter
 
-from edgekit.sparsity import PolynomialSchedule, prune_once, sparsify, sparsity_report  # noqa: E402
+from edgekit.sparsity import PolynomialSchedule, prune_once, sparsify, sparsity_report
 
 
 def test_polynomial_schedule_golden_values():
@@ -20,7 +20,7 @@ def test_polynomial_schedule_golden_values():
     assert s.sparsity_at(0) == 0.0
     assert s.sparsity_at(50) == pytest.approx(0.7)
     assert s.sparsity_at(100) == s.sparsity_at(1000) == 0.8
-    assert [t for t in range(0, 101) if s.updates_at(t)] == list(range(0, 101, 10))
+    assert [t for t in range(101) if s.updates_at(t)] == list(range(0, 101, 10))
 
 
 @pytest.mark.parametrize("bad", [{"target": 1.0}, {"target": -0.1}, {"end_step": -1, "begin_step": 0}, {"frequency": 0}])

@@ -17,15 +17,15 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.train]
 
 pytest.importorskip("tensorflow")
-import keras  # noqa: E402
-from ai_edge_litert import schema_py_generated as schema  # noqa: E402
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+import keras
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter
 
-from edgekit import mc  # noqa: E402
-from edgekit.converters import convert  # noqa: E402
-from edgekit.converters.export import FixedSeedWarning, call_model  # noqa: E402
-from edgekit.layers import MCDropout, mask_inputs  # noqa: E402
-from edgekit.runtime import MCModel  # noqa: E402
+from edgekit import mc
+from edgekit.converters import convert
+from edgekit.converters.export import FixedSeedWarning, call_model
+from edgekit.layers import MCDropout, mask_inputs
+from edgekit.runtime import MCModel
 
 SHAPE = (16, 16, 1)  # conftest's cnn_data images
 T = 400

@@ -18,8 +18,20 @@ import click
 
 from edgekit.errors import EdgekitError
 
-__all__ = ["library_errors", "json_option", "echo_json", "LIBRARY_ERRORS", "DataSource", "DATA", "FASHION_MNIST",
-           "FiniteFloatRange", "SEED", "warn", "stderr_is_tty", "status"]
+__all__ = [
+    "DATA",
+    "FASHION_MNIST",
+    "LIBRARY_ERRORS",
+    "SEED",
+    "DataSource",
+    "FiniteFloatRange",
+    "echo_json",
+    "json_option",
+    "library_errors",
+    "status",
+    "stderr_is_tty",
+    "warn",
+]
 
 # EdgekitError: raised on purpose, the message is meant for the user. OSError: a full disk, a
 # permission or a missing folder is the environment, not a bug, and its message names the path.

@@ -27,7 +27,7 @@ from edgekit.commands._common import (
 )
 from edgekit.errors import InvalidArgumentError
 
-__all__ = ["profile", "SCHEMA_ID", "build_report", "render_plot"]
+__all__ = ["SCHEMA_ID", "build_report", "profile", "render_plot"]
 
 SCHEMA_ID = "edgekit.profile/2"
 

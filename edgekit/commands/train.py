@@ -8,7 +8,7 @@ import click
 
 from edgekit.commands._common import SEED, FiniteFloatRange, echo_json, json_option, library_errors
 
-__all__ = ["train", "evaluate"]
+__all__ = ["evaluate", "train"]
 
 
 def evaluate(model, x, y, samples: int = 100) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .corrupt import Case
 
-__all__ = ["make_npy_corpus", "PickleBomb"]
+__all__ = ["PickleBomb", "make_npy_corpus"]
 
 
 class PickleBomb:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from .corrupt import Case
 
-__all__ = ["violation", "is_clean_error", "WRONG_OUTPUT"]
+__all__ = ["WRONG_OUTPUT", "is_clean_error", "violation"]
 
 # The reason :func:`violation` gives for a file that ran and returned something that is not a
 # probability vector (kept apart: the digest cannot catch it on re-signed or foreign files; only a

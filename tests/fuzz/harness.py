@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .corrupt import Case, materialize
 
-__all__ = ["WORKER", "run_cases", "input_shape_for", "summarize"]
+__all__ = ["WORKER", "input_shape_for", "run_cases", "summarize"]
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
 _INPUT_SHAPES = {"mlp": [20], "cnn": [12, 12, 1], "book": [28, 28]}

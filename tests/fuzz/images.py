@@ -32,7 +32,7 @@ import zlib
 
 from .corrupt import Case
 
-__all__ = ["png", "bmp", "make_image_corpus"]
+__all__ = ["bmp", "make_image_corpus", "png"]
 
 _SIG = b"\x89PNG\r\n\x1a\n"
 _BPP = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
