@@ -223,7 +223,7 @@ def _profile(out: Path, data, runs: int) -> dict:
 
     # The real command, as a user would run it; its JSON goes to profile.json and demo.json.
     args = [str(out / "book_float32.tflite"), str(out / "book_int8.tflite"), "--device", "host",
-            "--data", "fashion-mnist", "--runs", str(runs), "--plot", str(out / "profile.png"), "--json"]
+            "--data", "fashion-mnist", "--runs", str(runs), "-o", str(out / "profile.png"), "--json"]
     result = CliRunner().invoke(profile, args, catch_exceptions=False)
     if result.exit_code != 0:
         raise EdgekitError(f"edgekit profile failed: {result.output.strip()}")

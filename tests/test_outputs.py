@@ -566,16 +566,16 @@ def test_predict_cli_shows_one_block_per_output(converted, data, tmp_path):
     row = js["predictions"][2]
     assert set(row["outputs"]) == {"cls", "value"} and row["predicted"] == row["outputs"]["cls"]["predicted"]
     assert set(row["outputs"]["value"]) == {"mean", "std", "aleatoric_std", "total_std", "interval"}
-    # profile --data measures the output --output names, from its own targets in the .npz.
+    # profile --data measures the output --output-name names, from its own targets in the .npz.
     _, (xt, vt, ct) = data
     np.savez(tmp_path / "test.npz", x_test=xt, y_test=ct, y_test_value=vt)
     prof = ["profile", str(path), "--data", str(tmp_path / "test.npz"), "--sweep", "1,10", "--runs", "2",
             "--no-runtime", "--json"]
-    js = json.loads(CliRunner().invoke(cli, [*prof, "--output", "value"]).stdout)["models"][0]
+    js = json.loads(CliRunner().invoke(cli, [*prof, "--output-name", "value"]).stdout)["models"][0]
     assert js["output"] == "value" and js["accuracy"] is None and [v["samples"] for v in js["values"]] == [1, 10]
     js = json.loads(CliRunner().invoke(cli, prof).stdout)["models"][0]  # the first output, cls, by default
     assert js["output"] == "cls" and js["values"] is None and [a["samples"] for a in js["accuracy"]] == [1, 10]
-    r = CliRunner().invoke(cli, [*prof, "--output", "nope"])
+    r = CliRunner().invoke(cli, [*prof, "--output-name", "nope"])
     assert r.exit_code == 1 and "Expected one of the outputs ['cls', 'value']. Received: output='nope'" in r.stderr
 
 

@@ -162,13 +162,13 @@ def test_plot_is_a_png_and_never_overwrites_an_input(tmp_path, labelled):
 
     png = tmp_path / "p.png"
     result = _run("profile", BOOK, "--runs", 5, "--warmup", 1, "--sweep", "1,3", "--data", labelled,
-                  "--examples", 20, "--plot", png)
+                  "--examples", 20, "-o", png)
     assert result.exit_code == 0, result.output
     with Image.open(png) as im:
         assert im.format == "PNG" and im.width > 1000 and im.height > 400  # three panels side by side
     copy = tmp_path / "m.tflite"
     copy.write_bytes(MLP.read_bytes())
-    result = _run("profile", copy, "--runs", 2, "--plot", copy)
+    result = _run("profile", copy, "--runs", 2, "--plot", copy)  # the older name of -o
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: Refusing to overwrite an input.")
     assert copy.read_bytes() == MLP.read_bytes()

@@ -326,7 +326,7 @@ def render_plot(models, budget_ms: float, device_name: str) -> bytes:
               help="fashion-mnist, or a labelled .npz (arrays x, y, or x_test, y_test) for the quality against T: "
                    "accuracy, NLL and ECE of a class output; RMSE, Gaussian NLL and interval coverage of a value "
                    "output (y of shape (n, *output shape)).")
-@click.option("--output", "output_name", default=None,
+@click.option("--output-name", "output_name", metavar="NAME", default=None,
               help="The output --data's targets belong to [default: the model's first]; the .npz may hold them "
                    "as y_<output> (or y_test_<output>).")
 @click.option("--examples", type=click.IntRange(min=1), default=1000, show_default=True, help="Labelled examples used with --data.")
@@ -334,7 +334,8 @@ def render_plot(models, budget_ms: float, device_name: str) -> bytes:
               help="Also time each (threads, T) on a second, separately loaded model (a check of the figures).")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of the mask generator (mask-input models) and the synthetic input.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG: latency and accuracy vs T, latency histogram.")
+@click.option("-o", "--output", "--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG here: latency and accuracy vs T, latency histogram.")
 @json_option
 @library_errors
 def profile(models, device, threads, sweep, runs, warmup, budget_ms, data, output_name, examples, time_runtime, seed,
