@@ -58,30 +58,11 @@ def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return (255 * x).astype(np.float32), y
 
 
-def _random_uniform_shapes(tflite: bytes) -> dict[str, list[list[int]]]:
-    """Signature -> output shape signatures of its RANDOM_UNIFORM ops."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.Model.GetRootAs(tflite, 0)
-    codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
-             for i in range(model.OperatorCodesLength())]
-    out = {}
-    for s in range(model.SignatureDefsLength()):
-        sig = model.SignatureDefs(s)
-        graph = model.Subgraphs(sig.SubgraphIndex())
-        shapes = []
-        for o in range(graph.OperatorsLength()):
-            op = graph.Operators(o)
-            if codes[op.OpcodeIndex()] == schema.BuiltinOperator.RANDOM_UNIFORM:
-                t = graph.Tensors(op.Outputs(0))
-                shapes.append((t.ShapeSignatureAsNumpy() if t.ShapeSignatureLength() else t.ShapeAsNumpy()).tolist())
-        out[sig.SignatureKey().decode()] = shapes
-    return out
-
-
 def _mask_check(result, drop_paths: set[str]) -> dict:
     """Where the file's masks come from and their shapes; ``ok`` when every drop path is per sample."""
     from ai_edge_litert.interpreter import Interpreter
+
+    from edgekit.runtime.inspect import random_uniform_shapes
 
     meta = result.metadata
     layers = meta["mc_layers"]
@@ -99,7 +80,7 @@ def _mask_check(result, drop_paths: set[str]) -> dict:
     for role, shapes in inputs.items():
         if shapes:
             ok &= sum(s == per_sample for s in shapes.values()) == want_paths
-    drawn = _random_uniform_shapes(result.tflite).get("full", [])
+    drawn = random_uniform_shapes(result.tflite).get("full", [])
     if meta["stochastic"] == "in-graph":
         ok &= sum(s == per_sample for s in drawn) == want_paths
     return {

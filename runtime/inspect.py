@@ -43,6 +43,7 @@ __all__ = [
     "model_ops",
     "op_counts",
     "operators",
+    "random_uniform_shapes",
     "signature_batches",
     "signatures",
 ]
@@ -214,6 +215,17 @@ def dynamic_shape_ops(tflite: bytes, signature: str | None = None) -> list[str]:
             if k is not None and k < len(ins) and ins[k] >= 0 and not f.is_constant(sg.Tensors(ins[k])):
                 found.append(name)
     return sorted(found)
+
+
+def random_uniform_shapes(tflite: bytes) -> dict[str, list[list[int]]]:
+    """Each signature's ``RANDOM_UNIFORM`` outputs' shape signatures (-1: the batch), sorted: the
+    masks a file draws itself (one per MC layer; a drop path's is ``[-1, 1, 1, 1]``)."""
+    f = _File(tflite)
+    out = {}
+    for key, g in f.names().items():
+        sg = f.model.Subgraphs(g)
+        out[key] = sorted(f.shape(sg.Tensors(outs[0])) for name, _, outs in f.ops(sg) if name == "RANDOM_UNIFORM")
+    return out
 
 
 def _arena_steps(f: _File, sg) -> tuple[tuple[int, int], ...]:

@@ -19,6 +19,7 @@ from edgekit.runtime.inspect import (
     model_facts,
     model_ops,
     op_counts,
+    random_uniform_shapes,
     operators,
     signature_batches,
     signatures,
@@ -53,6 +54,15 @@ def test_dynamic_shape_ops_find_the_flatten_of_a_dynamic_batch():
     assert dynamic_shape_ops(data, "head") == ["RANDOM_UNIFORM", "RANDOM_UNIFORM"]
     assert dynamic_shape_ops(data, "masked") == []
     assert dynamic_shape_ops(_read("mlp_mask.tflite")) == []
+
+
+def test_random_uniform_shapes_are_the_masks_a_file_draws_itself():
+    # One RANDOM_UNIFORM per MC layer, of the layer's mask shape with the batch left dynamic, in the
+    # signatures that sample (trunk: none); the twin `masked` and a mask-input file take theirs as inputs.
+    assert random_uniform_shapes(_read("mlp_twin.tflite")) == {"full": [[-1, 64]], "head": [[-1, 64]], "masked": [],
+                                                        "trunk": []}
+    assert random_uniform_shapes(_read("mlp_mask.tflite")) == {"full": [], "head": [], "trunk": []}
+    assert random_uniform_shapes(_read("book_ingraph.tflite"))["head"] == [[-1, 32], [-1, 784]]
 
 
 def test_arena_steps_give_the_estimate_at_any_batch():

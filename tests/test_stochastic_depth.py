@@ -18,7 +18,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.train]
 
 pytest.importorskip("tensorflow")
 import keras
-from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 
 from edgekit import mc
@@ -26,6 +25,7 @@ from edgekit.converters import convert
 from edgekit.converters.export import FixedSeedWarning, call_model
 from edgekit.layers import MCDropout, mask_inputs
 from edgekit.runtime import MCModel
+from edgekit.runtime.inspect import random_uniform_shapes
 
 SHAPE = (16, 16, 1)  # conftest's cnn_data images
 T = 400
@@ -86,26 +86,6 @@ def keras_mc(net, cnn_data):
     return mc.predict(net, cnn_data[2][:8], samples=T)
 
 
-def _random_uniform_shapes(tflite: bytes) -> dict[str, list[list[int]]]:
-    """Signature -> shape signatures of the outputs of its RANDOM_UNIFORM ops, read from the flatbuffer."""
-    model = schema.Model.GetRootAs(tflite, 0)
-    codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
-             for i in range(model.OperatorCodesLength())]
-    out = {}
-    for s in range(model.SignatureDefsLength()):
-        sig = model.SignatureDefs(s)
-        graph = model.Subgraphs(sig.SubgraphIndex())
-        shapes = []
-        for o in range(graph.OperatorsLength()):
-            op = graph.Operators(o)
-            if codes[op.OpcodeIndex()] == schema.BuiltinOperator.RANDOM_UNIFORM:
-                tensor = graph.Tensors(op.Outputs(0))
-                shapes.append(tensor.ShapeSignatureAsNumpy().tolist() if tensor.ShapeSignatureLength()
-                              else tensor.ShapeAsNumpy().tolist())
-        out[sig.SignatureKey().decode()] = sorted(shapes)
-    return out
-
-
 def test_to_mc_keeps_the_drop_path_and_every_batchnorm_folds(net, files):
     assert {name: net.get_layer(name).noise_shape for name in DROP_PATH} == dict.fromkeys(DROP_PATH, (None, 1, 1, 1))
     assert isinstance(net.get_layer("top_dropout"), MCDropout) and net.get_layer("top_dropout").noise_shape is None
@@ -130,7 +110,7 @@ def test_mask_inputs_are_per_sample_for_the_drop_path(files, name, signature):
 
 def test_in_graph_files_draw_per_sample_masks(files):
     for name in ("float32", "float32-seeded", "int8"):
-        shapes = _random_uniform_shapes(files(name).tflite)
+        shapes = random_uniform_shapes(files(name).tflite)
         # Two drop paths ([batch, 1, 1, 1]) and the top dropout ([batch, 8]) in `full`; `masked` draws nothing.
         assert shapes["full"] == [[-1, 1, 1, 1], [-1, 1, 1, 1], [-1, 512]], name
         assert shapes.get("masked", []) == [], name
