@@ -19,8 +19,8 @@ from edgekit.runtime.inspect import (
     model_facts,
     model_ops,
     op_counts,
-    random_uniform_shapes,
     operators,
+    random_uniform_shapes,
     signature_batches,
     signatures,
 )
