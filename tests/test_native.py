@@ -104,36 +104,44 @@ def _rotl(x: int, k: int) -> int:
 
 
 class Xoshiro:
-    """xoshiro256** seeded by splitmix64, as runtime/c/edgekit.c (a test oracle, not fast)."""
+    """The C runtime's mask generator (runtime/c/edgekit.c, seed_rng): four xoshiro256** lanes, lane l
+    seeded with splitmix64 outputs 4l..4l+3, stepped together; a step gives four consecutive words,
+    lane 0 first. A test oracle, not fast."""
+
+    LANES = 4
 
     def __init__(self, seed: int):
-        self.s = []
         x = seed & _M64
-        for _ in range(4):
+        words = []
+        for _ in range(4 * self.LANES):
             x = (x + 0x9E3779B97F4A7C15) & _M64
             z = x
             z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
             z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-            self.s.append(z ^ (z >> 31))
+            words.append(z ^ (z >> 31))
+        self.s = [words[4 * lane:4 * lane + 4] for lane in range(self.LANES)]
 
-    def draws(self, n: int) -> np.ndarray:
-        s0, s1, s2, s3 = self.s
-        out = np.empty(n, dtype=np.uint64)
-        for i in range(n):
-            out[i] = (_rotl((s1 * 5) & _M64, 7) * 9) & _M64
-            t = (s1 << 17) & _M64
-            s2 ^= s0
-            s3 ^= s1
-            s1 ^= s2
-            s0 ^= s3
-            s2 ^= t
-            s3 = _rotl(s3, 45)
-        self.s = [s0, s1, s2, s3]
-        return out
+    def draws(self, groups: int) -> np.ndarray:
+        """``groups`` steps of the four lanes: ``4 * groups`` words in stream order."""
+        out = np.empty((groups, self.LANES), dtype=np.uint64)
+        for lane in range(self.LANES):
+            s0, s1, s2, s3 = self.s[lane]
+            for i in range(groups):
+                out[i, lane] = (_rotl((s1 * 5) & _M64, 7) * 9) & _M64
+                t = (s1 << 17) & _M64
+                s2 ^= s0
+                s3 ^= s1
+                s1 ^= s2
+                s0 ^= s3
+                s2 ^= t
+                s3 = _rotl(s3, 45)
+            self.s[lane] = [s0, s1, s2, s3]
+        return out.reshape(-1)
 
     def keep(self, units: int, rate: float) -> np.ndarray:
-        """Keep flags for ``units`` units: four 16-bit lanes per draw, lowest first."""
-        lanes = self.draws((units + 3) // 4).astype("<u8").view("<u2")[:units]
+        """Keep flags for ``units`` units: four 16-bit units per word, lowest first, whole steps of
+        the lanes (16 units) per mask, the units left over discarded."""
+        lanes = self.draws((units + 15) // 16).astype("<u8").view("<u2")[:units]
         return lanes >= round(rate * 65536)  # Python's round: half to even, as the C runtime
 
 
@@ -216,11 +224,12 @@ def inputs_for(name: str, n: int = 3, seed: int = 0) -> np.ndarray:
 def test_same_masks_give_the_python_interpreters_numbers(name, tmp_path):
     x = inputs_for(name)
     np.save(tmp_path / "x.npy", x)
-    out = run_json(FIXTURES / f"{name}.tflite", tmp_path / "x.npy", "--samples", 40, "--seed", 11,
+    # T=41: cnn_mask's 8-unit spatial mask then ends in half a step of the generator's lanes.
+    out = run_json(FIXTURES / f"{name}.tflite", tmp_path / "x.npy", "--samples", 41, "--seed", 11,
                    "--samples-out", tmp_path / "s.npy", cache=tmp_path)
     c = np.load(tmp_path / "s.npy")
-    py = python_samples(FIXTURES / f"{name}.tflite", x, 40, seed=11)
-    assert c.shape == py.shape == (3, 40, py.shape[-1])
+    py = python_samples(FIXTURES / f"{name}.tflite", x, 41, seed=11)
+    assert c.shape == py.shape == (3, 41, py.shape[-1])
     # Both run the same XNNPACK kernels on the same bytes: identical here (max |d| = 0); 1e-6 is
     # the float32 rounding slack the issue allows for a different call path into LiteRT.
     np.testing.assert_allclose(c, py, rtol=0, atol=1e-6)
@@ -234,7 +243,7 @@ def test_same_masks_give_the_python_interpreters_numbers(name, tmp_path):
         np.testing.assert_allclose(pred["std"], std, rtol=0, atol=1e-6)
         assert pred["entropy"] == pytest.approx(ent, abs=1e-9)
         assert pred["mutual_information"] == pytest.approx(mi, abs=1e-9)
-        assert pred["predicted"] == int(np.argmax(mean)) and pred["samples"] == 40
+        assert pred["predicted"] == int(np.argmax(mean)) and pred["samples"] == 41
 
 
 def test_masks_differ_between_calls_and_seeds(tmp_path):
@@ -251,6 +260,20 @@ def test_masks_differ_between_calls_and_seeds(tmp_path):
     assert not np.array_equal(a[0], a[1])  # the same input twice: the stream goes on
     assert not np.array_equal(a, b)
     assert len({s.tobytes() for s in a.reshape(-1, a.shape[-1])}) == 60  # no sample repeats
+
+
+@pytest.mark.parametrize("name", ["mlp_twin", "cnn_mask"])
+def test_the_scalar_generator_draws_the_avx2_stream(tmp_path, name):
+    # Where the CPU has AVX2 the four generator lanes step as one vector; EDGEKIT_NO_AVX2 forces the
+    # scalar code, which must give the same masks, hence bitwise the same samples (runtime masks of
+    # 64, and 8 + 16 units per sample: one wrong word changes them). At T=37 the CNN's 8-unit mask
+    # ends in half a step of the lanes. On a CPU without AVX2 both runs are scalar.
+    np.save(tmp_path / "x.npy", inputs_for(name, 2))
+    for k, env in (("v", {}), ("s", {"EDGEKIT_NO_AVX2": "1"})):
+        p = run_tool(FIXTURES / f"{name}.tflite", tmp_path / "x.npy", "-T", 37, "--seed", 21, "--samples-out",
+                     tmp_path / f"{k}.npy", env=env, cache=tmp_path)
+        assert p.returncode == 0, p.stderr
+    assert np.array_equal(np.load(tmp_path / "v.npy"), np.load(tmp_path / "s.npy"))
 
 
 # --------------------------------------------------------------------------------------------

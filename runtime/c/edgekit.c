@@ -27,9 +27,22 @@
 #include "ek_internal.h"
 #include "litert_c.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define EK_RNG_AVX2 1
+#include <immintrin.h>
+#else
+#define EK_RNG_AVX2 0
+#endif
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+
+/* The mask generator: four xoshiro256** lanes (see seed_rng). */
+#define EK_RNG_LANES 4
+typedef struct {
+  uint64_t s[4][EK_RNG_LANES]; /* state word w of lane l is s[w][l] */
+  int avx2;                    /* step the lanes with AVX2 instructions */
+} ek_rng;
 
 #define DEFAULT_SAMPLES 100
 #define DEFAULT_MAX_SAMPLES 1000
@@ -169,8 +182,8 @@ struct ek_model {
   int max_samples;
   size_t memory_bytes;
   /* runtime state */
-  uint64_t rng[4];
-  uint64_t scratch_rng[4];
+  ek_rng rng;
+  ek_rng scratch_rng;
   uint64_t gen;
   int high_water;
   void *feat;   /* the current input's features (quantized), one row */
@@ -248,8 +261,14 @@ static uint64_t splitmix64(uint64_t *x) {
   return z ^ (z >> 31);
 }
 
-static void seed_rng(uint64_t s[4], uint64_t seed) {
-  for (int i = 0; i < 4; i++) s[i] = splitmix64(&seed);
+/* Four xoshiro256** generators side by side (edgekit.h, Randomness): lane l takes the splitmix64
+ * outputs 4l..4l+3 as its state, and a step of all four gives four consecutive words of the stream,
+ * lane 0 first. Four lanes because that is one AVX2 register per state word: where the CPU has AVX2
+ * the four steps are one vector step (about twice the scalar generator's speed here); elsewhere the
+ * scalar code below computes the same words. */
+static void seed_rng(ek_rng *r, uint64_t seed) {
+  for (int l = 0; l < EK_RNG_LANES; l++)
+    for (int w = 0; w < 4; w++) r->s[w][l] = splitmix64(&seed);
 }
 
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
@@ -259,16 +278,70 @@ static int little_endian(void) {
   return *(const uint8_t *)&one == 1;
 }
 
-static inline uint64_t next_u64(uint64_t s[4]) {
-  uint64_t result = rotl(s[1] * 5, 7) * 9;
-  uint64_t t = s[1] << 17;
-  s[2] ^= s[0];
-  s[3] ^= s[1];
-  s[1] ^= s[2];
-  s[0] ^= s[3];
-  s[2] ^= t;
-  s[3] = rotl(s[3], 45);
-  return result;
+/* `groups` steps of the four lanes: 4 * groups words into `out`. */
+static void rng_words_scalar(ek_rng *r, uint64_t *out, size_t groups) {
+  for (int l = 0; l < EK_RNG_LANES; l++) {
+    uint64_t s0 = r->s[0][l], s1 = r->s[1][l], s2 = r->s[2][l], s3 = r->s[3][l];
+    for (size_t i = 0; i < groups; i++) {
+      out[EK_RNG_LANES * i + (size_t)l] = rotl(s1 * 5, 7) * 9;
+      uint64_t t = s1 << 17;
+      s2 ^= s0;
+      s3 ^= s1;
+      s1 ^= s2;
+      s0 ^= s3;
+      s2 ^= t;
+      s3 = rotl(s3, 45);
+    }
+    r->s[0][l] = s0, r->s[1][l] = s1, r->s[2][l] = s2, r->s[3][l] = s3;
+  }
+}
+
+#if EK_RNG_AVX2
+/* The same steps, one lane per 64-bit element: x * 5 and x * 9 as shifts and adds (AVX2 has no
+ * 64-bit multiply), rotations as two shifts. */
+__attribute__((target("avx2"))) static void rng_words_avx2(ek_rng *r, uint64_t *out, size_t groups) {
+  __m256i s0 = _mm256_loadu_si256((const __m256i *)r->s[0]), s1 = _mm256_loadu_si256((const __m256i *)r->s[1]);
+  __m256i s2 = _mm256_loadu_si256((const __m256i *)r->s[2]), s3 = _mm256_loadu_si256((const __m256i *)r->s[3]);
+  for (size_t i = 0; i < groups; i++) {
+    __m256i x = _mm256_add_epi64(_mm256_slli_epi64(s1, 2), s1);
+    x = _mm256_or_si256(_mm256_slli_epi64(x, 7), _mm256_srli_epi64(x, 57));
+    _mm256_storeu_si256((__m256i *)(out + EK_RNG_LANES * i), _mm256_add_epi64(_mm256_slli_epi64(x, 3), x));
+    __m256i t = _mm256_slli_epi64(s1, 17);
+    s2 = _mm256_xor_si256(s2, s0);
+    s3 = _mm256_xor_si256(s3, s1);
+    s1 = _mm256_xor_si256(s1, s2);
+    s0 = _mm256_xor_si256(s0, s3);
+    s2 = _mm256_xor_si256(s2, t);
+    s3 = _mm256_or_si256(_mm256_slli_epi64(s3, 45), _mm256_srli_epi64(s3, 19));
+  }
+  _mm256_storeu_si256((__m256i *)r->s[0], s0);
+  _mm256_storeu_si256((__m256i *)r->s[1], s1);
+  _mm256_storeu_si256((__m256i *)r->s[2], s2);
+  _mm256_storeu_si256((__m256i *)r->s[3], s3);
+}
+#endif
+
+/* Whether to step the lanes with AVX2: the CPU has it, and EDGEKIT_NO_AVX2 is unset (the tests
+ * set it to check that the scalar code gives the same stream). */
+static int cpu_has_avx2(void) {
+#if EK_RNG_AVX2
+  const char *off = getenv("EDGEKIT_NO_AVX2");
+  if (off != NULL && *off != '\0' && strcmp(off, "0") != 0) return 0;
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") != 0;
+#else
+  return 0;
+#endif
+}
+
+static void rng_words(ek_rng *r, uint64_t *out, size_t groups) {
+#if EK_RNG_AVX2
+  if (r->avx2) {
+    rng_words_avx2(r, out, groups);
+    return;
+  }
+#endif
+  rng_words_scalar(r, out, groups);
 }
 
 static uint64_t entropy_seed(const void *salt) {
@@ -313,7 +386,7 @@ static void keep_floats(uint32_t *out, const uint16_t *u, size_t n, uint32_t thr
 #endif
   for (size_t i = 0; i < n; i++) out[i] = -(uint32_t)(u[i] >= thr) & 0x3f800000u; /* the bits of 1.0f, 0.0f */
 }
-static void fill_masks(ek_model *m, uint64_t s[4], int rows) {
+static void fill_masks(ek_model *m, ek_rng *rng, int rows) {
   uint64_t words[MASK_BLOCK / 4];
   uint16_t units16[MASK_BLOCK];
   int le = little_endian();
@@ -324,7 +397,7 @@ static void fill_masks(ek_model *m, uint64_t s[4], int rows) {
     uint32_t thr = mp->threshold;
     for (size_t at = 0; at < units; at += MASK_BLOCK) {
       size_t n = units - at < MASK_BLOCK ? units - at : MASK_BLOCK, nw = (n + 3) / 4;
-      for (size_t i = 0; i < nw; i++) words[i] = next_u64(s);
+      rng_words(rng, words, (nw + EK_RNG_LANES - 1) / EK_RNG_LANES); /* whole steps: MASK_BLOCK / 16 per full block */
       if (le) { /* lowest 16 bits first, whatever the byte order */
         memcpy(units16, words, nw * sizeof *words);
       } else {
@@ -886,7 +959,7 @@ static void lat_observe(latency *l, int samples, double seconds, double now, int
 
 /* One stochastic invoke of `rows` samples of the current features, read into the per-sample
  * arrays at row `at`. `rng` draws the masks; `observe`: feed the latency model. */
-static ek_status invoke(ek_model *m, int rows, int at, uint64_t rng[4], int observe) {
+static ek_status invoke(ek_model *m, int rows, int at, ek_rng *rng, int observe) {
   double start = now_s(m);
   sig *s = m->sampler;
   int grew = rows > m->high_water;
@@ -918,7 +991,7 @@ static ek_status invoke(ek_model *m, int rows, int at, uint64_t rng[4], int obse
 }
 
 /* Runs `rows` samples as invokes of the sampler's batch when it is static. */
-static ek_status draw(ek_model *m, int rows, int at, uint64_t rng[4], int observe) {
+static ek_status draw(ek_model *m, int rows, int at, ek_rng *rng, int observe) {
   int b = m->sampler_batch;
   if (b == 0) return invoke(m, rows, at, rng, observe);
   for (int done = 0; done < rows; done += b) {
@@ -1349,8 +1422,8 @@ static ek_status grow(ek_model *m, int rows) {
   if (m->sampler_batch || rows <= m->high_water) return EK_OK;
   /* Two unobserved invokes: the first re-allocates, the second touches the new memory for the
    * first time (~2x a steady invoke); neither is a fair latency sample. */
-  ek_status st = invoke(m, rows, 0, m->scratch_rng, 0);
-  if (st == EK_OK) st = invoke(m, rows, 0, m->scratch_rng, 0);
+  ek_status st = invoke(m, rows, 0, &m->scratch_rng, 0);
+  if (st == EK_OK) st = invoke(m, rows, 0, &m->scratch_rng, 0);
   return st;
 }
 
@@ -1360,7 +1433,7 @@ static ek_status anchor(ek_model *m, int rows, int repeats) {
   if (repeats > 9) repeats = 9;
   for (int i = 0; i < repeats; i++) {
     double start = now_s(m);
-    ek_status st = draw(m, rows, 0, m->scratch_rng, 0);
+    ek_status st = draw(m, rows, 0, &m->scratch_rng, 0);
     if (st != EK_OK) return st;
     times[i] = now_s(m) - start;
   }
@@ -1387,7 +1460,7 @@ static ek_status calibrate(ek_model *m) {
     int rows = to_batch(m, sizes[i] < m->max_samples ? sizes[i] : m->max_samples, 1);
     if (rows == last) continue;
     last = rows;
-    ek_status st = draw(m, rows, 0, m->scratch_rng, 0);
+    ek_status st = draw(m, rows, 0, &m->scratch_rng, 0);
     if (st == EK_OK) st = anchor(m, rows, 5);
     if (st != EK_OK) return st;
   }
@@ -1660,13 +1733,14 @@ static int check_broadcast(ek_model *m) {
   sig *s = m->sampler;
   if (m->n_masks == 0 || m->sampler_batch) return 0;
   tensor *d = &s->in[m->data_in];
-  uint64_t rng[4];
-  seed_rng(rng, 12345);
+  ek_rng rng;
+  seed_rng(&rng, 12345);
+  rng.avx2 = m->rng.avx2;
   for (int k = 0; k < m->n_masks; k++)
     if (ensure_rows(m, &s->in[m->masks[k].input], 2) != EK_OK) return 0;
   for (int k = 0; k < s->n_out; k++)
     if (ensure_rows(m, &s->out[k], 2) != EK_OK) return 0;
-  fill_masks(m, rng, 2);
+  fill_masks(m, &rng, 2);
   float *outs[2] = {NULL, NULL};
   int ok = 1;
   for (int rows = 1; rows <= 2 && ok; rows++) {
@@ -1874,8 +1948,9 @@ static ek_status finish_open(ek_model *m) {
   if ((st = make_notes(m)) != EK_OK) return st;
   if ((st = compile_model(m)) != EK_OK) return st;
   uint64_t seed = m->opts.has_seed ? m->opts.seed : entropy_seed(m);
-  seed_rng(m->rng, seed);
-  seed_rng(m->scratch_rng, seed ^ 0x5eed5eed5eed5eedULL); /* load-time and calibration draws */
+  seed_rng(&m->rng, seed);
+  seed_rng(&m->scratch_rng, seed ^ 0x5eed5eed5eed5eedULL); /* load-time and calibration draws */
+  m->rng.avx2 = m->scratch_rng.avx2 = cpu_has_avx2();
   /* One run of each planned signature on zeros, outputs NaN-filled: a signature whose output
    * LiteRT leaves unwritten is caught now (the CompiledModel dynamic-output pitfall). */
   int unwritten = 0;
@@ -1899,7 +1974,7 @@ static ek_status finish_open(ek_model *m) {
    * now (runtime/mc.py does the same). */
   memset(m->feat, 0, m->feat_bytes);
   m->gen++;
-  if ((st = draw(m, rows, 0, m->scratch_rng, 0)) != EK_OK) return st;
+  if ((st = draw(m, rows, 0, &m->scratch_rng, 0)) != EK_OK) return st;
   m->high_water = rows;
   m->errmsg[0] = '\0';
   return EK_OK;
@@ -2101,7 +2176,7 @@ static ek_status sample_budgeted(ek_model *m, int cap, const ek_predict_options 
     }
     int last = fit < want;
     double start = now_s(m);
-    ek_status st = draw(m, fit, done, m->rng, 1);
+    ek_status st = draw(m, fit, done, &m->rng, 1);
     if (st != EK_OK) return st;
     spent += now_s(m) - start;
     fitted += lat_typical(l, fit);
@@ -2128,7 +2203,7 @@ static ek_status sample_stop_rule(ek_model *m, int cap, const ek_predict_options
   while (done < cap) {
     int want = chunk < cap - done ? chunk : cap - done;
     want = to_batch(m, want, 1);
-    ek_status st = draw(m, want, done, m->rng, 1);
+    ek_status st = draw(m, want, done, &m->rng, 1);
     if (st != EK_OK) return st;
     done += want;
     if (settled(m, done, po)) {
@@ -2186,7 +2261,7 @@ ek_status ek_predict(ek_model *m, const float *input, size_t count, const ek_pre
   } else if (stop_rule) {
     st = sample_stop_rule(m, cap, &po, &done, &stopped);
   } else {
-    st = draw(m, cap, 0, m->rng, 1);
+    st = draw(m, cap, 0, &m->rng, 1);
     done = cap;
   }
   if (st != EK_OK) return st;
@@ -2259,7 +2334,7 @@ ek_status ek_profile(ek_model *m, const float *input, size_t count, int samples,
   int rows = m->sampler_batch ? m->sampler_batch : samples;
   for (int i = 0; i < repeats && st == EK_OK; i++) {
     /* the bare invoke: inputs as the last prediction left them, only Run timed */
-    if ((st = invoke(m, rows, 0, m->rng, 0)) != EK_OK) break;
+    if ((st = invoke(m, rows, 0, &m->rng, 0)) != EK_OK) break;
     double t = now_s(m);
     if ((st = run_sig(m, s)) != EK_OK) break;
     times[i] = (now_s(m) - t) * 1e3;

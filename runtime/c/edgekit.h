@@ -49,14 +49,17 @@
  * Randomness (the masks)
  * ----------------------
  * Where the file lets the runtime draw the keep-masks (mask-input files, and unseeded in-graph
- * files that carry the `masked` twin), the library draws them with xoshiro256** (Blackman and
- * Vigna, 2018), seeded by splitmix64 from ek_open_options.seed (or from the operating system's
- * entropy when no seed is given). The masks of one stochastic invoke of B samples are drawn in
- * the order of the metadata's `mc_layers` (one mask input per layer that has one); each mask of
- * B * prod(mask_shape) units, row-major, takes ceil(units / 4) 64-bit outputs of the generator,
- * four units per output from the lowest 16 bits up, and a unit is kept when its 16 bits are >=
+ * files that carry the `masked` twin), the library draws them with four xoshiro256** generators
+ * (Blackman and Vigna, 2018) side by side: lane l is seeded with the splitmix64 outputs 4l..4l+3
+ * of ek_open_options.seed (or of the operating system's entropy when no seed is given), and one
+ * step of the four lanes gives four consecutive 64-bit words of the stream, lane 0 first (AVX2
+ * computes a step at once where the CPU has it; elsewhere scalar code gives the same words, and
+ * the environment variable EDGEKIT_NO_AVX2=1 forces it). The masks of one stochastic invoke of B
+ * samples are drawn in the order of the metadata's `mc_layers` (one mask input per layer that has
+ * one); each mask of B * prod(mask_shape) units, row-major, takes ceil(units / 16) steps, four
+ * units per word from the lowest 16 bits up, and a unit is kept when its 16 bits are >=
  * round_half_even(rate * 65536) (so the rate is resolved to 1/65536, as the Python runtime does;
- * bits left in the last output of a mask are discarded). One generator per handle, never reset:
+ * units left in the last step of a mask are discarded). One generator per handle, never reset:
  * masks never repeat across calls. tests/test_native.py reproduces the stream in numpy to feed
  * the Python interpreter the same masks. Files that draw their own masks (in-graph without the
  * twin, or seeded) use the file's RANDOM_UNIFORM ops, as the Python runtime does.
