@@ -1,6 +1,6 @@
 """Robustness figures for docs/reliability.md, from one real run (JSON out).
 
-    .venv/bin/python bench/robustness.py --out bench/out/robustness.json
+    .venv/bin/python bench/robustness.py --out bench/robustness.json
 
 1. Fuzz: the corpus of ``tests/fuzz/corrupt.py`` (seed 0) through the stock LiteRT interpreter (the
    baseline: how many files crash it, hang it or run without any error), through
@@ -147,7 +147,7 @@ def concurrency(threads: int, calls: int, samples: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "robustness.json"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "robustness.json"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per case before it counts as a hang")
     parser.add_argument("--threads", type=int, default=8)
