@@ -131,7 +131,7 @@ def run_demo(out: str | os.PathLike = "demo-out", *, epochs: int = 15, seed: int
     summary["profile"] = _profile(out, data, profile_runs)
 
     _say("\n5. Can the files' uncertainty be trusted? Reliability diagrams and rotated test images")
-    summary["trust"] = _trust(model, data, out, samples, reference[0], shift_examples, shift_samples)
+    summary["trust"] = _trust(model, data, out, samples, reference.mean, shift_examples, shift_samples)
 
     summary["seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_bytes(out / "demo.json", (json.dumps(summary, indent=2) + "\n").encode())
