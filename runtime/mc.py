@@ -225,7 +225,8 @@ class MCModel:
             with _CHOOSERS_LOCK:  # one per file, threads and memory budget in a process (see strategy.py)
                 self._chooser = _CHOOSERS.setdefault((key, threads, rng, self._full_rows),
                                                      StrategyChooser(max_rows=self._full_rows))
-        # T=1 of one input through `full` where the chooser picks it: _predict_one.
+        # T=1 of one input through `full` where the chooser picks it: _predict_one, for these shapes.
+        self._one_shapes = (self.input.shape, (1, *self.input.shape))
         self._one = (self._lean and self._chooser is not None and self._run.bare_full
                      and self.input.dtype == np.float32 and plan.full_masks_from == "file")
         # One sample now, so a file whose output is not probabilities is refused at load.
@@ -481,12 +482,18 @@ class MCModel:
         """``predict(x, samples=1)`` of one float32 input where the strategy chooser runs ``full`` (a
         float32 file drawing its own masks): the check, one invoke and the lean summary in the fewest
         Python calls, since at T=1 on a small model each call costs about what its arithmetic does.
-        None where the general path must run: a batch, or the thread's first ``full``."""
+        None where the general path must run (before checking ``x``, so that no input is checked
+        twice): anything but one input's array, or the thread's first ``full``."""
+        shape = getattr(x, "shape", None)
+        if shape != self._one_shapes[0] and shape != self._one_shapes[1]:
+            return None
+        bare = self._run.full_runner()
+        if bare is None:
+            return None
         x = check_input(x, self.input.shape, ones=self._ones)
         t0 = _clock()
-        bare = self._run.full_runner()
-        if bare is None or x.shape[0] != 1 or self._chooser.choose(1, self._measure_strategies) != FULL:
-            return None
+        if self._chooser.choose(1, self._measure_strategies) != FULL:
+            return None  # the general path checks x again: only while trunk + head is faster at T=1
         runner, name, out = bare
         return self._result_one(runner.run(name, x, out), 1, t0)
 
