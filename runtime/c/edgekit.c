@@ -266,9 +266,12 @@ static uint64_t splitmix64(uint64_t *x) {
  * lane 0 first. Four lanes because that is one AVX2 register per state word: where the CPU has AVX2
  * the four steps are one vector step (about twice the scalar generator's speed here); elsewhere the
  * scalar code below computes the same words. */
+static int cpu_has_avx2(void);
+
 static void seed_rng(ek_rng *r, uint64_t seed) {
   for (int l = 0; l < EK_RNG_LANES; l++)
     for (int w = 0; w < 4; w++) r->s[w][l] = splitmix64(&seed);
+  r->avx2 = cpu_has_avx2();
 }
 
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
@@ -1735,7 +1738,6 @@ static int check_broadcast(ek_model *m) {
   tensor *d = &s->in[m->data_in];
   ek_rng rng;
   seed_rng(&rng, 12345);
-  rng.avx2 = m->rng.avx2;
   for (int k = 0; k < m->n_masks; k++)
     if (ensure_rows(m, &s->in[m->masks[k].input], 2) != EK_OK) return 0;
   for (int k = 0; k < s->n_out; k++)
@@ -1950,7 +1952,6 @@ static ek_status finish_open(ek_model *m) {
   uint64_t seed = m->opts.has_seed ? m->opts.seed : entropy_seed(m);
   seed_rng(&m->rng, seed);
   seed_rng(&m->scratch_rng, seed ^ 0x5eed5eed5eed5eedULL); /* load-time and calibration draws */
-  m->rng.avx2 = m->scratch_rng.avx2 = cpu_has_avx2();
   /* One run of each planned signature on zeros, outputs NaN-filled: a signature whose output
    * LiteRT leaves unwritten is caught now (the CompiledModel dynamic-output pitfall). */
   int unwritten = 0;
